@@ -1,0 +1,143 @@
+"""Text pre- and post-processing run inside the server: pure functions, unit-tested.
+
+The tokenizer is HF `tokenizers` (the fast Rust one) loaded from the checkpoint's
+tokenizer.json, so the server tokenises exactly as training did.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mmserve.serving.runtime import InputError
+
+# A token is never longer than this many characters in practice; cutting the text
+# first keeps a 10 MB request from costing a full tokenisation it would truncate anyway.
+_CHARS_PER_TOKEN_BOUND = 64
+
+
+def decode_texts(items: np.ndarray, input_name: str = "TEXT") -> list[str]:
+    """BYTES items -> str, refusing what no model can answer meaningfully."""
+    texts = []
+    for index, item in enumerate(np.asarray(items, dtype=np.object_).reshape(-1)):
+        if isinstance(item, str):
+            text = item
+        else:
+            try:
+                text = bytes(item).decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise InputError(
+                    f"{input_name}[{index}] is not valid UTF-8 (byte {error.start}); send text encoded as UTF-8"
+                ) from None
+        if not text.strip():
+            raise InputError(f"{input_name}[{index}] is empty or only whitespace; send at least one word")
+        texts.append(text)
+    return texts
+
+
+@dataclass(frozen=True)
+class TokenizedBatch:
+    input_ids: np.ndarray  # [N, L] int64
+    attention_mask: np.ndarray  # [N, L] int64
+    offsets: np.ndarray  # [N, L, 2] int32, character offsets into each text; (0, 0) for special/pad
+    word_ids: np.ndarray  # [N, L] int32, -1 for special/pad tokens
+
+
+class TextTokenizer:
+    def __init__(self, tokenizer_file: Path, max_length: int):
+        from tokenizers import Tokenizer
+
+        self.max_length = max_length
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.tokenizer.enable_truncation(max_length=max_length)
+        self.tokenizer.enable_padding(pad_id=self._pad_id(), pad_token=self._pad_token())
+
+    def _pad_token(self) -> str:
+        padding = self.tokenizer.padding
+        if padding:
+            return padding["pad_token"]
+        for candidate in ("[PAD]", "<pad>", "<|endoftext|>"):
+            if self.tokenizer.token_to_id(candidate) is not None:
+                return candidate
+        return "[PAD]"
+
+    def _pad_id(self) -> int:
+        return self.tokenizer.token_to_id(self._pad_token()) or 0
+
+    def __call__(self, texts: Sequence[str]) -> TokenizedBatch:
+        bound = self.max_length * _CHARS_PER_TOKEN_BOUND
+        encodings = self.tokenizer.encode_batch([t[:bound] for t in texts])
+        return TokenizedBatch(
+            input_ids=np.array([e.ids for e in encodings], dtype=np.int64),
+            attention_mask=np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            offsets=np.array([e.offsets for e in encodings], dtype=np.int32).reshape(len(texts), -1, 2),
+            word_ids=np.array(
+                [[-1 if w is None else w for w in e.word_ids] for e in encodings], dtype=np.int32
+            ),
+        )
+
+
+def top_labels(probs: np.ndarray, labels: Sequence[str]) -> list[str]:
+    """The most probable label per row."""
+    if probs.shape[-1] != len(labels):
+        raise ValueError(f"the model scores {probs.shape[-1]} classes but labels.txt names {len(labels)}")
+    return [labels[i] for i in np.argmax(probs, axis=-1)]
+
+
+def decode_entities(
+    text: str,
+    offsets: np.ndarray,
+    word_ids: np.ndarray,
+    token_probs: np.ndarray,
+    labels: Sequence[str],
+) -> list[dict]:
+    """Per-token BIO scores -> entity spans with character offsets into `text`.
+
+    A word's tag is its first sub-token's (as training labelled it). An I-X that
+    follows O or another type starts a new entity rather than being dropped.
+    """
+    words: list[tuple[int, int, str, float]] = []  # (start, end, tag, score)
+    previous_word = -1
+    for token, word in enumerate(word_ids):
+        if word < 0:
+            continue
+        start, end = int(offsets[token][0]), int(offsets[token][1])
+        if word == previous_word:
+            words[-1] = (words[-1][0], end, words[-1][2], words[-1][3])
+            continue
+        previous_word = word
+        best = int(np.argmax(token_probs[token]))
+        words.append((start, end, labels[best], float(token_probs[token][best])))
+
+    entities: list[dict] = []
+    current: dict | None = None
+    scores: list[float] = []
+
+    def close() -> None:
+        if current is not None:
+            current["text"] = text[current["start"] : current["end"]]
+            current["score"] = round(float(np.mean(scores)), 6)
+            entities.append(current)
+
+    for start, end, tag, score in words:
+        prefix, _, entity_type = tag.partition("-")
+        if tag == "O" or not entity_type:
+            close()
+            current, scores = None, []
+        elif prefix == "I" and current is not None and current["label"] == entity_type:
+            current["end"] = end
+            scores.append(score)
+        else:
+            close()
+            current, scores = {"text": "", "label": entity_type, "start": start, "end": end, "score": 0.0}, [score]
+    close()
+    return [{key: e[key] for key in ("text", "label", "start", "end", "score")} for e in entities]
+
+
+def read_labels(path: Path) -> list[str]:
+    labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not labels:
+        raise ValueError(f"{path} names no labels; it must list one label per line in output order")
+    return labels
