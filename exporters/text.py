@@ -40,6 +40,10 @@ PARITY_TEXTS = (
 )
 
 TOKENIZER_MODEL = "text_tokenize"
+# One truncation length for every text product, so they can share one tokenizer
+# model; models fine-tuned on shorter inputs still read 256 positions (MiniLM's
+# sentence-transformers limit), and customer messages rarely need more.
+SERVING_MAX_LENGTH = 256
 
 _TASK_KIND = {"embed": Kind.TEXT_EMBED, "classify": Kind.TEXT_CLASSIFY, "ner": Kind.TEXT_NER}
 _ONNX_OUTPUT = {"embed": "sentence_embedding", "classify": "probs", "ner": "token_probs"}
@@ -116,12 +120,14 @@ def export_text(
     int8: bool = False,
     profile: str = "cpu",
     tuning: EncoderTuning = EncoderTuning(),
+    max_length: int = SERVING_MAX_LENGTH,
 ) -> TextExportResult:
     from mmserve.training.checkpoint import load_text_checkpoint
 
     started = time.perf_counter()
     loaded = load_text_checkpoint(checkpoint)
     task = loaded.task
+    max_length = min(max_length, int(getattr(loaded.model.config, "max_position_embeddings", max_length)))
     pipeline = name or _TASK_KIND[task].value
     graph = _wrap(loaded.model, task)
     output_name = _ONNX_OUTPUT[task]
@@ -131,7 +137,7 @@ def export_text(
         dynamic_axes={**_ONNX_SPEC_AXES, output_name: {0: "batch", **({1: "sequence"} if task == "ner" else {})}},
     )
     dev_texts = _dev_texts(checkpoint)
-    parity_feeds = _feeds(loaded.tokenizer, PARITY_TEXTS + tuple(dev_texts[:24]), loaded.max_length)
+    parity_feeds = _feeds(loaded.tokenizer, PARITY_TEXTS + tuple(dev_texts[:24]), max_length)
 
     with tempfile.TemporaryDirectory(prefix="mmserve-export-") as scratch:
         onnx_path = export_onnx(graph, tuple(_to_torch(parity_feeds[0]).values()), spec, Path(scratch) / "model.onnx")
@@ -139,11 +145,11 @@ def export_text(
         quantization = None
         if int8:
             onnx_path, quantization = quantize_int8(
-                onnx_path, parity_feeds, output_name, evaluation=_int8_evaluation(loaded, checkpoint)
+                onnx_path, parity_feeds, output_name, evaluation=_int8_evaluation(loaded, checkpoint, max_length)
             )
-        tokenizer_json = loaded.tokenizer.backend_tokenizer.to_str()
         models = _pipeline_models(
-            repository, pipeline, task, onnx_path, tokenizer_json, loaded.max_length, loaded.labels, profile, tuning
+            repository, pipeline, task, onnx_path, _tokenizer_json(loaded.tokenizer), max_length, loaded.labels,
+            profile, tuning,
         )
         write_models(repository, models)
         onnx_bytes = onnx_path.stat().st_size
@@ -178,13 +184,21 @@ def _dev_texts(checkpoint: Path) -> list[str]:
     return texts
 
 
-def _int8_evaluation(loaded, checkpoint: Path):
+def _tokenizer_json(tokenizer) -> str:
+    """tokenizer.json without the call-time truncation/padding state HF leaves in it."""
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state["truncation"] = None
+    state["padding"] = None
+    return json.dumps(state, ensure_ascii=False, sort_keys=True)
+
+
+def _int8_evaluation(loaded, checkpoint: Path, max_length: int):
     """Dev accuracy of an ONNX classifier, to report what INT8 costs (classify only)."""
     dev = checkpoint / "dev.jsonl"
     if loaded.task != "classify" or not dev.exists():
         return None
     records = [json.loads(line) for line in dev.read_text(encoding="utf-8").splitlines() if line.strip()]
-    feeds = _feeds(loaded.tokenizer, [r["text"] for r in records], loaded.max_length, batch_size=32)
+    feeds = _feeds(loaded.tokenizer, [r["text"] for r in records], max_length, batch_size=32)
     gold = np.array([loaded.labels.index(r["label"]) for r in records])
 
     def accuracy(session) -> float:

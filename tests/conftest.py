@@ -1,0 +1,109 @@
+"""One real `tritonserver`, started once per test session, over a repository of tiny
+models that the tests train and export with the real code paths.
+
+Tiny random BERTs (2 layers, 32 wide) keep CI fast; the real-size run is the demo.
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _subset_csv(source: Path, target: Path, labels: int, per_label: int) -> Path:
+    with source.open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    chosen_labels = sorted({r["label"] for r in rows})[:labels]
+    picked = []
+    for label in chosen_labels:
+        picked += list(itertools.islice((r for r in rows if r["label"] == label), per_label))
+    with target.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows(picked)
+    return target
+
+
+def _head_conll(source: Path, target: Path, sentences: int) -> Path:
+    blocks = source.read_text(encoding="utf-8").split("\n\n")
+    target.write_text("\n\n".join(blocks[: sentences + 1]) + "\n", encoding="utf-8")
+    return target
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mmserve")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(workdir: Path) -> Path:
+    from mmserve.training.tiny import make_tiny_bert
+
+    return make_tiny_bert(workdir / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def text_checkpoints(workdir: Path, tiny_bert: Path) -> dict[str, Path]:
+    """Tiny classify, sentiment and NER checkpoints trained by the real training loop."""
+    from mmserve.training.defaults import embedded_data
+    from mmserve.training.text import TextTrainConfig, train_text
+
+    data = workdir / "data"
+    data.mkdir()
+    jobs = {
+        "classify": ("classify", _subset_csv(embedded_data("intents"), data / "intents.csv", 4, 12)),
+        "sentiment": ("classify", _subset_csv(embedded_data("sentiment"), data / "sentiment.csv", 3, 10)),
+        "ner": ("ner", _head_conll(embedded_data("ner/train"), data / "ner.conll", 40)),
+    }
+    checkpoints = {}
+    for name, (task, path) in jobs.items():
+        config = TextTrainConfig(
+            base=str(tiny_bert), task=task, data=str(path), out=str(workdir / "ckpt" / name),
+            epochs=1, batch_size=16, max_length=64, lr=1e-3,
+        )
+        checkpoints[name] = train_text(config).checkpoint
+    return checkpoints
+
+
+@pytest.fixture(scope="session")
+def repository(workdir: Path, tiny_bert: Path, text_checkpoints: dict[str, Path]) -> Path:
+    from mmserve.exporters.text import export_text
+
+    repo = workdir / "model_repository"
+    export_text(tiny_bert, repo)
+    export_text(text_checkpoints["classify"], repo)
+    export_text(text_checkpoints["ner"], repo)
+    export_text(text_checkpoints["sentiment"], repo, name="sentiment")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def server(repository: Path, workdir: Path):
+    from mmserve.server import ServerPorts, TritonServer
+
+    with TritonServer(repository, ServerPorts.free(), log_file=workdir / "triton.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def triton(server):
+    """A raw tritonclient gRPC client: the contract as any production app sees it."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def client(server):
+    from mmserve.client import Client
+
+    with Client(server.grpc_url, timeout=30.0) as c:
+        yield c
