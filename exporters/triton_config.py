@@ -99,7 +99,7 @@ class EncoderTuning:
     """How an encoder is scheduled; defaults chosen by measurement (docs/benchmarks.md)."""
 
     instances: int = 1
-    max_queue_delay_us: int = 2000
+    max_queue_delay_us: int = 100
     intra_op_threads: int | None = None  # None: cores / instances
 
 

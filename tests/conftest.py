@@ -71,6 +71,11 @@ def text_checkpoints(workdir: Path, tiny_bert: Path) -> dict[str, Path]:
     return checkpoints
 
 
+# Each product line adds its tiny models to the one repository the session serves:
+# a function (workdir, repository) -> None, in a module of its own beside this one.
+LINE_BUILDERS: list = []
+
+
 @pytest.fixture(scope="session")
 def repository(workdir: Path, tiny_bert: Path, text_checkpoints: dict[str, Path]) -> Path:
     from mmserve.exporters.text import export_text
@@ -80,6 +85,8 @@ def repository(workdir: Path, tiny_bert: Path, text_checkpoints: dict[str, Path]
     export_text(text_checkpoints["classify"], repo)
     export_text(text_checkpoints["ner"], repo)
     export_text(text_checkpoints["sentiment"], repo, name="sentiment")
+    for build in LINE_BUILDERS:
+        build(workdir, repo)
     return repo
 
 
