@@ -1,0 +1,67 @@
+"""mmserve.client: the typed gRPC client production apps use to call mmserve pipelines.
+
+Depends only on tritonclient[grpc], grpcio, numpy and Pillow (``soundfile`` too, and
+only when you pass encoded audio files); never on torch or the training code.
+
+Usage::
+
+    from mmserve.client import Client, InvalidInputError, ModelNotReadyError
+
+    with Client("localhost:8001", timeout=10.0) as c:       # default deadline per call, s
+        c.wait_ready(["text_embed", "text_classify"], timeout=60)
+        c.embed_text("hello")                                 # np.ndarray [D], L2-normalised
+        c.embed_text(["a", "b"])                              # [2, D]
+        c.classify_text("great product").label                # Classification(label, score, probs)
+        c.classify_text(texts, pipeline="sentiment")          # any pipeline of that kind
+        c.extract_entities("Ada Lovelace was born in London") # [Entity(text, label, start, end, score)]
+        c.embed_images(["cat.jpg", pil_image, hwc_uint8])     # [3, D]
+        c.embed_clip_texts(["a cat", "a dog"])                # [2, D], same space as images
+        r = c.zero_shot("cat.jpg", ["cat", "dog"])            # ZeroShotResult(labels, probs, label, score)
+        c.classify_audio(samples, sample_rate=16000)          # float32 [-1, 1] or int16; stereo ok
+        c.embed_audio(["a.wav", "b.flac"])                    # files: decoded with soundfile
+        c.models()                                            # [ModelInfo(name, version, state, reason)]
+        c.embed_text("x", timeout=2.0)                        # one call's own deadline
+
+    async with AsyncClient("localhost:8001") as ac:          # the same methods, awaited
+        vectors = await ac.embed_text(["a", "b"])
+
+One item in, one result out; a list in, a list (or an [N, D] array) out. An empty
+list returns an empty result without a call. Lists longer than
+``mmserve.pipelines.MAX_BATCH_SIZE`` are split into several requests, sent
+concurrently under the call's one deadline. PIL images and arrays are encoded once
+on the client (RGB as JPEG q95, anything else as PNG; ``Client(image_format="png")``
+for lossless); paths and bytes are sent as they are.
+
+Errors are typed (see :mod:`mmserve.client.errors` for the mapping from gRPC
+statuses) and keep the server's message: ``InvalidInputError`` (fix the input; also
+raised locally before sending), ``ModelNotReadyError``, ``ServerUnavailableError``,
+``DeadlineExceededError``, ``ServerError``, all subclasses of ``MmserveError``.
+"""
+from __future__ import annotations
+
+from .aio import AsyncClient
+from .errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    MmserveError,
+    ModelNotReadyError,
+    ServerError,
+    ServerUnavailableError,
+)
+from .results import Classification, Entity, ModelInfo, ZeroShotResult
+from .sync import Client
+
+__all__ = [
+    "Client",
+    "AsyncClient",
+    "Classification",
+    "Entity",
+    "ZeroShotResult",
+    "ModelInfo",
+    "MmserveError",
+    "InvalidInputError",
+    "ModelNotReadyError",
+    "ServerUnavailableError",
+    "DeadlineExceededError",
+    "ServerError",
+]

@@ -1,0 +1,157 @@
+"""Typed errors of the mmserve client, each carrying the server's own words.
+
+Apps catch these instead of ``tritonclient``'s single ``InferenceServerException`` so
+they can tell "fix your input" from "retry later" from "page someone".
+
+Mapping (``tritonclient.utils.InferenceServerException.status()`` -> class):
+
+============================================  ==========================
+server status / message                        raised
+============================================  ==========================
+``INVALID_ARGUMENT``                           :class:`InvalidInputError`
+``NOT_FOUND``                                  :class:`ModelNotReadyError`
+``UNAVAILABLE`` and the message names a model  :class:`ModelNotReadyError`
+any status, message says "is not ready"        :class:`ModelNotReadyError`
+``UNAVAILABLE`` otherwise (connection refused,  :class:`ServerUnavailableError`
+server shutting down, no route)
+``DEADLINE_EXCEEDED``                          :class:`DeadlineExceededError`
+anything else (``INTERNAL``, ``UNKNOWN``, ...)  :class:`ServerError`
+============================================  ==========================
+
+Every error has ``.status`` (the gRPC status name without the ``StatusCode.``
+prefix, e.g. ``"INVALID_ARGUMENT"``) and ``.server_message`` (the server's text,
+``None`` for errors raised on the client before anything was sent); ``str(err)``
+always contains ``server_message`` verbatim. The client also raises
+:class:`InvalidInputError` itself, before sending, for input that is wrong on its
+face (wrong type, audio without a sample rate, an empty image); its message says
+what to do instead.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from tritonclient.utils import InferenceServerException
+
+__all__ = [
+    "MmserveError",
+    "InvalidInputError",
+    "ModelNotReadyError",
+    "ServerUnavailableError",
+    "DeadlineExceededError",
+    "ServerError",
+    "from_triton",
+    "status_name",
+]
+
+
+class MmserveError(Exception):
+    """Base of every error the client raises on purpose."""
+
+    default_status: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: str | None = None,
+        server_message: str | None = None,
+        pipeline: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status if status is not None else self.default_status
+        self.server_message = server_message
+        self.pipeline = pipeline
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only fields would be lost by the default Exception pickling
+        # (multiprocessing, concurrent.futures.ProcessPoolExecutor).
+        return (
+            _rebuild,
+            (type(self), self.message, self.status, self.server_message, self.pipeline),
+        )
+
+
+def _rebuild(
+    cls: type[MmserveError],
+    message: str,
+    status: str | None,
+    server_message: str | None,
+    pipeline: str | None,
+) -> MmserveError:
+    return cls(message, status=status, server_message=server_message, pipeline=pipeline)
+
+
+class InvalidInputError(MmserveError, ValueError):
+    """The input is wrong: fix it, retrying will not help."""
+
+    default_status = "INVALID_ARGUMENT"
+
+
+class ModelNotReadyError(MmserveError):
+    """The pipeline is missing, still loading, or failed to load."""
+
+    default_status = "UNAVAILABLE"
+
+
+class ServerUnavailableError(MmserveError):
+    """The server cannot be reached (down, restarting, wrong address): retry later."""
+
+    default_status = "UNAVAILABLE"
+
+
+class DeadlineExceededError(MmserveError):
+    """The call did not finish within its timeout."""
+
+    default_status = "DEADLINE_EXCEEDED"
+
+
+class ServerError(MmserveError):
+    """The server failed while handling a valid request (INTERNAL and the rest)."""
+
+    default_status = "INTERNAL"
+
+
+def status_name(status: object) -> str:
+    """``"StatusCode.INVALID_ARGUMENT"`` / ``grpc.StatusCode`` -> ``"INVALID_ARGUMENT"``."""
+    if isinstance(status, grpc.StatusCode):
+        return status.name
+    text = "" if status is None else str(status)
+    return text.rsplit(".", 1)[-1] if text.startswith("StatusCode.") else text
+
+
+def _classify(status: str, message: str, pipeline: str | None) -> type[MmserveError]:
+    lowered = message.lower()
+    if status == "INVALID_ARGUMENT":
+        return InvalidInputError
+    if status == "DEADLINE_EXCEEDED":
+        return DeadlineExceededError
+    if status == "NOT_FOUND" or "is not ready" in lowered:
+        return ModelNotReadyError
+    if status == "UNAVAILABLE":
+        names_model = "model" in lowered or (bool(pipeline) and f"'{pipeline}'" in message)
+        return ModelNotReadyError if names_model else ServerUnavailableError
+    return ServerError
+
+
+def from_triton(
+    error: InferenceServerException | grpc.RpcError, pipeline: str | None = None
+) -> MmserveError:
+    """The typed error for a tritonclient (or raw gRPC) error; raise it ``from error``."""
+    if isinstance(error, InferenceServerException):
+        status = status_name(error.status())
+        server_message = error.message() or ""
+    elif isinstance(error, grpc.RpcError) and hasattr(error, "code"):
+        status = status_name(error.code())  # type: ignore[attr-defined]
+        server_message = error.details() or ""  # type: ignore[attr-defined]
+    else:  # pragma: no cover - defensive: only the two above reach here
+        status, server_message = "", str(error)
+    cls = _classify(status, server_message, pipeline)
+    where = f"pipeline '{pipeline}' " if pipeline else ""
+    shown = status or "CLIENT"
+    message = f"{where}[{shown}] {server_message}"
+    return cls(message, status=status or None, server_message=server_message, pipeline=pipeline)
