@@ -126,15 +126,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    from mmserve.exporters.onnx_export import ExportError
+    from mmserve.server import ServerError
+    from mmserve.training.errors import TrainingError
+
     try:
         return args.handler(args)
     except KeyboardInterrupt:
         return 130
-    except Exception as error:  # noqa: BLE001 - typed errors carry a message meant for the user
-        if type(error).__name__ in {"ServerError", "ExportError", "ParityError", "CheckpointError", "DataError", "TrainingError"}:
-            print(f"mmserve: {error}", file=sys.stderr)
-            return 2
-        raise
+    except (ServerError, ExportError, TrainingError, FileNotFoundError) as error:
+        # Typed errors carry a message written for the user: no traceback.
+        print(f"mmserve: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
