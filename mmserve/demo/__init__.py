@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 from mmserve.demo.common import DemoContext, banner
-from mmserve.demo import text
+from mmserve.demo import clip, speech, text
 
-LINES = (text,)
+LINES = (text, speech, clip)
 
 
 def run_demo(workdir: Path, fresh: bool = False, repository: Path = Path("model_repository")) -> int:

@@ -1,0 +1,102 @@
+"""The `mmserve bench` arguments and handler: parse, run, print where things went."""
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from mmserve.bench.perf import BenchError
+
+
+def _numbers(kind: type):
+    def parse(text: str) -> list:
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+    return parse
+
+
+def _checkpoint(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected PIPELINE=PATH, got {text!r}")
+    return name, Path(path)
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser, default_repository: Path) -> None:
+    parser.add_argument("pipelines", nargs="*", metavar="PIPELINE", help="default: every pipeline the server offers")
+    parser.add_argument("--repository", type=Path, default=default_repository)
+    parser.add_argument("--url", help="gRPC address of a running server (default: start one over --repository)")
+    parser.add_argument("--concurrency", type=_numbers(int), default=[1, 2, 4, 8, 16], help="e.g. 1,2,4,8,16")
+    parser.add_argument("--request-rate", type=_numbers(float), default=[], help="open-loop rates, e.g. 50,100")
+    parser.add_argument("--shared-memory", choices=("none", "system"), default="none")
+    parser.add_argument("--out", type=Path, default=Path("artifacts/bench/latest"), help="CSV, logs, plots, results.json")
+    parser.add_argument("--report", action="store_true", help="(re)write docs/benchmarks.md and docs/img/*.png")
+    parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"), help=argparse.SUPPRESS)
+    parser.add_argument("--from-results", type=Path, metavar="DIR", help="render the report from a previous run")
+    parser.add_argument("--skip-peers", action="store_true", help="no infinity-emb / naive FastAPI side by side")
+    parser.add_argument("--skip-runtimes", action="store_true", help="no torch / ORT fp32 / INT8 table")
+    parser.add_argument("--tune", action="store_true", help="also run the text_embed scheduling sweep")
+    parser.add_argument("--quick", action="store_true", help="short windows and baselines (a smoke run)")
+    parser.add_argument("--cpus", type=_numbers(int), help="pin server, client and peers to these CPUs, e.g. 0,1")
+    parser.add_argument("--checkpoint", type=_checkpoint, action="append", default=[], metavar="PIPELINE=PATH",
+                        help="the checkpoint behind a pipeline (torch rows, accuracy, peers' model)")
+    parser.add_argument("--measurement-interval", type=int, help="perf_analyzer window in ms")
+    parser.add_argument("--requests", type=int, default=128, help="distinct requests per pipeline's input data")
+
+
+def command_line(args: argparse.Namespace) -> str:
+    parts = ["mmserve", "bench", *args.pipelines]
+    if args.repository != Path("model_repository"):
+        parts += ["--repository", str(args.repository)]
+    if args.url:
+        parts += ["--url", args.url]
+    if args.concurrency != [1, 2, 4, 8, 16]:
+        parts += ["--concurrency", ",".join(map(str, args.concurrency))]
+    if args.request_rate:
+        parts += ["--request-rate", ",".join(f"{r:g}" for r in args.request_rate)]
+    if args.shared_memory != "none":
+        parts += ["--shared-memory", args.shared_memory]
+    for flag in ("report", "skip_peers", "skip_runtimes", "tune", "quick"):
+        if getattr(args, flag):
+            parts.append("--" + flag.replace("_", "-"))
+    if args.cpus:
+        parts += ["--cpus", ",".join(map(str, args.cpus))]
+    for name, path in args.checkpoint:
+        parts += ["--checkpoint", f"{name}={path}"]
+    if args.measurement_interval:
+        parts += ["--measurement-interval", str(args.measurement_interval)]
+    if args.requests != 128:
+        parts += ["--requests", str(args.requests)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    from mmserve.bench.report import load_results, write_report, write_run_summary
+    from mmserve.bench.run import BenchConfig, run_bench
+
+    if args.from_results:
+        if not (args.from_results / "results.json").exists():
+            raise BenchError(f"{args.from_results} holds no results.json; run `mmserve bench --out DIR` first")
+        results = load_results(args.from_results)
+        print(f"report: {write_report(results, args.docs)}")
+        return 0
+    config = BenchConfig(
+        repository=args.repository, pipelines=list(args.pipelines), url=args.url, concurrency=args.concurrency,
+        request_rates=args.request_rate, shared_memory=args.shared_memory, out=args.out,
+        skip_peers=args.skip_peers, skip_runtimes=args.skip_runtimes, quick=args.quick, tune=args.tune,
+        cpus=args.cpus, checkpoints=dict(args.checkpoint), measurement_interval_ms=args.measurement_interval,
+        requests=args.requests, command=command_line(args),
+    )
+    results = run_bench(config)
+    summary = write_run_summary(results, config.out.resolve())
+    print(f"results: {config.out / 'results.json'}, {config.out / 'results.csv'}; summary: {summary}")
+    if args.report:
+        print(f"report: {write_report(results, args.docs)}")
+    from mmserve.bench.report import targets
+
+    for target, measured, verdict in targets(results):
+        print(f"- {target}: {measured} -> {verdict.strip('*')}")
+    return 0

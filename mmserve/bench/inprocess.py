@@ -1,0 +1,310 @@
+"""The in-process baseline: a pipeline's own code, without the server.
+
+The pipeline's models are loaded from the repository and called directly in
+this one process: the same Python models (tokenizer, image/audio
+pre-processing, post-processing), the same ONNX through the same runner with
+the same thread settings, the steps wired exactly as the ensemble wires them.
+A whole batch goes through as one request. What is left out is precisely what
+serving adds: gRPC, the scheduler and dynamic batcher, and the hops between
+processes. `triton_python_backend_utils` exists only inside Triton's stub, so a
+minimal stand-in (tensors, requests, responses, errors) is put in its place
+while the models run here.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import sys
+import time
+import types
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from mmserve.bench.inputs import Request, stack
+from mmserve.bench.perf import BenchError
+
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+
+
+# ---- a stand-in for triton_python_backend_utils, enough for the repository's Python models ----
+class _TritonError(Exception):
+    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS = range(7)
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self._message, self._code = message, code
+
+    def message(self) -> str:
+        return self._message
+
+    def code(self) -> int:
+        return self._code
+
+
+class _Tensor:
+    def __init__(self, name: str, array: Any) -> None:
+        self._name, self._array = name, np.asarray(array)
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._array
+
+    def is_cpu(self) -> bool:
+        return True
+
+
+class _Request:
+    def __init__(self, tensors: dict[str, np.ndarray], requested: Sequence[str]) -> None:
+        self._tensors = {name: _Tensor(name, value) for name, value in tensors.items()}
+        self._requested = list(requested)
+
+    def inputs(self) -> list[_Tensor]:
+        return list(self._tensors.values())
+
+    def requested_output_names(self) -> list[str]:
+        return list(self._requested)
+
+
+class _Response:
+    def __init__(self, output_tensors: Sequence[_Tensor] = (), error: _TritonError | None = None) -> None:
+        self._outputs, self._error = list(output_tensors), error
+
+    def output_tensors(self) -> list[_Tensor]:
+        return self._outputs
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> _TritonError | None:
+        return self._error
+
+
+def _stand_in_utils() -> types.ModuleType:
+    module = types.ModuleType("triton_python_backend_utils")
+    module.Tensor = _Tensor
+    module.InferenceResponse = _Response
+    module.TritonError = _TritonError
+    module.TritonModelException = _TritonError
+    module.get_input_tensor_by_name = lambda request, name: request._tensors.get(name)
+    module.get_output_tensor_by_name = lambda response, name: next(
+        (t for t in response.output_tensors() if t.name() == name), None
+    )
+    module.get_input_config_by_name = lambda config, name: next(
+        (t for t in config.get("input", []) if t["name"] == name), None
+    )
+    module.get_output_config_by_name = lambda config, name: next(
+        (t for t in config.get("output", []) if t["name"] == name), None
+    )
+    _dtypes = {"TYPE_BOOL": np.bool_, "TYPE_UINT8": np.uint8, "TYPE_INT8": np.int8, "TYPE_INT32": np.int32,
+               "TYPE_INT64": np.int64, "TYPE_FP16": np.float16, "TYPE_FP32": np.float32,
+               "TYPE_FP64": np.float64, "TYPE_STRING": np.object_}
+    module.triton_string_to_numpy = lambda name: _dtypes[name]
+    return module
+
+
+def _install_stand_in() -> None:
+    if "triton_python_backend_utils" not in sys.modules:
+        sys.modules["triton_python_backend_utils"] = _stand_in_utils()
+
+
+# ---- the repository, read as Triton reads it ----
+def read_config(folder: Path) -> dict[str, Any]:
+    """config.pbtxt as the JSON a Python model's initialize() receives (proto field names)."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    message = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    if not message.name:
+        message.name = folder.name
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _latest_version(folder: Path) -> str:
+    versions = sorted((p.name for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
+    if not versions:
+        raise BenchError(f"{folder} has no numbered version folder")
+    return versions[-1]
+
+
+def load_python_model(repository: Path, name: str) -> tuple[Any, dict[str, Any]]:
+    """Import a model's model.py and initialise it the way the Python backend does."""
+    _install_stand_in()
+    folder = repository / name
+    config = read_config(folder)
+    if config.get("backend") != "python":
+        raise BenchError(f"{name} uses backend {config.get('backend') or config.get('platform')!r}; "
+                         "the in-process baseline runs Python-backend models (the cpu profile)")
+    version = _latest_version(folder)
+    source = folder / version / "model.py"
+    module_spec = importlib.util.spec_from_file_location(f"mmserve_bench_model_{name}", source)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    model = module.TritonPythonModel()
+    args = {
+        "model_config": json.dumps(config),
+        "model_repository": str(folder),
+        "model_version": version,
+        "model_name": name,
+        "model_instance_name": f"{name}_0",
+        "model_instance_kind": "CPU",
+        "model_instance_device_id": "0",
+    }
+    if hasattr(model, "initialize"):
+        model.initialize(args)
+    return model, config
+
+
+@dataclass(frozen=True)
+class _Step:
+    model: str
+    inputs: dict[str, str]  # model input -> pipeline tensor
+    outputs: dict[str, str]  # model output -> pipeline tensor
+
+
+class InProcessPipeline:
+    """A pipeline's models wired as its ensemble wires them, called in this process."""
+
+    def __init__(self, repository: Path, pipeline: str) -> None:
+        self.repository = repository.resolve()
+        self.pipeline = pipeline
+        config = read_config(self.repository / pipeline)
+        self.output_names = [o["name"] for o in config.get("output", [])]
+        if config.get("platform") == "ensemble":
+            self.steps = [
+                _Step(
+                    s["model_name"],
+                    {m["key"]: m["value"] for m in _map_entries(s.get("input_map"))},
+                    {m["key"]: m["value"] for m in _map_entries(s.get("output_map"))},
+                )
+                for s in config["ensemble_scheduling"]["step"]
+            ]
+        else:
+            names = [i["name"] for i in config.get("input", [])]
+            self.steps = [_Step(pipeline, {n: n for n in names}, {n: n for n in self.output_names})]
+        self.models = {step.model: load_python_model(self.repository, step.model)[0] for step in self.steps}
+        self.captured: dict[str, dict[str, np.ndarray]] = {}  # the last inputs each step saw
+        self.step_times: dict[str, list[float]] = {step.model: [] for step in self.steps}  # s per execute()
+
+    def encoder_steps(self) -> list[str]:
+        """Steps that are an ONNX file through the shared runner: the step's inputs are the graph's inputs.
+
+        (A step that runs ONNX on tensors it computes itself, e.g. zero-shot label prompts, is not.)
+        """
+        found = []
+        for step in self.steps:
+            runner = getattr(self.models[step.model], "runner", None)
+            if hasattr(runner, "session") and set(runner.input_names) <= set(step.inputs):
+                found.append(step.model)
+        return found
+
+    def __call__(self, batch: Request) -> dict[str, np.ndarray]:
+        tensors = dict(batch)
+        pending = list(self.steps)
+        while pending:
+            ready = [s for s in pending if all(v in tensors for v in s.inputs.values())]
+            if not ready:
+                raise BenchError(f"{self.pipeline}: steps {[s.model for s in pending]} wait for missing tensors")
+            for step in ready:
+                feeds = {key: tensors[value] for key, value in step.inputs.items()}
+                self.captured[step.model] = feeds
+                started = time.perf_counter()
+                (response,) = self.models[step.model].execute([_Request(feeds, list(step.outputs))])
+                self.step_times[step.model].append(time.perf_counter() - started)
+                if response.has_error():
+                    raise BenchError(f"{self.pipeline}: step {step.model} failed: {response.error().message()}")
+                produced = {t.name(): t.as_numpy() for t in response.output_tensors()}
+                for key, value in step.outputs.items():
+                    if key not in produced:
+                        raise BenchError(f"{self.pipeline}: step {step.model} did not produce {key}")
+                    tensors[value] = produced[key]
+                pending.remove(step)
+        return {name: tensors[name] for name in self.output_names}
+
+
+def _map_entries(entries: Any) -> list[dict[str, str]]:
+    """input_map/output_map: a list of {key, value} in our configs, a dict in proto JSON."""
+    if isinstance(entries, dict):
+        return [{"key": k, "value": v} for k, v in entries.items()]
+    return list(entries or [])
+
+
+@dataclass
+class BatchTiming:
+    batch: int
+    calls: int
+    throughput: float  # items per second
+    p50_ms: float
+    p99_ms: float
+    steps_ms: dict[str, float] = field(default_factory=dict)  # median execute() time per step
+
+
+@dataclass
+class Baseline:
+    pipeline: str
+    timings: list[BatchTiming] = field(default_factory=list)
+
+    @property
+    def best(self) -> BatchTiming:
+        return max(self.timings, key=lambda t: t.throughput)
+
+    @property
+    def batch1(self) -> BatchTiming:
+        return next(t for t in self.timings if t.batch == 1)
+
+    def as_dict(self) -> dict:
+        return {"pipeline": self.pipeline, "timings": [asdict(t) for t in self.timings],
+                "best_batch": self.best.batch}
+
+
+def time_calls(call: Callable[[Request], Any], batches: Sequence[Request], seconds: float, min_calls: int = 20) -> list[float]:
+    """Per-call wall times (s), cycling through `batches` for at least `seconds` and `min_calls`."""
+    for batch in batches[:2]:
+        call(batch)  # warm-up: first-call allocations, lazy initialisation
+    times: list[float] = []
+    started = time.perf_counter()
+    index = 0
+    while time.perf_counter() - started < seconds or len(times) < min_calls:
+        batch = batches[index % len(batches)]
+        t0 = time.perf_counter()
+        call(batch)
+        times.append(time.perf_counter() - t0)
+        index += 1
+    return times
+
+
+def measure_baseline(
+    repository: Path,
+    pipeline: str,
+    requests: Sequence[Request],
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+    seconds: float = 3.0,
+    progress: Callable[[str], None] | None = None,
+) -> Baseline:
+    """Items/s and latency per batch size, on the same requests perf_analyzer sends."""
+    runner = InProcessPipeline(repository, pipeline)
+    result = Baseline(pipeline)
+    for size in batch_sizes:
+        if progress:
+            progress(f"{pipeline} in-process b{size}")
+        batches = [stack([requests[(start + k) % len(requests)] for k in range(size)])
+                   for start in range(0, max(len(requests), size * 4), size)]
+        for values in runner.step_times.values():
+            values.clear()
+        times = time_calls(runner, batches, seconds)
+        result.timings.append(
+            BatchTiming(
+                batch=size,
+                calls=len(times),
+                throughput=size * len(times) / sum(times),
+                p50_ms=1e3 * statistics.median(times),
+                p99_ms=1e3 * float(np.percentile(times, 99)),
+                steps_ms={model: 1e3 * statistics.median(values) for model, values in runner.step_times.items() if values},
+            )
+        )
+    return result

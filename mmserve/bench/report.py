@@ -1,0 +1,494 @@
+"""Results -> markdown tables, PNG plots and docs/benchmarks.md.
+
+Works from `results.json` alone, so a report can be re-rendered without
+measuring again (`mmserve bench --from-results DIR --report`).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+TARGET_CONCURRENCY = 8
+
+
+# ---- small helpers ----
+def _ms(us: float | None) -> str:
+    return "–" if us is None else f"{us / 1000:.1f}"
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def perf_rows(results: dict, pipeline: str, mode: str = "concurrency") -> list[dict]:
+    return sorted(
+        (r for r in results["perf"] if r["pipeline"] == pipeline and r["mode"] == mode and "error" not in r),
+        key=lambda r: r["load"],
+    )
+
+
+def _at(rows: Sequence[dict], load: float) -> dict | None:
+    return next((r for r in rows if r["load"] == load), None)
+
+
+# ---- derived figures ----
+def efficiency(results: dict, pipeline: str) -> dict[str, Any] | None:
+    """Served ÷ in-process: throughput at c=8 over the best batch, p50 at c=1 over batch 1."""
+    baseline = results["baselines"].get(pipeline)
+    if not baseline or "timings" not in baseline:
+        return None
+    timings = {t["batch"]: t for t in baseline["timings"]}
+    best = max(baseline["timings"], key=lambda t: t["throughput"])
+    rows = perf_rows(results, pipeline)
+    c8, c1 = _at(rows, TARGET_CONCURRENCY), _at(rows, 1)
+    return {
+        "best_batch": best["batch"], "best_throughput": best["throughput"],
+        "b1_p50_ms": timings[1]["p50_ms"] if 1 in timings else None,
+        "b1_throughput": timings[1]["throughput"] if 1 in timings else None,
+        "c8_throughput": c8["throughput"] if c8 else None,
+        "c1_p50_ms": c1["p50_us"] / 1000 if c1 else None,
+        "throughput_ratio": c8["throughput"] / best["throughput"] if c8 else None,
+        "latency_ratio": (c1["p50_us"] / 1000) / timings[1]["p50_ms"] if c1 and 1 in timings else None,
+    }
+
+
+def peer_summary(results: dict) -> list[dict[str, Any]]:
+    """Per target: throughput and p50 per concurrency (ours over gRPC first)."""
+    peers = results.get("peers") or {}
+    pipeline = peers.get("pipeline")
+    if not pipeline:
+        return []
+    targets = [{"name": f"mmserve {pipeline} (gRPC)", "min_cosine": peers.get("ours_min_cosine"),
+                "rows": perf_rows(results, pipeline)}]
+    for target in peers.get("targets", []):
+        targets.append({**target, "rows": sorted((r for r in target.get("rows", []) if "error" not in r),
+                                                  key=lambda r: r["load"])})
+    return targets
+
+
+def targets(results: dict) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) for the issue's targets."""
+    verdicts: list[tuple[str, str, str]] = []
+
+    def verdict(ok: bool | None) -> str:
+        return "not measured" if ok is None else ("**met**" if ok else "**not met**")
+
+    eff = efficiency(results, "text_embed") if any(p["name"] == "text_embed" for p in results["pipelines"]) else None
+    if eff:
+        ratio = eff["throughput_ratio"]
+        verdicts.append((
+            "text_embed c=8 throughput ≥ 0.85× in-process batched ORT",
+            f"{_f(eff['c8_throughput'])} vs {_f(eff['best_throughput'])} infer/s (b{eff['best_batch']}) = "
+            f"**{_f(ratio, 2)}×**" if ratio else "–",
+            verdict(None if ratio is None else ratio >= 0.85),
+        ))
+        ratio = eff["latency_ratio"]
+        verdicts.append((
+            "text_embed p50 at c=1 ≤ 1.3× in-process batch-1",
+            f"{_f(eff['c1_p50_ms'], 2)} vs {_f(eff['b1_p50_ms'], 2)} ms = **{_f(ratio, 2)}×**" if ratio else "–",
+            verdict(None if ratio is None else ratio <= 1.3),
+        ))
+    summary = peer_summary(results)
+    if summary:
+        ours = summary[0]
+        ours_c8 = _at(ours["rows"], TARGET_CONCURRENCY)
+        infinity = [t for t in summary if t["name"].startswith("infinity") and _at(t["rows"], TARGET_CONCURRENCY)]
+        if ours_c8 and infinity:
+            best = max(infinity, key=lambda t: _at(t["rows"], TARGET_CONCURRENCY)["throughput"])
+            theirs = _at(best["rows"], TARGET_CONCURRENCY)["throughput"]
+            ratio = ours_c8["throughput"] / theirs
+            verdicts.append((
+                "text_embed ≥ 1.5× infinity-emb throughput at c=8 (its faster engine)",
+                f"{_f(ours_c8['throughput'])} vs {_f(theirs)} infer/s ({best['name']}) = **{_f(ratio, 2)}×**",
+                verdict(ratio >= 1.5),
+            ))
+        else:
+            verdicts.append(("text_embed ≥ 1.5× infinity-emb throughput at c=8", "–", verdict(None)))
+        naive = next((t for t in summary if t["name"].startswith("naive") and t["rows"]), None)
+        if naive and ours["rows"]:
+            ratios = []
+            for row in naive["rows"]:
+                mine = _at(ours["rows"], row["load"])
+                if mine:
+                    ratios.append((int(row["load"]), mine["throughput"] / row["throughput"]))
+            verdicts.append((
+                "text_embed ahead of naive FastAPI at every concurrency",
+                ", ".join(f"c={c}: {r:.2f}×" for c, r in ratios),
+                verdict(bool(ratios) and all(r > 1.0 for _, r in ratios)),
+            ))
+        else:
+            verdicts.append(("text_embed ahead of naive FastAPI at every concurrency", "–", verdict(None)))
+    int8 = int8_summary(results)
+    if int8:
+        verdicts.append((
+            "INT8 ≥ 1.5× fp32 throughput, ≤ 1 point accuracy loss (intent dev set)",
+            f"{int8['encoder']}: b8 {int8['speedup_b8']:.2f}× (b1 {int8['speedup_b1']:.2f}×), accuracy "
+            f"{100 * int8['fp32_accuracy']:.2f}% → {100 * int8['int8_accuracy']:.2f}% "
+            f"({100 * (int8['int8_accuracy'] - int8['fp32_accuracy']):+.2f} points, {int8['items']} dev texts)",
+            verdict(int8["speedup_b8"] >= 1.5 and (int8["fp32_accuracy"] - int8["int8_accuracy"]) <= 0.01),
+        ))
+    return verdicts
+
+
+def int8_summary(results: dict) -> dict[str, Any] | None:
+    """The intent classifier's INT8 vs fp32 (the encoder with a dev accuracy)."""
+    table = results.get("runtimes") or {}
+    rows = table.get("rows", [])
+    for encoder in dict.fromkeys(r["encoder"] for r in rows if r.get("accuracy") is not None):
+        by = {r["runtime"]: r for r in rows if r["encoder"] == encoder}
+        if "ORT fp32" in by and "ORT INT8" in by:
+            fp32, int8 = by["ORT fp32"], by["ORT INT8"]
+            return {
+                "encoder": encoder,
+                "speedup_b8": int8["b8_items_per_s"] / fp32["b8_items_per_s"],
+                "speedup_b1": fp32["b1_ms"] / int8["b1_ms"],
+                "fp32_accuracy": fp32["accuracy"], "int8_accuracy": int8["accuracy"],
+                "items": fp32["accuracy_items"],
+            }
+    return None
+
+
+# ---- plots ----
+def plot_pipeline(results: dict, pipeline: str, path: Path) -> Path | None:
+    rows = perf_rows(results, pipeline)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    x = [r["throughput"] for r in rows]
+    ax.plot(x, [r["p50_us"] / 1000 for r in rows], "o-", label="p50")
+    ax.plot(x, [r["p99_us"] / 1000 for r in rows], "s--", label="p99")
+    for r in rows:
+        ax.annotate(f"c={int(r['load'])}", (r["throughput"], r["p50_us"] / 1000), textcoords="offset points",
+                    xytext=(4, -12), fontsize=8)
+    eff = efficiency(results, pipeline)
+    if eff:
+        ax.axvline(eff["best_throughput"], color="grey", linestyle=":", label=f"in-process best (b{eff['best_batch']})")
+    ax.set_xlabel("throughput (inferences/s)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(f"{pipeline}: throughput vs latency (perf_analyzer, gRPC)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_peers(results: dict, path: Path) -> Path | None:
+    summary = [t for t in peer_summary(results) if t["rows"]]
+    if len(summary) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.0), dpi=110)
+    for target in summary:
+        loads = [int(r["load"]) for r in target["rows"]]
+        left.plot(loads, [r["throughput"] for r in target["rows"]], "o-", label=target["name"])
+        right.plot([r["throughput"] for r in target["rows"]], [r["p50_us"] / 1000 for r in target["rows"]], "o-",
+                   label=target["name"])
+    left.set_xscale("log", base=2)
+    left.set_xlabel("concurrency")
+    left.set_ylabel("throughput (inferences/s)")
+    left.set_title("throughput per concurrency")
+    right.set_xlabel("throughput (inferences/s)")
+    right.set_ylabel("p50 latency (ms)")
+    right.set_yscale("log")
+    right.set_title("throughput vs p50")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def make_plots(results: dict, folder: Path) -> dict[str, Path]:
+    plots = {}
+    for pipeline in results["pipelines"]:
+        made = plot_pipeline(results, pipeline["name"], folder / f"bench-{pipeline['name']}.png")
+        if made:
+            plots[pipeline["name"]] = made
+    peers = plot_peers(results, folder / "bench-peers.png")
+    if peers:
+        plots["peers"] = peers
+    return plots
+
+
+# ---- markdown ----
+def pipeline_section(results: dict, pipeline: dict, image: str | None) -> str:
+    name = pipeline["name"]
+    out = [f"### `{name}` ({pipeline['kind']})\n\n", f"Input data: {pipeline['data']}.\n\n"]
+    scheduling = pipeline.get("scheduling") or {}
+    if scheduling:
+        parts = []
+        for step, s in scheduling.items():
+            delay = "no batching" if s["max_queue_delay_us"] is None else f"delay {s['max_queue_delay_us']} µs"
+            extra = f", preferred {s['preferred_batch_size']}" if s["preferred_batch_size"] else ""
+            threads = f", {s['intra_op_threads']} intra-op threads" if s.get("intra_op_threads") else ""
+            parts.append(f"`{step}` {s['instances']}× ({delay}{extra}{threads})")
+        out.append("Scheduling: " + "; ".join(parts) + ".\n\n")
+    rows = perf_rows(results, name)
+    errors = [r for r in results["perf"] if r["pipeline"] == name and "error" in r]
+    table = []
+    for r in rows:
+        steps = r.get("steps", {}).values()
+        queue = sum(step["queue_us"] for step in steps) if steps else None
+        compute = sum(step[f"compute_{k}_us"] for step in steps for k in ("input", "infer", "output")) if steps else None
+        table.append([int(r["load"]), _f(r["throughput"]), _ms(r["p50_us"]), _ms(r["p90_us"]), _ms(r["p99_us"]),
+                      _ms(queue), _ms(compute), "" if r.get("stable", True) else "loose"])
+    if table:
+        out.append(_table(["concurrency", "infer/s", "p50 ms", "p90 ms", "p99 ms", "queue ms (Σ steps)",
+                           "compute ms (Σ steps)", "stability"], table))
+    rates = perf_rows(results, name, "rate")
+    if rates:
+        out.append("\nOpen-loop request rates:\n\n")
+        out.append(_table(["request rate /s", "infer/s", "p50 ms", "p90 ms", "p99 ms"],
+                          [[_f(r["load"], 0), _f(r["throughput"]), _ms(r["p50_us"]), _ms(r["p90_us"]), _ms(r["p99_us"])]
+                           for r in rates]))
+    for r in errors:
+        out.append(f"\n- load {r['load']:g}: {r['error']}\n")
+    steps = step_table(rows, results["baselines"].get(name))
+    if steps:
+        out.append("\nWhere the time goes, per step (Triton's statistics over each run; µs per request; "
+                   "batch = inferences ÷ executions):\n\n" + steps)
+    if image:
+        out.append(f"\n![{name}]({image})\n")
+    return "".join(out) + "\n"
+
+
+def step_table(rows: Sequence[dict], baseline: dict | None = None) -> str:
+    """Triton's per-step figures; at c=1 next to the same step's execute() time in-process (batch 1)."""
+    in_process = {}
+    if baseline and "timings" in baseline:
+        in_process = next((t.get("steps_ms", {}) for t in baseline["timings"] if t["batch"] == 1), {})
+    table = []
+    for r in rows:
+        if int(r["load"]) not in (1, TARGET_CONCURRENCY, 16) and len(rows) > 3:
+            continue
+        for model, step in sorted(r.get("steps", {}).items()):
+            local = in_process.get(model) if int(r["load"]) == 1 else None
+            table.append([int(r["load"]), f"`{model}`", _f(step["queue_us"], 0), _f(step["compute_input_us"], 0),
+                          _f(step["compute_infer_us"], 0), _f(step["compute_output_us"], 0), _f(step["avg_batch"], 2),
+                          "" if local is None else _f(local * 1000, 0)])
+    if not table:
+        return ""
+    return _table(["c", "step", "queue", "compute input", "compute infer", "compute output", "avg batch",
+                   "in-process execute() b1"], table)
+
+
+def baseline_section(results: dict) -> str:
+    table = []
+    for pipeline in results["pipelines"]:
+        eff = efficiency(results, pipeline["name"])
+        if not eff:
+            continue
+        table.append([f"`{pipeline['name']}`", _f(eff["b1_p50_ms"], 2), _f(eff["b1_throughput"]),
+                      f"b{eff['best_batch']}", _f(eff["best_throughput"]), _f(eff["c1_p50_ms"], 2),
+                      _f(eff["c1_p50_ms"] - eff["b1_p50_ms"], 2) if eff["c1_p50_ms"] and eff["b1_p50_ms"] else "–",
+                      _f(eff["c8_throughput"]), f"**{_f(eff['latency_ratio'], 2)}×**",
+                      f"**{_f(eff['throughput_ratio'], 2)}×**"])
+    if not table:
+        return "No in-process baseline (the repository is not local, or its models are not Python-backend).\n"
+    return _table(["pipeline", "in-process b1 p50 ms", "b1 items/s", "best batch", "best items/s",
+                   "served c=1 p50 ms", "serving adds at c=1 (ms)", "served c=8 infer/s", "p50 c=1 ÷ b1",
+                   "c=8 ÷ best"], table)
+
+
+def peers_section(results: dict, image: str | None) -> str:
+    peers = results.get("peers") or {}
+    summary = peer_summary(results)
+    if not summary:
+        return "Peers not run (`--skip-peers`, or no text_embed pipeline).\n"
+    loads = sorted({int(r["load"]) for t in summary for r in t["rows"]})
+    header = ["target", "vectors vs sentence-transformers (min cos)"] + [f"c={c} infer/s (p50 ms)" for c in loads]
+    table = []
+    for target in summary:
+        cells = []
+        for c in loads:
+            row = _at(target["rows"], c)
+            cells.append(f"{_f(row['throughput'])} ({_ms(row['p50_us'])})" if row else "–")
+        cosine = target.get("min_cosine")
+        table.append([target["name"], "–" if cosine is None else f"{cosine:.6f}"] + cells)
+    out = [f"Model: `{peers.get('model')}` for every target.\n\n", _table(header, table)]
+    ours = summary[0]
+    ratio_rows = []
+    for target in summary[1:]:
+        cells = []
+        for c in loads:
+            mine, theirs = _at(ours["rows"], c), _at(target["rows"], c)
+            cells.append(f"{mine['throughput'] / theirs['throughput']:.2f}×" if mine and theirs else "–")
+        ratio_rows.append([f"gRPC text_embed ÷ {target['name']}"] + cells)
+    if ratio_rows:
+        out.append("\nThroughput ratios (ours over gRPC ÷ target):\n\n")
+        out.append(_table(["ratio"] + [f"c={c}" for c in loads], ratio_rows))
+    for target in summary:
+        if target.get("error"):
+            out.append(f"\n- {target['name']}: {target['error']}\n")
+    for note in peers.get("notes", []):
+        out.append(f"\n- {note}\n")
+    if image:
+        out.append(f"\n![peers]({image})\n")
+    return "".join(out)
+
+
+def runtimes_section(results: dict) -> str:
+    table_data = results.get("runtimes")
+    if not table_data:
+        return "Runtime table not run.\n"
+    table = []
+    for r in table_data["rows"]:
+        accuracy = "–" if r.get("accuracy") is None else f"{100 * r['accuracy']:.2f}% ({r['accuracy_items']})"
+        drift = "reference" if r["runtime"] == r["reference"] else (
+            f"{r['max_abs_diff']:.1e} / {r['min_cosine']:.5f} vs {r['reference']}"
+        )
+        table.append([f"`{r['encoder']}`", r["runtime"], _f(r["b1_ms"], 2), _f(r["b8_ms"], 2),
+                      _f(r["b8_items_per_s"]), drift, accuracy])
+    out = _table(["encoder", "runtime", "b1 ms", "b8 ms", "b8 items/s", "max abs diff / min cosine",
+                  "dev accuracy (n)"], table)
+    for note in table_data.get("notes", []):
+        out += f"\n- {note}\n"
+    return out
+
+
+def tuning_section(results: dict) -> str:
+    tuning = results.get("tuning")
+    if not tuning:
+        return "Not part of this run (add `--tune`).\n"
+    table = []
+    for v in tuning["variants"]:
+        cells = [f"`{v['name']}`", v["description"]]
+        for key in ("c1", "c8"):
+            row = v.get(key)
+            cells.append(f"{_f(row['throughput'])} / {_ms(row['p50_us'])} / {_ms(row['p99_us'])}" if row else "–")
+        table.append(cells)
+    out = [f"Pipeline `{tuning['pipeline']}`, {tuning['rounds']} interleaved round(s) per variant "
+           f"(median of rounds); each variant is a fresh server over a copy of the repository whose "
+           f"configs differ only as described.\n\n",
+           _table(["variant", "what differs", "c=1 infer/s / p50 / p99 ms", "c=8 infer/s / p50 / p99 ms"], table)]
+    if tuning.get("chosen"):
+        out.append(f"\nBest by this run's rule ({tuning['rule']}): **`{tuning['chosen']}`**.\n")
+    return "".join(out)
+
+
+def render(results: dict, images: dict[str, str]) -> str:
+    m = results["machine"]
+    load = lambda key: ", ".join(f"{v:.2f}" for v in results.get(key, [])) or "–"  # noqa: E731
+    s = results["settings"]
+    out = [
+        "# Benchmarks\n\n",
+        "Generated by `mmserve bench --report` from one run on one machine: every ratio below compares "
+        "figures measured minutes apart under the same conditions. Regenerate with the command shown; "
+        "raw perf_analyzer CSVs, logs and `results.json` are in the run's `--out` folder.\n\n",
+        "## Machine and method\n\n",
+        _table(["", ""], [
+            ["command", f"`{results['command']}`"],
+            ["when", f"{results['started']} → {results.get('finished', '?')}"],
+            ["CPU", f"{m.get('cpu', '?')}, {m.get('logical_cpus')} logical CPUs, used: {m.get('cpus_used')}"],
+            ["memory", f"{m.get('memory_gib', '?')} GiB"],
+            ["software", f"tritonserver {m.get('tritonserver')}, perf_analyzer from tritonclient "
+                         f"{m.get('tritonclient')}, onnxruntime {m.get('onnxruntime')}, Python {m.get('python')}"],
+            ["load average (1/5/15 min)", f"start {load('loadavg_start')}; after serving "
+                                          f"{load('loadavg_after_serving')}; end {load('loadavg_end')}"],
+            ["perf_analyzer", f"gRPC, closed loop, {s['measurement_interval_ms']} ms windows, stable within "
+                              f"{s['stability_percentage']:g}% over 3 windows (else retried at "
+                              f"{s['loose_stability_percentage']:g}%, marked *loose*), shared memory: "
+                              f"{s['shared_memory']}"],
+            ["in-process baseline", f"same models in one process, {s['baseline_seconds']:g} s per batch size"],
+        ]),
+    ]
+    if results.get("notes"):
+        out.append("\n" + "".join(f"- {n}\n" for n in results["notes"]))
+    out += [
+        "\nServer, perf_analyzer and the peers share the same CPUs: the client's own cost is inside every "
+        "figure, as it would be for a sidecar or a co-located app. Latencies are client-side, as perf_analyzer "
+        "reports them.\n\n",
+        "## Targets\n\n",
+        _table(["target", "measured", "verdict"], targets(results)),
+        "\n## Serving efficiency: served vs in-process\n\n",
+        "The in-process baseline runs the pipeline's own models (tokenizer or pre-processing, the same ONNX "
+        "through the same runner and thread settings, post-processing) in one Python process on the same "
+        "requests, with the whole batch in one call; the best batch size is the one with the highest "
+        "items/s.\n\n",
+        baseline_section(results),
+        "\n## Pipelines under load\n\n",
+    ]
+    for pipeline in results["pipelines"]:
+        out.append(pipeline_section(results, pipeline, images.get(pipeline["name"])))
+    out += [
+        "## Side by side: infinity-emb and a naive FastAPI server\n\n",
+        "Same MiniLM folder, same sentences (each request one sentence), same concurrency levels, same CPUs; "
+        "perf_analyzer drives every target (`--service-kind openai` for the peers' `/embeddings`). "
+        "infinity-emb 0.0.78 runs in its own venv with its defaults except `--no-vector-disk-cache` "
+        "(it would otherwise answer repeated sentences from a cache) and `--pooling-method mean`; each "
+        "peer's vectors are checked against sentence-transformers before it is timed.\n\n",
+        peers_section(results, images.get("peers")),
+        "\n## Runtimes: torch eager vs onnxruntime fp32 vs INT8\n\n",
+        "Encoder only, fed by the pipeline's own pre-processing of the bench requests; INT8 is the exporter's "
+        "dynamic quantization (per-channel weights). Drift is against torch where the checkpoint is known. "
+        "Accuracy: the classifier's dev split, rebuilt from its training config.\n\n",
+        runtimes_section(results),
+        "\n## Tuning sweep\n\n",
+        tuning_section(results),
+    ]
+    return "".join(out)
+
+
+def write_report(results: dict, docs: Path, image_folder: Path | None = None) -> Path:
+    """docs/benchmarks.md plus its PNGs in docs/img (paths in the markdown are relative)."""
+    image_folder = image_folder or docs.parent / "img"
+    plots = make_plots(results, image_folder)
+    images = {key: str(path.relative_to(docs.parent)) if path.is_relative_to(docs.parent) else str(path)
+              for key, path in plots.items()}
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    text = render(results, images)
+    kept = _kept_analysis(docs)
+    if kept:
+        text += "\n" + kept
+    docs.write_text(text, encoding="utf-8")
+    return docs
+
+
+ANALYSIS_START, ANALYSIS_END = "<!-- analysis: kept when the report is regenerated -->", "<!-- /analysis -->"
+
+
+def _kept_analysis(docs: Path) -> str:
+    """The hand-written reading of the figures between the analysis markers, kept across regenerations."""
+    if not docs.exists():
+        return ""
+    text = docs.read_text(encoding="utf-8")
+    if ANALYSIS_START not in text or ANALYSIS_END not in text:
+        return ""
+    start = text.index(ANALYSIS_START)
+    return text[start : text.index(ANALYSIS_END, start) + len(ANALYSIS_END)] + "\n"
+
+
+def write_run_summary(results: dict, out: Path) -> Path:
+    """summary.md and plots inside the run's own folder."""
+    plots = make_plots(results, out / "img")
+    images = {key: str(path.relative_to(out)) for key, path in plots.items()}
+    path = out / "summary.md"
+    path.write_text(render(results, images), encoding="utf-8")
+    return path
+
+
+def load_results(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text())

@@ -1,0 +1,350 @@
+"""`mmserve bench`: one command, one run, every figure side by side.
+
+For each pipeline the server offers: realistic input data, the in-process
+baseline, then perf_analyzer at each load level with Triton's per-step
+statistics. Then the peers on text_embed, the runtime table, and optionally the
+tuning sweep. Everything lands in `out/results.json` (+ CSV, plots); the report
+module renders it as docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from mmserve.bench import inputs as bench_inputs
+from mmserve.bench.perf import BenchError, Load, PerfRow, PerfSettings, find_perf_analyzer, perf_environment, run_level
+from mmserve.bench.server_stats import difference, snapshot
+from mmserve.pipelines import PIPELINES, Kind
+
+DEFAULT_OUT = Path("artifacts/bench/latest")
+DEFAULT_PEERS_VENV = Path("artifacts/bench/venv-peers")
+
+
+@dataclass
+class BenchConfig:
+    repository: Path = Path("model_repository")
+    pipelines: list[str] = field(default_factory=list)  # empty: every pipeline the server offers
+    url: str | None = None  # a running server's gRPC address; None: start one over `repository`
+    concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    request_rates: list[float] = field(default_factory=list)
+    shared_memory: str = "none"
+    out: Path = DEFAULT_OUT
+    skip_peers: bool = False
+    quick: bool = False
+    tune: bool = False
+    cpus: list[int] | None = None
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+    peers_venv: Path = DEFAULT_PEERS_VENV
+    measurement_interval_ms: int | None = None
+    requests: int = 128  # distinct requests in each pipeline's input data
+    baseline_seconds: float | None = None
+    skip_runtimes: bool = False
+    command: str = ""
+
+    @property
+    def settings(self) -> PerfSettings:
+        interval = self.measurement_interval_ms or (1500 if self.quick else 3000)
+        return PerfSettings(measurement_interval_ms=interval, shared_memory=self.shared_memory,
+                            max_trials=5 if self.quick else 8)
+
+    @property
+    def seconds(self) -> float:
+        return self.baseline_seconds if self.baseline_seconds is not None else (1.0 if self.quick else 4.0)
+
+
+class Progress:
+    """tqdm when installed, else one line per step."""
+
+    def __init__(self, total: int) -> None:
+        try:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
+        except ImportError:
+            self._bar, self._done, self._total = None, 0, total
+
+    def step(self, label: str) -> None:
+        if self._bar is not None:
+            self._bar.set_description(label[:48])
+        else:
+            print(f"[{self._done + 1}/{self._total}] {label}", file=sys.stderr, flush=True)
+
+    def advance(self) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+        else:
+            self._done += 1
+
+    def write(self, message: str) -> None:
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+# ---- which pipelines exist ----
+def kind_of(name: str, inputs: Sequence[str], outputs: Sequence[str]) -> Kind | None:
+    """The contract kind whose tensor names a model states exactly (its own name breaks ties)."""
+    matches = [
+        kind for kind, spec in PIPELINES.items()
+        if [t.name for t in spec.inputs] == list(inputs) and [t.name for t in spec.outputs] == list(outputs)
+    ]
+    if not matches:
+        return None
+    return next((k for k in matches if k.value == name), matches[0])
+
+
+def discover(client: Any) -> list[tuple[str, Kind]]:
+    """Every ready model of the server whose inputs and outputs are a pipeline's contract."""
+    found = []
+    for entry in client.get_model_repository_index(as_json=True).get("models", []):
+        if entry.get("state") != "READY":
+            continue
+        config = client.get_model_config(entry["name"], as_json=True)["config"]
+        kind = kind_of(
+            entry["name"], [i["name"] for i in config.get("input", [])], [o["name"] for o in config.get("output", [])]
+        )
+        if kind is not None and (entry["name"], kind) not in found:
+            found.append((entry["name"], kind))
+    return sorted(found, key=lambda item: (list(Kind).index(item[1]), item[0]))
+
+
+def default_checkpoints(root: Path = Path(".")) -> dict[str, Path]:
+    """Where `make demo` leaves the checkpoints behind each text pipeline (when present)."""
+    found: dict[str, Path] = {}
+    try:
+        from mmserve.training.defaults import default_text_base
+
+        found["text_embed"] = default_text_base()
+    except Exception:  # noqa: BLE001 - the train extra is optional for the bench
+        pass
+    demo = root / "artifacts" / "demo" / "checkpoints"
+    layout = [("text_classify", "intents"), ("text_ner", "ner"), ("sentiment", "sentiment")]
+    try:
+        from mmserve.demo.speech import CHECKPOINT as speech_checkpoint
+
+        layout += [("audio_classify", speech_checkpoint), ("audio_embed", speech_checkpoint)]
+    except ImportError:
+        pass
+    for pipeline, folder in layout:
+        if (demo / folder / "config.json").exists():
+            found[pipeline] = demo / folder
+    return found
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
+        info["memory_gib"] = round(
+            int(next(l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))) / 2**20, 1
+        )
+    except (OSError, StopIteration):
+        pass
+    info["logical_cpus"] = os.cpu_count()
+    info["cpus_used"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    try:
+        import tritonclient
+
+        info["tritonclient"] = getattr(tritonclient, "__version__", None) or _dist_version("tritonclient")
+    except ImportError:
+        pass
+    return info
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def loadavg() -> list[float]:
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
+# ---- the run ----
+def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    import tritonclient.grpc as grpcclient
+
+    from mmserve.server import ServerPorts, TritonServer
+
+    find_perf_analyzer()  # fail fast, before a server starts
+    if config.cpus:
+        os.sched_setaffinity(0, config.cpus)  # the server, perf_analyzer and the peers inherit these cores
+    out = config.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    raw = out / "raw"
+    results: dict[str, Any] = {
+        "command": config.command,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine(),
+        "loadavg_start": loadavg(),
+        "settings": {
+            "concurrency": config.concurrency, "request_rates": config.request_rates,
+            "shared_memory": config.shared_memory, **asdict(config.settings),
+            "baseline_seconds": config.seconds, "requests_per_pipeline": config.requests,
+        },
+        "pipelines": [], "perf": [], "baselines": {}, "peers": {}, "runtimes": None, "tuning": None, "notes": [],
+    }
+    repository = config.repository.resolve()
+    local = repository.exists()
+    with ExitStack() as stack:
+        if config.url:
+            url = config.url
+        else:
+            server = TritonServer(repository, ServerPorts.free(), log_file=out / "triton.log")
+            log(f"starting tritonserver over {repository} ...")
+            stack.enter_context(server)
+            url = server.grpc_url
+        client = grpcclient.InferenceServerClient(url)
+        stack.callback(client.close)
+        results["machine"]["tritonserver"] = client.get_server_metadata(as_json=True).get("version")
+        available = discover(client)
+        if not available:
+            raise BenchError(f"the server at {url} offers no pipeline (no model states a contract's tensor names)")
+        chosen = _choose(available, config.pipelines)
+        loads = [Load("concurrency", c) for c in config.concurrency] + [Load("rate", r) for r in config.request_rates]
+        text_embed = next((name for name, kind in chosen if kind == Kind.TEXT_EMBED), None)
+        peers_wanted = not config.skip_peers and text_embed is not None
+        http_url = None if config.url else server.http_url
+        total = len(chosen) * (len(loads) + (1 if local else 0))
+        if peers_wanted:
+            from mmserve.bench.run_peers import peer_count
+
+            total += peer_count(http_url is not None) * len(config.concurrency) + 1
+        progress = Progress(total)
+        stack.callback(progress.close)
+        requests: dict[str, list] = {}
+        for name, kind in chosen:
+            requests[name] = bench_inputs.requests_for(kind, config.requests, seed=0)
+            data = bench_inputs.perf_json(requests[name], PIPELINES[kind], raw / f"{name}.input.json")
+            results["pipelines"].append(
+                {"name": name, "kind": kind.value, "data": bench_inputs.describe(kind, requests[name]),
+                 "scheduling": _scheduling(client, name)}
+            )
+            if local:
+                progress.step(f"{name}: in-process baseline")
+                results["baselines"][name] = _baseline(repository, name, requests[name], config, progress)
+                progress.advance()
+            for load in loads:
+                progress.step(f"{name}: {load}")
+                results["perf"].append(_measure(client, url, name, data, load, config.settings, raw))
+                progress.advance()
+            if peers_wanted and name == text_embed:  # right after our own figures: same conditions
+                from mmserve.bench.run_peers import run_peers
+
+                results["peers"] = run_peers(config, client, url, http_url, name, requests[name], raw, progress)
+        progress.close()
+    results["loadavg_after_serving"] = loadavg()
+
+    if local and not config.skip_runtimes:
+        try:
+            from mmserve.bench.runtimes import measure_runtimes
+
+            checkpoints = {**default_checkpoints(), **config.checkpoints}
+            log("runtime table (torch eager / ORT fp32 / ORT INT8) ...")
+            table = measure_runtimes(
+                repository, chosen, requests, checkpoints, out, seconds=config.seconds,
+                progress=lambda label: log(f"  {label}"),
+            )
+            results["runtimes"] = table.as_dict()
+        except ImportError as error:
+            results["notes"].append(f"runtime table skipped: {error} (needs the train extra: torch, transformers)")
+    if config.tune:
+        from mmserve.bench.tune import tune_text_embed
+
+        if text_embed is None or not local:
+            results["notes"].append("tuning skipped: needs a local repository with text_embed")
+        else:
+            results["tuning"] = tune_text_embed(repository, text_embed, requests[text_embed], config, out, log)
+    results["loadavg_end"] = loadavg()
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    write_results(results, out)
+    return results
+
+
+def _scheduling(client: Any, pipeline: str) -> dict[str, dict[str, Any]]:
+    """How the server schedules each step of a pipeline: instances, batching delay, preferred sizes, threads."""
+    config = client.get_model_config(pipeline, as_json=True)["config"]
+    steps = [s["model_name"] for s in config.get("ensemble_scheduling", {}).get("step", [])] or [pipeline]
+    found = {}
+    for step in steps:
+        c = client.get_model_config(step, as_json=True)["config"]
+        batching = c.get("dynamic_batching")
+        found[step] = {
+            "instances": sum(int(g.get("count", 1)) for g in c.get("instance_group", [])) or 1,
+            "max_queue_delay_us": int(batching.get("max_queue_delay_microseconds", 0)) if batching is not None else None,
+            "preferred_batch_size": [int(v) for v in (batching or {}).get("preferred_batch_size", [])],
+            "intra_op_threads": c.get("parameters", {}).get("intra_op_threads", {}).get("string_value"),
+        }
+    return found
+
+
+def _choose(available: list[tuple[str, Kind]], wanted: Sequence[str]) -> list[tuple[str, Kind]]:
+    if not wanted:
+        return available
+    names = {name: kind for name, kind in available}
+    unknown = [w for w in wanted if w not in names]
+    if unknown:
+        raise BenchError(f"no pipeline named {', '.join(unknown)} on the server; it offers {', '.join(names)}")
+    return [(w, names[w]) for w in wanted]
+
+
+def _baseline(repository: Path, name: str, requests: list, config: BenchConfig, progress: Progress) -> dict:
+    from mmserve.bench.inprocess import measure_baseline
+
+    try:
+        return measure_baseline(repository, name, requests, seconds=config.seconds).as_dict()
+    except BenchError as error:
+        progress.write(f"{name}: no in-process baseline ({error})")
+        return {"pipeline": name, "error": str(error)}
+
+
+def _measure(client: Any, url: str, name: str, data: Path, load: Load, settings: PerfSettings, raw: Path) -> dict:
+    before = snapshot(client)
+    try:
+        row = run_level(url, name, data, load, settings, raw)
+    except BenchError as error:
+        return {"pipeline": name, "target": "triton-grpc", "mode": load.mode, "load": load.value, "error": str(error)}
+    row.steps = {model: step for model, step in difference(before, snapshot(client)).items() if model != name}
+    return row.as_dict()
+
+
+def write_results(results: dict[str, Any], out: Path) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    fields = [f for f in PerfRow.__dataclass_fields__ if f != "steps"]
+    with (out / "results.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        rows = list(results["perf"])
+        for peer in results.get("peers", {}).get("targets", []):
+            rows += peer.get("rows", [])
+        for row in rows:
+            if "error" not in row:
+                writer.writerow(row)

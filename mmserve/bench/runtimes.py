@@ -1,0 +1,237 @@
+"""The runtime table: torch eager vs onnxruntime fp32 vs onnxruntime INT8, per encoder.
+
+Inputs are what the encoder really receives: the pipeline's own pre-processing
+(run in-process) turns the bench's requests into encoder feeds at batch 1 and 8.
+ORT fp32 is the repository's ONNX through the serving runner's session options;
+INT8 is the exporter's own dynamic quantization of that file; torch eager is
+the checkpoint wrapped exactly as the exporter wraps it (pooling / softmax
+inside), where the checkpoint is known. Next to each speed: drift against
+torch (or fp32 when there is no torch source) and, for classifiers whose
+checkpoint records its dev split, accuracy on that split.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from mmserve.bench.inprocess import InProcessPipeline, read_config, time_calls
+from mmserve.bench.inputs import Request, stack
+from mmserve.pipelines import Kind
+
+Feeds = dict[str, np.ndarray]
+Forward = Callable[[Feeds], np.ndarray]
+
+TEXT_KINDS = (Kind.TEXT_EMBED, Kind.TEXT_CLASSIFY, Kind.TEXT_NER)
+
+
+@dataclass
+class RuntimeRow:
+    encoder: str
+    pipeline: str
+    runtime: str  # "torch eager" | "ORT fp32" | "ORT INT8"
+    b1_ms: float
+    b8_ms: float
+    b8_items_per_s: float
+    max_abs_diff: float | None  # against the reference runtime
+    min_cosine: float | None
+    reference: str
+    accuracy: float | None = None  # dev accuracy (classifiers with a known dev split)
+    accuracy_items: int | None = None
+
+
+@dataclass
+class RuntimeTable:
+    rows: list[RuntimeRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"rows": [asdict(r) for r in self.rows], "notes": self.notes}
+
+
+# ---- torch sources per kind: (checkpoint, kind, encoder input names) -> forward on encoder feeds ----
+def _text_torch(checkpoint: Path, kind: Kind, input_names: Sequence[str]) -> Forward:
+    import torch
+
+    from mmserve.exporters.text import _wrap  # the exact graph the exporter traces
+    from mmserve.training.checkpoint import load_text_checkpoint
+
+    loaded = load_text_checkpoint(checkpoint)
+    graph = _wrap(loaded.model, loaded.task)
+
+    def forward(feeds: Feeds) -> np.ndarray:
+        with torch.inference_mode():
+            return graph(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])).numpy()
+
+    return forward
+
+
+def _speech_torch(checkpoint: Path, kind: Kind, input_names: Sequence[str]) -> Forward:
+    import torch
+
+    from mmserve.exporters.speech import _wrap  # the exact graph the exporter traces
+    from mmserve.training.speech_checkpoint import load_speech_checkpoint
+
+    loaded = load_speech_checkpoint(checkpoint)
+    task = "classify" if kind == Kind.AUDIO_CLASSIFY else "embed"
+    graph = _wrap(loaded.model, loaded.family, task, "attention_mask" in input_names)
+
+    def forward(feeds: Feeds) -> np.ndarray:
+        with torch.inference_mode():
+            return graph(*(torch.from_numpy(feeds[name]) for name in input_names)).numpy()
+
+    return forward
+
+
+# A product line adds its kinds here; a kind without a source gets ORT rows only.
+TORCH_SOURCES: dict[Kind, Callable[[Path, Kind, Sequence[str]], Forward]] = {
+    **{kind: _text_torch for kind in TEXT_KINDS},
+    Kind.AUDIO_CLASSIFY: _speech_torch,
+    Kind.AUDIO_EMBED: _speech_torch,
+}
+
+
+def classify_dev_set(checkpoint: Path) -> tuple[list[str], list[str]] | None:
+    """(texts, labels) of the dev split a classifier was selected on, rebuilt from its training config."""
+    config_file = checkpoint / "training_config.json"
+    if not config_file.exists():
+        return None
+    config = json.loads(config_file.read_text())
+    if config.get("task") != "classify":
+        return None
+    from mmserve.training.text_data import read_classification, split_dev
+
+    if config.get("dev_data"):
+        dev = read_classification(config["dev_data"])
+    else:
+        items = read_classification(config["data"])
+        _, dev = split_dev(items, config.get("dev_fraction", 0.15), config.get("seed", 42), key=lambda e: e.label)
+    return [e.text for e in dev], [e.label for e in dev]
+
+
+def _ort_forward(onnx_path: Path, output: str) -> Forward:
+    from mmserve.serving.runtime import OnnxRunner, RunnerSettings
+
+    session = OnnxRunner(onnx_path, RunnerSettings.for_instances(1)).session
+    names = [i.name for i in session.get_inputs()]
+    return lambda feeds: session.run([output], {n: feeds[n] for n in names})[0]
+
+
+def _drift(outputs: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> tuple[float, float]:
+    worst, cosine = 0.0, 1.0
+    for out, ref in zip(outputs, references):
+        worst = max(worst, float(np.abs(out - ref).max()))
+        a = out.reshape(len(out), -1).astype(np.float64)
+        b = ref.reshape(len(ref), -1).astype(np.float64)
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+        cosine = min(cosine, float(cos.min()))
+    return worst, cosine
+
+
+def _feeds(pipeline: InProcessPipeline, encoder: str, requests: Sequence[Request], batch: int, count: int) -> list[Feeds]:
+    feeds = []
+    for start in range(0, batch * count, batch):
+        pipeline(stack([requests[(start + k) % len(requests)] for k in range(batch)]))
+        feeds.append({k: np.array(v) for k, v in pipeline.captured[encoder].items()})
+    return feeds
+
+
+def measure_runtimes(
+    repository: Path,
+    pipelines: Sequence[tuple[str, Kind]],
+    requests: dict[str, Sequence[Request]],
+    checkpoints: dict[str, Path],
+    workdir: Path,
+    seconds: float = 2.0,
+    progress: Callable[[str], None] | None = None,
+    batches: tuple[int, int] = (8, 4),
+    min_calls: int = 10,
+) -> RuntimeTable:
+    """One block of rows per encoder (an encoder shared by two pipelines is measured once)."""
+    from mmserve.exporters.quantize import quantize_int8
+
+    try:
+        import torch
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(cores)  # the same cores as onnxruntime gets
+    except ImportError:
+        torch = None
+    table = RuntimeTable()
+    seen: set[str] = set()
+    for name, kind in pipelines:
+        pipeline = InProcessPipeline(repository, name)
+        for encoder in pipeline.encoder_steps():
+            if encoder in seen:
+                continue
+            seen.add(encoder)
+            if progress:
+                progress(f"runtimes {encoder}")
+            folder = repository / encoder
+            parameters = {k: v["string_value"] for k, v in read_config(folder).get("parameters", {}).items()}
+            onnx_path = next(folder.glob(f"*/{parameters.get('onnx_file', 'model.onnx')}"))
+            output = pipeline.models[encoder].runner.output_names[0]
+            b1 = _feeds(pipeline, encoder, requests[name], 1, batches[0])  # batches of 1 and of 8 items
+            b8 = _feeds(pipeline, encoder, requests[name], 8, batches[1])
+
+            forwards: dict[str, Forward] = {}
+            checkpoint = checkpoints.get(name)
+            input_names = pipeline.models[encoder].runner.input_names
+            if torch is not None and checkpoint is not None and kind in TORCH_SOURCES and checkpoint.exists():
+                forwards["torch eager"] = TORCH_SOURCES[kind](checkpoint, kind, input_names)
+            elif kind not in TORCH_SOURCES:
+                table.notes.append(f"{encoder}: no torch source registered for {kind.value}; ORT rows only")
+            else:
+                table.notes.append(f"{encoder}: checkpoint unknown (--checkpoint {name}=PATH); ORT rows only")
+            forwards["ORT fp32"] = _ort_forward(onnx_path, output)
+            scratch = workdir / "int8" / encoder
+            scratch.mkdir(parents=True, exist_ok=True)
+            fp32_copy = scratch / "model.onnx"
+            if not fp32_copy.exists() or fp32_copy.stat().st_size != onnx_path.stat().st_size:
+                shutil.copy2(onnx_path, fp32_copy)
+            int8_path, _ = quantize_int8(fp32_copy, b8, output)
+            forwards["ORT INT8"] = _ort_forward(int8_path, output)
+
+            reference_name = next(iter(forwards))
+            reference = forwards[reference_name]
+            references = [reference(f) for f in b8 + b1]
+            dev = classify_dev_set(checkpoint) if checkpoint is not None and kind == Kind.TEXT_CLASSIFY else None
+            dev_feeds, gold = _dev_feeds(pipeline, encoder, dev) if dev else ([], None)
+            for runtime, forward in forwards.items():
+                t1 = time_calls(forward, b1, seconds / 2, min_calls=min_calls)
+                t8 = time_calls(forward, b8, seconds / 2, min_calls=max(1, min_calls // 2))
+                drift = _drift([forward(f) for f in b8 + b1], references) if runtime != reference_name else (0.0, 1.0)
+                accuracy = None
+                if gold is not None:
+                    predictions = np.concatenate([forward(f).argmax(-1) for f in dev_feeds])
+                    accuracy = float((predictions == gold).mean())
+                table.rows.append(
+                    RuntimeRow(
+                        encoder=encoder, pipeline=name, runtime=runtime,
+                        b1_ms=1e3 * statistics.median(t1), b8_ms=1e3 * statistics.median(t8),
+                        b8_items_per_s=8 * len(t8) / sum(t8),
+                        max_abs_diff=drift[0], min_cosine=drift[1], reference=reference_name,
+                        accuracy=accuracy, accuracy_items=len(gold) if gold is not None else None,
+                    )
+                )
+    return table
+
+
+def _dev_feeds(pipeline: InProcessPipeline, encoder: str, dev: tuple[list[str], list[str]]) -> tuple[list[Feeds], np.ndarray]:
+    """The dev texts through the pipeline's own pre-processing, 32 at a time; gold label indices."""
+    texts, labels = dev
+    label_file = pipeline.repository / encoder / "labels.txt"
+    names = [line.strip() for line in label_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    feeds = []
+    for start in range(0, len(texts), 32):
+        chunk = texts[start : start + 32]
+        batch = {"TEXT": np.array([[t.encode("utf-8")] for t in chunk], dtype=np.object_)}
+        pipeline(batch)
+        feeds.append({k: np.array(v) for k, v in pipeline.captured[encoder].items()})
+    return feeds, np.array([names.index(label) for label in labels])

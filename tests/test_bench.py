@@ -1,0 +1,231 @@
+"""`mmserve bench` on the tiny test repository: well-formed results, never timed assertions.
+
+The numbers live in docs/benchmarks.md; here we check that every part of the
+bench runs against the session's real server and writes what it promises.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmserve.bench import inputs
+from mmserve.bench.perf import Load, PerfSettings, parse_csv
+from mmserve.pipelines import PIPELINES, Kind, spec
+
+
+# ---- pure functions ----
+def test_kind_is_recognised_from_tensor_names():
+    from mmserve.bench.run import kind_of
+
+    assert kind_of("sentiment", ["TEXT"], ["PROBS", "LABEL"]) == Kind.TEXT_CLASSIFY
+    assert kind_of("clip_text_embed", ["TEXT"], ["EMBEDDING"]) == Kind.CLIP_TEXT_EMBED
+    assert kind_of("my_embedder", ["TEXT"], ["EMBEDDING"]) in (Kind.TEXT_EMBED, Kind.CLIP_TEXT_EMBED)
+    assert kind_of("text_tokenize", ["TEXT"], ["input_ids", "attention_mask", "offsets", "word_ids"]) is None
+
+
+def test_every_kind_has_realistic_inputs_that_perf_analyzer_can_read(tmp_path: Path):
+    for kind in Kind:
+        requests = inputs.requests_for(kind, 3)
+        contract = spec(kind)
+        for request in requests:
+            assert set(request) == {t.name for t in contract.inputs}
+        data = json.loads(inputs.perf_json(requests, contract, tmp_path / f"{kind.value}.json").read_text())
+        assert len(data["data"]) == 3
+        for step in data["data"]:
+            for tensor in contract.inputs:
+                assert "content" in step[tensor.name] or "b64" in step[tensor.name]
+        batch = inputs.stack(requests)
+        assert all(len(v) == 3 for v in batch.values())
+
+
+def test_sentences_are_real_and_of_varied_length():
+    texts = inputs.sentences(200)
+    words = [len(t.split()) for t in texts]
+    assert len(set(texts)) > 150 and min(words) <= 3 and max(words) >= 15
+
+
+def test_images_are_photo_sized_jpegs_sent_with_length_prefixes(tmp_path: Path):
+    from PIL import Image
+
+    requests = inputs.requests_for(Kind.IMAGE_EMBED, 2)
+    jpeg = bytes(requests[0]["IMAGE"][0])
+    image = Image.open(io.BytesIO(jpeg))
+    assert image.format == "JPEG" and image.size == (640, 480) and len(jpeg) > 20_000
+    step = json.loads(inputs.perf_json(requests, spec(Kind.IMAGE_EMBED), tmp_path / "i.json").read_text())["data"][0]
+    raw = base64.b64decode(step["IMAGE"]["b64"])
+    assert struct.unpack("<I", raw[:4])[0] == len(jpeg) and raw[4:] == jpeg
+
+
+def test_audio_is_one_second_of_16khz_speech():
+    (request,) = inputs.requests_for(Kind.AUDIO_CLASSIFY, 1)
+    audio = request["AUDIO"]
+    assert audio.dtype == np.float32 and audio.shape == (16_000,) and 0.1 < np.abs(audio).max() <= 1.0
+    assert int(request["SAMPLE_RATE"][0]) == 16_000
+
+
+def test_perf_analyzer_csv_is_parsed(tmp_path: Path):
+    path = tmp_path / "out.csv"
+    path.write_text(
+        "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"
+        "Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,"
+        "Avg latency,request/response,response wait\n"
+        "2,937.555,3,848,1,33,1020,208,7,1814,3093,3877,6685,2124,10,2096\n"
+    )
+    (row,) = parse_csv(path, "text_embed", "triton-grpc", "concurrency")
+    assert (row.load, row.throughput, row.p50_us, row.p99_us, row.server_compute_infer_us) == (2, 937.555, 1814, 6685, 1020)
+    openai = tmp_path / "peer.csv"
+    openai.write_text("Concurrency,Inferences/Second,Client Send,Client Recv,p50 latency,p90 latency,p95 latency,"
+                      "p99 latency\n8,71.65,153,4,105872,143341,150061,157477\n")
+    (peer,) = parse_csv(openai, "minilm", "openai", "concurrency")
+    assert peer.avg_us is None and peer.server_queue_us is None and peer.p99_us == 157477
+
+
+# ---- against the session's real server ----
+def test_the_in_process_pipeline_answers_what_the_server_answers(server, repository: Path, triton):
+    import tritonclient.grpc as grpcclient
+
+    from mmserve.bench.inprocess import InProcessPipeline
+
+    texts = inputs.sentences(3, seed=1)
+    items = np.array([[t.encode()] for t in texts], dtype=np.object_)
+    tensor = grpcclient.InferInput("TEXT", list(items.shape), "BYTES")
+    tensor.set_data_from_numpy(items)
+    served = triton.infer("text_embed", [tensor]).as_numpy("EMBEDDING")
+    local = InProcessPipeline(repository, "text_embed")({"TEXT": items})["EMBEDDING"]
+    np.testing.assert_allclose(local, served, atol=1e-5)
+
+
+def test_every_pipeline_of_the_server_is_found_and_runs_in_process(server, repository: Path, triton):
+    from mmserve.bench.inprocess import InProcessPipeline
+    from mmserve.bench.run import discover
+
+    found = dict(discover(triton))
+    assert {"text_embed", "text_classify", "text_ner", "sentiment"} <= set(found)
+    assert found["sentiment"] == Kind.TEXT_CLASSIFY
+    for name, kind in found.items():
+        outputs = InProcessPipeline(repository, name)(inputs.stack(inputs.requests_for(kind, 2)))
+        assert set(outputs) == {t.name for t in PIPELINES[kind].outputs}
+        assert all(len(v) == 2 for v in outputs.values())
+
+
+@pytest.fixture(scope="module")
+def bench_run(server, repository: Path, text_checkpoints, tiny_bert, tmp_path_factory):
+    from mmserve.bench.run import BenchConfig, run_bench
+
+    out = tmp_path_factory.mktemp("bench")
+    config = BenchConfig(
+        repository=repository, url=server.grpc_url, pipelines=["text_embed", "text_classify"],
+        concurrency=[1, 2], out=out, skip_peers=True, measurement_interval_ms=500, requests=16,
+        baseline_seconds=0.1, checkpoints={"text_classify": text_checkpoints["classify"], "text_embed": tiny_bert},
+        command="mmserve bench (test)",
+    )
+    return run_bench(config, log=lambda _: None), out
+
+
+def test_bench_writes_a_row_per_pipeline_and_load_with_server_side_steps(bench_run):
+    results, out = bench_run
+    rows = [r for r in results["perf"] if "error" not in r]
+    assert {(r["pipeline"], r["load"]) for r in rows} == {(p, c) for p in ("text_embed", "text_classify") for c in (1, 2)}
+    for row in rows:
+        assert row["throughput"] > 0 and 0 < row["p50_us"] <= row["p99_us"]
+        encoder = row["steps"][f"{row['pipeline']}_encoder"]
+        assert encoder["requests"] > 0 and encoder["avg_batch"] >= 1 and encoder["compute_infer_us"] > 0
+        assert "text_tokenize" in row["steps"]
+    with (out / "results.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    assert json.loads((out / "results.json").read_text())["settings"]["concurrency"] == [1, 2]
+
+
+def test_bench_measures_the_in_process_baseline_per_batch_size(bench_run):
+    from mmserve.bench.inprocess import BATCH_SIZES
+    from mmserve.bench.report import efficiency
+
+    results, _ = bench_run
+    for pipeline in ("text_embed", "text_classify"):
+        baseline = results["baselines"][pipeline]
+        assert [t["batch"] for t in baseline["timings"]] == list(BATCH_SIZES)
+        assert all(t["throughput"] > 0 for t in baseline["timings"])
+        eff = efficiency(results, pipeline)
+        assert eff["latency_ratio"] > 0 and eff["throughput_ratio"] is None  # no c=8 in this run
+
+
+def test_runtime_table_has_torch_fp32_and_int8_with_drift_and_accuracy(bench_run):
+    results, _ = bench_run
+    rows = {(r["encoder"], r["runtime"]): r for r in results["runtimes"]["rows"]}
+    for encoder in ("text_embed_encoder", "text_classify_encoder"):
+        assert {runtime for e, runtime in rows if e == encoder} == {"torch eager", "ORT fp32", "ORT INT8"}
+        fp32 = rows[(encoder, "ORT fp32")]
+        assert fp32["reference"] == "torch eager" and fp32["min_cosine"] > 0.999  # the export's parity
+        assert rows[(encoder, "ORT INT8")]["b8_items_per_s"] > 0
+    classify = rows[("text_classify_encoder", "ORT INT8")]
+    assert 0 <= classify["accuracy"] <= 1 and classify["accuracy_items"] > 0
+
+
+def test_report_renders_tables_and_png_plots(bench_run, tmp_path: Path):
+    from mmserve.bench.report import ANALYSIS_END, ANALYSIS_START, write_report
+
+    results, _ = bench_run
+    docs = tmp_path / "docs" / "benchmarks.md"
+    docs.parent.mkdir()
+    docs.write_text(f"old\n{ANALYSIS_START}\nhand-written reading\n{ANALYSIS_END}\n")
+    write_report(results, docs)
+    text = docs.read_text()
+    for heading in ("## Machine and method", "## Targets", "## Serving efficiency", "### `text_embed`",
+                    "### `text_classify`", "## Runtimes", "mmserve bench (test)"):
+        assert heading in text
+    assert "hand-written reading" in text and "old\n" not in text
+    for pipeline in ("text_embed", "text_classify"):
+        png = docs.parent / "img" / f"bench-{pipeline}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"img/bench-{pipeline}.png" in text
+
+
+def test_cli_renders_a_report_from_saved_results(bench_run, tmp_path: Path):
+    from mmserve.cli import main
+
+    _, out = bench_run
+    docs = tmp_path / "benchmarks.md"
+    assert main(["bench", "--from-results", str(out), "--docs", str(docs)]) == 0
+    assert "## Targets" in docs.read_text()
+
+
+def test_cli_refuses_an_unknown_pipeline_with_a_clear_message(server, repository: Path, capsys, tmp_path: Path):
+    from mmserve.cli import main
+
+    code = main(["bench", "nope", "--url", server.grpc_url, "--repository", str(repository), "--skip-peers",
+                 "--out", str(tmp_path)])
+    assert code == 2 and "no pipeline named nope" in capsys.readouterr().err
+
+
+def test_runtime_table_covers_the_other_lines_encoders(server, repository: Path, triton, workdir: Path, tmp_path: Path):
+    """One pipeline per non-text kind of the session's repository: ORT fp32 and INT8 rows (torch where known)."""
+    from mmserve.bench.run import discover
+    from mmserve.bench.runtimes import TEXT_KINDS, measure_runtimes
+
+    others = list({kind: (name, kind) for name, kind in reversed(discover(triton)) if kind not in TEXT_KINDS}.values())
+    if not others:
+        pytest.skip("no other product line in the test repository")
+    checkpoints: dict[str, Path] = {}
+    try:
+        from lines_speech import W2V_PIPELINE, speech_paths
+
+        paths = speech_paths(workdir)
+        checkpoints = {"audio_classify": paths.whisper, "audio_embed": paths.whisper, W2V_PIPELINE: paths.wav2vec2}
+    except ImportError:
+        pass
+    requests = {name: inputs.requests_for(kind, 8) for name, kind in others}
+    table = measure_runtimes(repository, others, requests, checkpoints, tmp_path, seconds=0.0, batches=(2, 1), min_calls=2)
+    by_encoder: dict[str, set[str]] = {}
+    for row in table.rows:
+        by_encoder.setdefault(row.encoder, set()).add(row.runtime)
+        assert row.b1_ms > 0 and row.b8_items_per_s > 0
+        if row.runtime == "ORT fp32" and row.reference == "torch eager":
+            assert row.min_cosine > 0.999  # the export's parity, seen from the bench
+    assert by_encoder and all({"ORT fp32", "ORT INT8"} <= runtimes for runtimes in by_encoder.values())

@@ -1,0 +1,26 @@
+"""`mmserve export text` details that the served pipelines don't show directly."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from mmserve.exporters.repository import TEMPLATES
+from mmserve.exporters.text import export_text
+
+
+def test_exporting_into_the_checked_in_layout_uses_the_shared_tokenizer(tmp_path: Path, tiny_bert: Path):
+    repository = tmp_path / "model_repository"
+    shutil.copytree(TEMPLATES, repository, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
+    for generated in repository.glob("*/config.pbtxt"):  # start from the templates alone
+        shutil.rmtree(generated.parent)
+    result = export_text(tiny_bert, repository)
+    assert result.models == ("text_tokenize", "text_embed_encoder", "text_embed")
+    assert (repository / "text_tokenize" / "config.pbtxt").exists()
+    assert (repository / "text_tokenize" / "1" / "tokenizer.json").exists()
+
+
+def test_int8_export_reports_its_drift(tmp_path: Path, tiny_bert: Path, text_checkpoints):
+    result = export_text(text_checkpoints["classify"], tmp_path / "repo", int8=True)
+    assert result.quantization is not None and 0.5 < result.quantization.min_cosine <= 1.0001
+    assert (tmp_path / "repo" / "text_classify_encoder" / "1" / "model.int8.onnx").exists()
+    assert 'string_value: "model.int8.onnx"' in (tmp_path / "repo" / "text_classify_encoder" / "config.pbtxt").read_text()

@@ -1,0 +1,166 @@
+"""The parts of a fine-tuning loop every modality shares.
+
+Seeding, optimizer and schedule, one training epoch with progress bar and TensorBoard
+scalars, and the resume state written after every epoch. Models are Hugging Face style:
+called with a dict batch that holds `labels`, they return an output with `.loss`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import shutil
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+RESUME_DIR = "last"
+_RESUME_WEIGHTS = "model.safetensors"
+_RESUME_TRAINER = "trainer.pt"
+_RESUME_META = "state.json"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run hands back: the best checkpoint folder, its metrics and report."""
+
+    checkpoint: Path
+    metrics: dict[str, Any]
+    report: str
+
+
+def configure_runtime() -> None:
+    """Use every core this process may run on; keep the tokenizers' own pool out of the way."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(cores or 1)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG a run touches (head init, LoRA init, dropout)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states in a form `torch.load(weights_only=True)` accepts."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.01) -> torch.optim.AdamW:
+    """AdamW over trainable parameters; no weight decay on biases and norm weights."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float = 0.1):
+    """Linear warm-up over the first `warmup_ratio` of steps, then linear decay to zero."""
+    return get_linear_schedule_with_warmup(optimizer, int(total_steps * warmup_ratio), total_steps)
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    n_batches: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    writer: SummaryWriter,
+    step: int,
+    desc: str,
+    log_every: int = 10,
+    max_grad_norm: float = 1.0,
+) -> tuple[float, int]:
+    """One pass over `batches`; returns (mean training loss, global step after the epoch)."""
+    model.train()
+    total, window = 0.0, []
+    with tqdm(total=n_batches, desc=desc, unit="batch", dynamic_ncols=True) as bar:
+        for batch in batches:
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            total += loss.item()
+            window.append(loss.item())
+            if len(window) == log_every:
+                writer.add_scalar("train/loss", sum(window) / len(window), step)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+                window.clear()
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            bar.update()
+    return total / max(n_batches, 1), step
+
+
+def library_versions() -> dict[str, str]:
+    """Versions recorded next to a checkpoint, so a result can be reproduced."""
+    import peft
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
+
+
+def save_resume_state(
+    out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, meta: Mapping[str, Any]
+) -> None:
+    """Write OUT/last/ (weights, optimizer, schedule, RNG, JSON meta); replaced as a whole."""
+    final = out / RESUME_DIR
+    partial = out / f"{RESUME_DIR}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    save_model(model, str(partial / _RESUME_WEIGHTS))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+        partial / _RESUME_TRAINER,
+    )
+    (partial / _RESUME_META).write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+
+
+def read_resume_meta(out: Path) -> dict[str, Any] | None:
+    """The JSON meta of OUT/last/, or None when there is nothing to resume."""
+    path = out / RESUME_DIR / _RESUME_META
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_resume_state(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> None:
+    """Restore weights, optimizer, schedule position and RNG states written by save_resume_state."""
+    folder = out / RESUME_DIR
+    load_model(model, str(folder / _RESUME_WEIGHTS))
+    trainer = torch.load(folder / _RESUME_TRAINER, weights_only=True)
+    optimizer.load_state_dict(trainer["optimizer"])
+    scheduler.load_state_dict(trainer["scheduler"])
+    set_rng_state(trainer["rng"])

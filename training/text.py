@@ -1,0 +1,328 @@
+"""Fine-tuning BERT-family encoders for text classification and NER (full or LoRA).
+
+`train_text` is what `mmserve train text` runs: it reads the data, fine-tunes from a
+local Hugging Face folder, evaluates on a dev split every epoch and keeps the best
+epoch as a checkpoint folder that exporters load with plain `from_pretrained`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+
+from mmserve.training.checkpoint import (
+    ADAPTER_DIR,
+    METRICS_FILE,
+    TEXT_TASKS,
+    load_text_checkpoint,
+    save_text_checkpoint,
+)
+from mmserve.training.errors import ResumeError, TrainingError
+from mmserve.training.loop import (
+    RESUME_DIR,
+    TrainResult,
+    configure_runtime,
+    library_versions,
+    load_resume_state,
+    make_optimizer,
+    make_scheduler,
+    read_resume_meta,
+    save_resume_state,
+    seed_everything,
+    train_one_epoch,
+)
+from mmserve.training.metrics import classification_metrics, ner_metrics
+from mmserve.training.text_data import (
+    TaggedSentence,
+    TextExample,
+    check_labels_known,
+    classification_labels,
+    ner_labels,
+    read_classification,
+    read_conll,
+    split_dev,
+)
+from mmserve.training.text_features import Feature, batch_indices, collate, encode_classification, encode_ner
+
+# Chosen on the embedded data sets with MiniLM-L6 (4 epochs: intents >= 92% dev accuracy,
+# NER ~0.89 entity F1; 5e-5 was still under-fitted). LoRA trains only low-rank adapters
+# and the head, so it needs a larger step.
+FULL_LR = 1e-4
+LORA_LR = 5e-4
+EVAL_BATCH_SIZE = 64
+PRIMARY_METRIC = {"classify": "accuracy", "ner": "f1"}  # what picks the best epoch
+
+
+@dataclass(frozen=True)
+class TextTrainConfig:
+    base: str  # local HF model folder (BERT-family); fine-tuned from its weights
+    task: str  # "classify" | "ner"
+    data: str  # CSV/JSONL (text,label) for classify; CoNLL file for ner
+    out: str
+    dev_data: str | None = None  # else a stratified dev split of `data`
+    dev_fraction: float = 0.15
+    lora: bool = False
+    epochs: int = 4
+    lr: float | None = None  # None: FULL_LR, or LORA_LR with lora
+    batch_size: int = 16
+    max_length: int = 128
+    seed: int = 42
+    resume: bool = False
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.task not in TEXT_TASKS:
+            raise ValueError(f"task must be one of {TEXT_TASKS}, got {self.task!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.log_every < 1:
+            raise ValueError("epochs, batch_size and log_every must be at least 1")
+        if not 0 < self.dev_fraction < 1:
+            raise ValueError(f"dev_fraction must be between 0 and 1, got {self.dev_fraction}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+    @property
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return LORA_LR if self.lora else FULL_LR
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    metrics: dict[str, float]
+    report: str
+
+
+Items = Sequence[TextExample] | Sequence[TaggedSentence]
+
+
+def train_text(cfg: TextTrainConfig) -> TrainResult:
+    """Fine-tune, keep the best epoch in `cfg.out`, print and return its dev report."""
+    configure_runtime()
+    out = Path(cfg.out)
+    if not (Path(cfg.base) / "config.json").is_file():
+        raise TrainingError(f"base model {cfg.base}: not a local Hugging Face model folder (no config.json)")
+    base = str(Path(cfg.base).resolve())
+    train_items, dev_items, labels = _load_data(cfg)
+    identity = {"task": cfg.task, "labels": labels, "base": base, "lora": cfg.lora}
+
+    meta = _resume_meta(cfg, out, identity)
+    if meta is not None and meta["epochs_done"] >= cfg.epochs:
+        metrics = json.loads((out / METRICS_FILE).read_text())
+        print(f"{out}: training already completed ({meta['epochs_done']} epochs); returning the saved result")
+        print(metrics["report"])
+        return TrainResult(out, metrics, metrics["report"])
+    if meta is None:  # a fresh run must not mix with an earlier run's state, adapter or curves
+        for stale in (RESUME_DIR, ADAPTER_DIR, "runs"):
+            shutil.rmtree(out / stale, ignore_errors=True)
+
+    seed_everything(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = _build_model(cfg, base, labels)
+    train_features = _encode(cfg.task, tokenizer, train_items, labels, cfg.max_length)
+    dev_features = _encode(cfg.task, tokenizer, dev_items, labels, cfg.max_length)
+    n_batches = -(-len(train_features) // cfg.batch_size)
+    optimizer = make_optimizer(model, cfg.learning_rate)
+    scheduler = make_scheduler(optimizer, cfg.epochs * n_batches)
+
+    history: list[dict[str, Any]] = []
+    best_epoch, best_score, elapsed = 0, float("-inf"), 0.0
+    best: dict[str, Any] = {}  # dev metrics and report of the best epoch
+    if meta is not None:
+        load_resume_state(out, model, optimizer, scheduler)
+        history, best_epoch, best_score, elapsed = (
+            meta["history"], meta["best_epoch"], meta["best_score"], meta["train_time_seconds"]
+        )
+        best = json.loads((out / METRICS_FILE).read_text())
+        print(f"{out}: resuming after epoch {meta['epochs_done']} of {cfg.epochs}")
+    start = len(history)
+    training_config = {
+        **asdict(cfg), "kind": "text", "task": cfg.task, "base": base,
+        "learning_rate": cfg.learning_rate, "versions": library_versions(),
+    }
+    metric_name = PRIMARY_METRIC[cfg.task]
+    pad_id = tokenizer.pad_token_id or 0
+
+    from torch.utils.tensorboard import SummaryWriter  # imports tensorboard; only needed here
+
+    step = start * n_batches
+    with SummaryWriter(str(out / "runs")) as writer:
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            batches = (
+                collate([train_features[i] for i in idx], pad_id)
+                for idx in batch_indices(len(train_features), cfg.batch_size, cfg.seed + epoch)
+            )
+            train_loss, step = train_one_epoch(
+                model, batches, n_batches, optimizer, scheduler, writer, step,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}", log_every=cfg.log_every,
+            )
+            dev, report = _evaluate(model, cfg.task, labels, dev_items, dev_features, pad_id)
+            writer.add_scalar(f"dev/{metric_name}", dev[metric_name], step)
+            writer.add_scalar("dev/loss", dev["loss"], step)
+            seconds = time.perf_counter() - t0
+            elapsed += seconds
+            history.append({
+                "epoch": epoch + 1, "train_loss": train_loss, "dev_loss": dev["loss"],
+                f"dev_{metric_name}": dev[metric_name], "dev_macro_f1": dev["macro_f1"], "seconds": round(seconds, 2),
+            })
+            improved = dev[metric_name] > best_score
+            if improved:
+                best_epoch, best_score = epoch + 1, dev[metric_name]
+                save_text_checkpoint(out, model, tokenizer, labels, training_config)
+                best = {"dev_metrics": dev, "report": report}
+            metrics = {
+                "task": cfg.task, "metric": metric_name, "best_epoch": best_epoch,
+                f"dev_{metric_name}": best_score, "dev_macro_f1": best["dev_metrics"]["macro_f1"],
+                "dev_metrics": best["dev_metrics"], "history": history,
+                "train_time_seconds": round(elapsed, 2), "n_train": len(train_items), "n_dev": len(dev_items),
+                "report": best["report"],
+            }
+            (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+            save_resume_state(out, model, optimizer, scheduler, {
+                **identity, "epochs_done": epoch + 1, "history": history,
+                "best_epoch": best_epoch, "best_score": best_score, "train_time_seconds": elapsed,
+            })
+            tqdm.write(
+                f"epoch {epoch + 1}: train loss {train_loss:.4f}, dev loss {dev['loss']:.4f}, "
+                f"dev {metric_name} {dev[metric_name]:.4f}{' (best)' if improved else ''}, {seconds:.1f}s"
+            )
+    print(f"best epoch {best_epoch}: dev {metric_name} {best_score:.4f}\n{metrics['report']}")
+    return TrainResult(out, metrics, metrics["report"])
+
+
+def evaluate_text(checkpoint: str | Path, data: str | Path, batch_size: int = EVAL_BATCH_SIZE) -> EvalResult:
+    """Score a saved classify/ner checkpoint on a labelled file (e.g. a held-out test set)."""
+    configure_runtime()
+    ckpt = load_text_checkpoint(checkpoint)
+    if ckpt.task not in TEXT_TASKS:
+        raise TrainingError(f"{checkpoint}: task {ckpt.task!r} has no labels to evaluate against")
+    items = read_classification(data) if ckpt.task == "classify" else read_conll(data)
+    check_labels_known(ckpt.labels, _labels_in(ckpt.task, items), data)
+    features = _encode(ckpt.task, ckpt.tokenizer, items, ckpt.labels, ckpt.max_length)
+    metrics, report = _evaluate(
+        ckpt.model, ckpt.task, ckpt.labels, items, features, ckpt.tokenizer.pad_token_id or 0, batch_size
+    )
+    return EvalResult(metrics, report)
+
+
+def _load_data(cfg: TextTrainConfig) -> tuple[Items, Items, list[str]]:
+    """Train and dev items plus the label list (from the training part only)."""
+    classify = cfg.task == "classify"
+    read = read_classification if classify else read_conll
+    items = read(cfg.data)
+    if cfg.dev_data:
+        train, dev = items, read(cfg.dev_data)
+    else:  # classes stay balanced across the split; sentences just shuffle
+        train, dev = split_dev(items, cfg.dev_fraction, cfg.seed, key=(lambda e: e.label) if classify else None)
+    labels = classification_labels(train) if classify else ner_labels(train)
+    check_labels_known(labels, _labels_in(cfg.task, dev), cfg.dev_data or f"{cfg.data} (dev split)")
+    if classify and len(labels) < 2:
+        raise TrainingError(f"{cfg.data}: classification needs at least two labels, found {labels}")
+    return train, dev, labels
+
+
+def _labels_in(task: str, items: Items) -> set[str]:
+    if task == "classify":
+        return {e.label for e in items}
+    return {tag for s in items for tag in s.tags}
+
+
+def _resume_meta(cfg: TextTrainConfig, out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved state to continue from, checked against this run; None to start fresh."""
+    if not cfg.resume:
+        return None
+    meta = read_resume_meta(out)
+    if meta is None:
+        print(f"{out}: no saved state in {RESUME_DIR}/, starting from scratch")
+        return None
+    for key, value in identity.items():
+        if meta.get(key) != value:
+            raise ResumeError(
+                f"{out / RESUME_DIR} was written for {key}={meta.get(key)!r}, this run has {key}={value!r}; "
+                "use another --out or drop --resume"
+            )
+    return meta
+
+
+def _build_model(cfg: TextTrainConfig, base: str, labels: list[str]) -> torch.nn.Module:
+    """The base encoder with a fresh head for `labels`, LoRA-wrapped if asked."""
+    cls = AutoModelForSequenceClassification if cfg.task == "classify" else AutoModelForTokenClassification
+    model = cls.from_pretrained(
+        base,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        ignore_mismatched_sizes=True,  # the base may itself be a checkpoint with another label set
+    )
+    if not cfg.lora:
+        return model
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS if cfg.task == "classify" else TaskType.TOKEN_CLS,
+        r=8, lora_alpha=16, lora_dropout=0.1,
+        target_modules=["query", "value"], modules_to_save=["classifier"],
+    )
+    return get_peft_model(model, lora)
+
+
+def _encode(task: str, tokenizer, items: Items, labels: Sequence[str], max_length: int) -> list[Feature]:
+    label2id = {label: i for i, label in enumerate(labels)}
+    if task == "classify":
+        return encode_classification(tokenizer, items, label2id, max_length)
+    return encode_ner(tokenizer, items, label2id, max_length)
+
+
+@torch.inference_mode()
+def _evaluate(
+    model: torch.nn.Module,
+    task: str,
+    labels: Sequence[str],
+    items: Items,
+    features: Sequence[Feature],
+    pad_id: int,
+    batch_size: int = EVAL_BATCH_SIZE,
+) -> tuple[dict[str, float], str]:
+    """Loss, metrics and report; NER is scored on word-level tags by each word's first sub-token.
+
+    Items run in length order (less padding) and predictions go back to their place.
+    """
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(features)), key=lambda i: len(features[i].inputs["input_ids"]))
+    predictions: list[Any] = [None] * len(features)
+    loss_sum, loss_count = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate([features[i] for i in idx], pad_id)
+        gold = batch.pop("labels")
+        logits = model(**batch).logits
+        loss_sum += F.cross_entropy(logits.flatten(0, -2), gold.flatten(), reduction="sum").item()
+        loss_count += int((gold != -100).sum())
+        predicted = logits.argmax(-1).tolist()
+        for row, i in enumerate(idx):
+            predictions[i] = predicted[row]
+    model.train(was_training)
+
+    if task == "classify":
+        label2id = {label: i for i, label in enumerate(labels)}
+        metrics, report = classification_metrics([label2id[e.label] for e in items], predictions, labels)
+    else:
+        predicted_tags = [
+            [labels[row[p]] if p >= 0 else "O" for p in feature.word_starts]
+            for row, feature in zip(predictions, features)
+        ]
+        metrics, report = ner_metrics([s.tags for s in items], predicted_tags)
+    return {**metrics, "loss": loss_sum / max(loss_count, 1)}, report
