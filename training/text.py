@@ -42,6 +42,7 @@ from mmserve.training.loop import (
 )
 from mmserve.training.metrics import classification_metrics, ner_metrics
 from mmserve.training.text_data import (
+    IGNORE_INDEX,
     TaggedSentence,
     TextExample,
     check_labels_known,
@@ -53,12 +54,13 @@ from mmserve.training.text_data import (
 )
 from mmserve.training.text_features import Feature, batch_indices, collate, encode_classification, encode_ner
 
-# Chosen on the embedded data sets with MiniLM-L6 (4 epochs: intents >= 92% dev accuracy,
-# NER ~0.89 entity F1; 5e-5 was still under-fitted). LoRA trains only low-rank adapters
-# and the head, so it needs a larger step.
+# Chosen on the embedded data sets with MiniLM-L6 and 4 epochs: intents 93.8% dev accuracy,
+# NER 0.89 entity F1 (5e-5 still under-fitted). LoRA trains only low-rank adapters and the
+# head, so it needs a larger step (intents: 5e-4 -> 60%, 2e-3 -> 91.7%).
 FULL_LR = 1e-4
-LORA_LR = 5e-4
+LORA_LR = 2e-3
 EVAL_BATCH_SIZE = 64
+DEV_SPLIT_FILE = "dev.jsonl"
 PRIMARY_METRIC = {"classify": "accuracy", "ner": "f1"}  # what picks the best epoch
 
 
@@ -115,6 +117,7 @@ def train_text(cfg: TextTrainConfig) -> TrainResult:
         raise TrainingError(f"base model {cfg.base}: not a local Hugging Face model folder (no config.json)")
     base = str(Path(cfg.base).resolve())
     train_items, dev_items, labels = _load_data(cfg)
+    _write_dev_split(out, dev_items)
     identity = {"task": cfg.task, "labels": labels, "base": base, "lora": cfg.lora}
 
     meta = _resume_meta(cfg, out, identity)
@@ -217,6 +220,15 @@ def evaluate_text(checkpoint: str | Path, data: str | Path, batch_size: int = EV
     return EvalResult(metrics, report)
 
 
+def _write_dev_split(out: Path, items: Items) -> None:
+    """The held-out examples beside the checkpoint: the exporter's INT8 accuracy check and
+    the demo's served-accuracy check score exactly what training held out."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / DEV_SPLIT_FILE).open("w", encoding="utf-8") as f:
+        for item in items:
+            f.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
+
+
 def _load_data(cfg: TextTrainConfig) -> tuple[Items, Items, list[str]]:
     """Train and dev items plus the label list (from the training part only)."""
     classify = cfg.task == "classify"
@@ -310,7 +322,7 @@ def _evaluate(
         gold = batch.pop("labels")
         logits = model(**batch).logits
         loss_sum += F.cross_entropy(logits.flatten(0, -2), gold.flatten(), reduction="sum").item()
-        loss_count += int((gold != -100).sum())
+        loss_count += int((gold != IGNORE_INDEX).sum())
         predicted = logits.argmax(-1).tolist()
         for row, i in enumerate(idx):
             predictions[i] = predicted[row]
