@@ -312,11 +312,11 @@ def _torch(array: np.ndarray):
 
 def _shared_or_own(repository: Path, shared: str, own: str, config_for, files: dict[str, Any]) -> tuple[str, dict]:
     """Use the shared pre-processing model when it is absent or identical, else this product's own."""
-    existing = repository / shared
+    existing = repository / shared / "config.pbtxt"
     config = config_for(shared)
-    if not existing.exists():
+    if not existing.is_file():  # absent, or only the checked-in template (the default repository)
         return shared, config
-    if (existing / "config.pbtxt").is_file() and (existing / "config.pbtxt").read_text() == to_pbtxt(config) and same_files(existing, files):
+    if existing.read_text() == to_pbtxt(config) and same_files(repository / shared, files):
         return shared, config
     return own, config_for(own)
 

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from mmserve.exporters.triton_config import to_pbtxt
 
@@ -93,3 +93,21 @@ def same_files(folder: Path, files: Mapping[str, Path | bytes | str]) -> bool:
         elif existing.read_text(encoding="utf-8") != content:
             return False
     return True
+
+
+def shared_or_own(
+    repository: Path,
+    shared: str,
+    own: str,
+    config_for: Callable[[str], Mapping[str, Any]],
+    files: Mapping[str, Path | bytes | str],
+) -> tuple[str, Mapping[str, Any]]:
+    """The shared pre-processing model's name and config when it is absent or identical,
+    else this product's own: products that tokenise/decode the same way share one model."""
+    existing = repository / shared / "config.pbtxt"
+    config = config_for(shared)
+    if not existing.is_file():  # absent, or only the checked-in template (the default repository)
+        return shared, config
+    if existing.read_text() == to_pbtxt(config) and same_files(repository / shared, files):
+        return shared, config
+    return own, config_for(own)

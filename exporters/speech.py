@@ -25,7 +25,7 @@ from mmserve.exporters.onnx_export import (
     require_parity,
 )
 from mmserve.exporters.quantize import QuantizationReport, quantize_int8
-from mmserve.exporters.repository import ENCODER_MODEL_PY, VERSION, ModelFolder, same_files, write_models
+from mmserve.exporters.repository import ENCODER_MODEL_PY, VERSION, ModelFolder, shared_or_own, write_models
 from mmserve.exporters.triton_config import (
     EncoderTuning,
     Step,
@@ -34,7 +34,6 @@ from mmserve.exporters.triton_config import (
     ensemble_config,
     onnx_tensors,
     python_model_config,
-    to_pbtxt,
 )
 from mmserve.pipelines import AUDIO, EMBEDDING, LABEL, PROBS, SAMPLE_RATE, Kind
 from mmserve.serving.audio import DEFAULT_MAX_SECONDS, FeatureConfig, FeatureExtractor
@@ -245,14 +244,8 @@ def preprocess_model(
             parameters,
         )
 
-    name = PREPROCESS_MODEL
-    existing = repository / name
-    if existing.exists() and not (
-        same_files(existing, files)
-        and (existing / "config.pbtxt").read_text() == to_pbtxt(build(name))
-    ):
-        name = f"{pipeline}_preprocess"
-    return ModelFolder(name, build(name), dict(files)).add_template("audio_preprocess")
+    name, config = shared_or_own(repository, PREPROCESS_MODEL, f"{pipeline}_preprocess", build, files)
+    return ModelFolder(name, config, dict(files)).add_template("audio_preprocess")
 
 
 def _pipeline_models(

@@ -15,7 +15,7 @@ import numpy as np
 
 from mmserve.exporters.onnx_export import OnnxSpec, ParityReport, check_parity, export_onnx, require_parity
 from mmserve.exporters.quantize import QuantizationReport, quantize_int8
-from mmserve.exporters.repository import ENCODER_MODEL_PY, VERSION, ModelFolder, same_files, write_models
+from mmserve.exporters.repository import ENCODER_MODEL_PY, VERSION, ModelFolder, shared_or_own, write_models
 from mmserve.exporters.triton_config import (
     EncoderTuning,
     Step,
@@ -211,25 +211,21 @@ def _int8_evaluation(loaded, checkpoint: Path, max_length: int):
 def _tokenizer_model(repository: Path, pipeline: str, tokenizer_json: str, max_length: int) -> ModelFolder:
     """The shared tokenizer when this checkpoint tokenises the same way, else the pipeline's own."""
     files = {f"{VERSION}/tokenizer.json": tokenizer_json}
-    parameters = {"tokenizer_file": "tokenizer.json", "max_length": str(max_length)}
-    name = TOKENIZER_MODEL
-    existing = repository / name
-    # A folder without config.pbtxt is only the checked-in template: not a served model yet.
-    if (existing / "config.pbtxt").exists() and not (
-        same_files(existing, files) and f'string_value: "{max_length}"' in (existing / "config.pbtxt").read_text()
-    ):
-        name = f"{pipeline}_tokenize"
-    config = python_model_config(
-        name,
-        [Tensor.from_spec(TEXT)],
-        [
-            Tensor("input_ids", "TYPE_INT64", (-1,)),
-            Tensor("attention_mask", "TYPE_INT64", (-1,)),
-            Tensor("offsets", "TYPE_INT32", (-1, 2)),
-            Tensor("word_ids", "TYPE_INT32", (-1,)),
-        ],
-        parameters,
-    )
+
+    def config_for(name: str) -> dict:
+        return python_model_config(
+            name,
+            [Tensor.from_spec(TEXT)],
+            [
+                Tensor("input_ids", "TYPE_INT64", (-1,)),
+                Tensor("attention_mask", "TYPE_INT64", (-1,)),
+                Tensor("offsets", "TYPE_INT32", (-1, 2)),
+                Tensor("word_ids", "TYPE_INT32", (-1,)),
+            ],
+            {"tokenizer_file": "tokenizer.json", "max_length": str(max_length)},
+        )
+
+    name, config = shared_or_own(repository, TOKENIZER_MODEL, f"{pipeline}_tokenize", config_for, files)
     return ModelFolder(name, config, dict(files)).add_template("text_tokenize")
 
 

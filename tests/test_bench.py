@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mmserve.bench import inputs
-from mmserve.bench.perf import Load, PerfSettings, parse_csv
+from mmserve.bench.perf import parse_csv
 from mmserve.pipelines import PIPELINES, Kind, spec
 
 

@@ -73,9 +73,13 @@ MAX_LOGIT_SCALE = math.log(100)  # open_clip's trainer clamps the temperature he
 # minutes. Registered under this name through open_clip.add_model_config.
 TINY_ARCH = "mmserve-tiny-vit"
 TINY_ARCH_CONFIG: dict[str, Any] = {
-    "embed_dim": 128,
-    "vision_cfg": {"image_size": 64, "layers": 3, "width": 128, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
+    "embed_dim": 96,
+    "vision_cfg": {
+        "image_size": 32, "patch_size": 8, "width": 96, "layers": 3, "head_width": 32,
+        # small-data ViT choices: mean-pooled patch tokens and fixed 2-D sin-cos positions
+        "pool_type": "avg", "pos_embed_type": "sin_cos_2d",
+    },
+    "text_cfg": {"context_length": 20, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
 
 
@@ -100,7 +104,7 @@ class ClipTrainConfig:
     warmup_ratio: float = 0.1
     seed: int = 42
     resume: bool = False
-    workers: int = 0
+    workers: int | None = None  # data loader processes; None: 1 when there are 2+ cores, else 0
     log_every: int = 10
 
     def __post_init__(self) -> None:
@@ -114,12 +118,53 @@ class ClipTrainConfig:
             raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
 
     @property
+    def loader_workers(self) -> int:
+        if self.workers is not None:
+            return max(0, self.workers)
+        return 1 if _cores() >= 2 else 0
+
+    @property
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
         if self.lora or self.lock_image or self.lock_text:
             return ADAPTER_LR
         return FINETUNE_LR if self.pretrained else SCRATCH_LR
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _configure_threads(workers: int) -> int:
+    """Torch threads = cores left after the loader processes.
+
+    Decoding and augmenting run in the loader process, in parallel with the step. A
+    small model gains little from a second intra-op thread, and intra-op threads that
+    compete for a core with the loader (or anything else) slow a step down many times.
+    """
+    configure_runtime()
+    threads = max(1, _cores() - workers)
+    torch.set_num_threads(threads)
+    return threads
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A seeded shuffle per epoch (seed + epoch): resumable, and one loader serves every epoch."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 # --- architecture -------------------------------------------------------------------------
@@ -159,11 +204,19 @@ def resolve_arch(arch: str) -> tuple[str, dict[str, Any]]:
 
 
 def _register(name: str, config: dict[str, Any]) -> str:
+    """Write the config where open_clip's registry reads it (one file per name and content)."""
+    import hashlib
+
     import open_clip
 
-    folder = Path(tempfile.mkdtemp(prefix="mmserve-arch-"))
+    text = json.dumps(config, sort_keys=True)
+    folder = Path(tempfile.gettempdir()) / "mmserve-open-clip-configs" / hashlib.sha256(text.encode()).hexdigest()[:16]
     path = folder / f"{name}.json"
-    path.write_text(json.dumps(config))
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{name}.json.partial"
+        partial.write_text(text)
+        partial.replace(path)
     open_clip.add_model_config(path)
     return name
 
@@ -205,6 +258,20 @@ def _prepare_trainable(model: torch.nn.Module, cfg: ClipTrainConfig) -> torch.nn
     return wrapped
 
 
+def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """The shared AdamW grouping (no decay on biases, norms, logit_scale), fused on CPU.
+
+    A CLIP text tower's token embedding (49408 x width) is updated densely every step;
+    the fused kernel makes that 5x cheaper than the default implementation.
+    """
+    groups = [
+        {"params": group["params"], "weight_decay": group["weight_decay"]}
+        for group in make_optimizer(model, lr, weight_decay).param_groups
+        if group["params"]
+    ]
+    return torch.optim.AdamW(groups, lr=lr, fused=True)
+
+
 def _core(model: torch.nn.Module) -> torch.nn.Module:
     """The open_clip model under a peft wrapper (LoRA layers are injected in place)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -235,14 +302,29 @@ def load_image(path: Path):
 
 
 class PairDataset(torch.utils.data.Dataset):
-    def __init__(self, pairs: Sequence[ImageText], transform, tokens: torch.Tensor):
+    """(augmented image, caption tokens) pairs; decoded images are kept in memory while they fit.
+
+    Decoding is a third of a step's time for a small model: the first epoch decodes,
+    later ones reuse the pixels, up to `cache_bytes` of them (per loader process).
+    """
+
+    def __init__(self, pairs: Sequence[ImageText], transform, tokens: torch.Tensor, cache_bytes: int = 512 * 2**20):
         self.pairs, self.transform, self.tokens = list(pairs), transform, tokens
+        self.cache: dict[int, Any] = {}
+        self.cache_budget = cache_bytes
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int):
-        return self.transform(load_image(self.pairs[index].image)), self.tokens[index]
+        image = self.cache.get(index)
+        if image is None:
+            image = load_image(self.pairs[index].image)
+            size = image.width * image.height * 3
+            if size <= self.cache_budget:
+                self.cache[index] = image
+                self.cache_budget -= size
+        return self.transform(image), self.tokens[index]
 
 
 def _load_data(cfg: ClipTrainConfig) -> tuple[list[ImageText], list[ImageText], list[str], list[str]]:
@@ -345,7 +427,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 def train_clip(cfg: ClipTrainConfig) -> TrainResult:
     """Train, keep the best epoch in `cfg.out`, return its validation metrics."""
-    configure_runtime()
+    threads = _configure_threads(cfg.loader_workers)
     out = Path(cfg.out)
     train_pairs, val_pairs, classes, templates = _load_data(cfg)
     identity = {
@@ -369,7 +451,7 @@ def train_clip(cfg: ClipTrainConfig) -> TrainResult:
     dataset = PairDataset(train_pairs, preprocess_train, tokens)
     drop_last = len(dataset) > cfg.batch_size
     n_batches = len(dataset) // cfg.batch_size if drop_last else 1
-    optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+    optimizer = _optimizer(model, cfg.learning_rate, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg.epochs * n_batches, cfg.warmup_ratio)
 
     history: list[dict[str, Any]] = []
@@ -395,20 +477,22 @@ def train_clip(cfg: ClipTrainConfig) -> TrainResult:
     print(
         f"{cfg.arch}: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable; "
         f"{len(train_pairs)} training pairs, {len(val_pairs)} validation pairs, {len(classes)} classes, "
-        f"{len(templates)} prompt templates; lr {cfg.learning_rate:g}"
+        f"{len(templates)} prompt templates; lr {cfg.learning_rate:g}; {threads} torch threads, "
+        f"{cfg.loader_workers} loader processes"
     )
 
     from torch.utils.tensorboard import SummaryWriter
 
+    sampler = EpochSampler(len(dataset), cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last,
+        num_workers=cfg.loader_workers, persistent_workers=cfg.loader_workers > 0,  # keeps each worker's image cache
+    )
     step = len(history) * n_batches
     with SummaryWriter(str(out / "runs")) as writer:
         for epoch in range(len(history), cfg.epochs):
             t0 = time.perf_counter()
-            generator = torch.Generator().manual_seed(cfg.seed + epoch)
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last,
-                num_workers=cfg.workers, generator=generator, persistent_workers=False,
-            )
+            sampler.set_epoch(epoch)
             train_loss, step = _train_epoch(
                 model, loader, n_batches, loss_fn, optimizer, scheduler, writer, step,
                 f"epoch {epoch + 1}/{cfg.epochs}", cfg.log_every,

@@ -49,6 +49,8 @@ POSITIONS = {
     "center": (0.5, 0.5),
 }
 BACKGROUNDS = ("white", "black", "gray", "noisy")
+# Bumped whenever drawing changes, so `write_dataset` regenerates older folders.
+GENERATOR_VERSION = 2
 
 # Zero-shot prompts: the wording training captions also use, so they are in distribution.
 PROMPT_TEMPLATES = (
@@ -189,7 +191,7 @@ class ShapesDataset:
 
 def write_dataset(
     folder: Path,
-    n_train: int = 6000,
+    n_train: int = 12000,
     n_val: int = 600,
     n_test: int = 600,
     n_unseen: int = 300,
@@ -205,7 +207,7 @@ def write_dataset(
     manifest = folder / "dataset.json"
     settings = {
         "n_train": n_train, "n_val": n_val, "n_test": n_test, "n_unseen": n_unseen,
-        "image_size": image_size, "seed": seed, "version": 1,
+        "image_size": image_size, "seed": seed, "version": GENERATOR_VERSION,
     }
     result = ShapesDataset(
         folder, folder / "train.csv", folder / "val.csv", folder / "test.csv", folder / "unseen_pairs.csv",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import statistics
 import sys
 import time
@@ -308,3 +309,45 @@ def measure_baseline(
             )
         )
     return result
+
+
+def measure_baseline_isolated(
+    repository: Path, pipeline: str, kind: str, n_requests: int, seconds: float, seed: int = 0,
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+) -> Baseline:
+    """measure_baseline in a child process with its own session.
+
+    Triton runs in a session of its own (the launcher's start_new_session), and
+    Linux's autogroup scheduler shares a busy CPU between sessions, not
+    processes: measured from inside the bench's session, the baseline would get
+    a different share of a contended machine than the server does.
+    """
+    import subprocess
+
+    command = [
+        sys.executable, "-m", "mmserve.bench.inprocess", str(repository), pipeline, kind, str(n_requests),
+        str(seconds), str(seed), ",".join(map(str, batch_sizes)),
+    ]
+    env = dict(os.environ)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")  # as the server's environment has it
+    env.setdefault("OMP_NUM_THREADS", "1")
+    done = subprocess.run(command, capture_output=True, text=True, start_new_session=True, env=env)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+        raise BenchError(f"in-process baseline of {pipeline} failed: {lines[-1]}")
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    return Baseline(pipeline, [BatchTiming(**t) for t in data["timings"]])
+
+
+def _main(argv: Sequence[str]) -> int:
+    from mmserve.bench.inputs import requests_for
+
+    repository, pipeline, kind, n_requests, seconds, seed, sizes = argv
+    requests = requests_for(kind, int(n_requests), seed=int(seed))
+    baseline = measure_baseline(Path(repository), pipeline, requests, [int(v) for v in sizes.split(",")], float(seconds))
+    print(json.dumps(baseline.as_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -6,9 +6,10 @@ measuring again (`mmserve bench --from-results DIR --report`).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
+
+from mmserve.pipelines import MAX_BATCH_SIZE
 
 TARGET_CONCURRENCY = 8
 
@@ -242,7 +243,8 @@ def pipeline_section(results: dict, pipeline: dict, image: str | None) -> str:
         parts = []
         for step, s in scheduling.items():
             delay = "no batching" if s["max_queue_delay_us"] is None else f"delay {s['max_queue_delay_us']} µs"
-            extra = f", preferred {s['preferred_batch_size']}" if s["preferred_batch_size"] else ""
+            preferred = [v for v in s["preferred_batch_size"] if v != MAX_BATCH_SIZE]  # Triton fills that one in
+            extra = f", preferred {preferred}" if preferred else ""
             threads = f", {s['intra_op_threads']} intra-op threads" if s.get("intra_op_threads") else ""
             parts.append(f"`{step}` {s['instances']}× ({delay}{extra}{threads})")
         out.append("Scheduling: " + "; ".join(parts) + ".\n\n")

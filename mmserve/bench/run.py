@@ -12,7 +12,6 @@ import csv
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mmserve.bench import inputs as bench_inputs
-from mmserve.bench.perf import BenchError, Load, PerfRow, PerfSettings, find_perf_analyzer, perf_environment, run_level
+from mmserve.bench.perf import BenchError, Load, PerfRow, PerfSettings, find_perf_analyzer, run_level
 from mmserve.bench.server_stats import difference, snapshot
 from mmserve.pipelines import PIPELINES, Kind
 
@@ -250,7 +249,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
             )
             if local:
                 progress.step(f"{name}: in-process baseline")
-                results["baselines"][name] = _baseline(repository, name, requests[name], config, progress)
+                results["baselines"][name] = _baseline(repository, name, kind, config, progress)
                 progress.advance()
             for load in loads:
                 progress.step(f"{name}: {load}")
@@ -316,11 +315,11 @@ def _choose(available: list[tuple[str, Kind]], wanted: Sequence[str]) -> list[tu
     return [(w, names[w]) for w in wanted]
 
 
-def _baseline(repository: Path, name: str, requests: list, config: BenchConfig, progress: Progress) -> dict:
-    from mmserve.bench.inprocess import measure_baseline
+def _baseline(repository: Path, name: str, kind: Kind, config: BenchConfig, progress: Progress) -> dict:
+    from mmserve.bench.inprocess import measure_baseline_isolated
 
-    try:
-        return measure_baseline(repository, name, requests, seconds=config.seconds).as_dict()
+    try:  # the same requests: the generators are deterministic for a seed
+        return measure_baseline_isolated(repository, name, kind.value, config.requests, config.seconds).as_dict()
     except BenchError as error:
         progress.write(f"{name}: no in-process baseline ({error})")
         return {"pipeline": name, "error": str(error)}

@@ -98,8 +98,12 @@ TORCH_SOURCES: dict[Kind, Callable[[Path, Kind, Sequence[str]], Forward]] = {
 
 
 def classify_dev_set(checkpoint: Path) -> tuple[list[str], list[str]] | None:
-    """(texts, labels) of the dev split a classifier was selected on, rebuilt from its training config."""
+    """(texts, labels) of the dev split a classifier was selected on: its dev.jsonl, else rebuilt from its config."""
+    dev_file = checkpoint / "dev.jsonl"
     config_file = checkpoint / "training_config.json"
+    if dev_file.exists() and config_file.exists() and json.loads(config_file.read_text()).get("task") == "classify":
+        records = [json.loads(line) for line in dev_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [r["text"] for r in records], [r["label"] for r in records]
     if not config_file.exists():
         return None
     config = json.loads(config_file.read_text())

@@ -40,6 +40,9 @@ VARIANTS = (
     Variant("enc-pref-4-8", "encoder preferred_batch_size [4, 8], delay 2000 µs", {"delay_us": 2000, "preferred": [4, 8]}),
     Variant("enc-1-thread", "encoder intra_op_threads 1 (1 instance)", {"threads": 1}),
     Variant("enc-2-instances", "encoder 2 instances × 1 intra-op thread", {"instances": 2, "threads": 1}),
+    Variant("enc-2-instances-2-threads", "encoder 2 instances × 2 intra-op threads", {"instances": 2, "threads": 2}),
+    Variant("enc-2-instances-delay-0", "encoder 2 instances × 1 thread, delay 0 µs",
+            {"instances": 2, "threads": 1, "delay_us": 0}),
     Variant("tok-delay-500", "tokenizer max_queue_delay 500 µs", tokenizer={"delay_us": 500}),
     Variant("enc-int8", "INT8 encoder (dynamic, per-channel)", {"int8": True}),
 )

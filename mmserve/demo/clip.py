@@ -17,7 +17,7 @@ from mmserve.demo.common import DemoContext, banner, latency_ms
 
 CHECKPOINT = "clip-shapes"
 # The embedded default: trained from scratch, see training/clip.py (TINY_ARCH_CONFIG).
-TRAINING = {"epochs": 8, "batch_size": 64, "lr": 2e-3}
+TRAINING = {"epochs": 20, "batch_size": 64, "lr": 1e-3}
 
 
 def _data(context: DemoContext):
@@ -34,7 +34,10 @@ def prepare(context: DemoContext) -> None:
     data = _data(context)
     checkpoint = context.checkpoint(CHECKPOINT)
     print(f"data: {data.folder} (train {data.train.name}, validation {data.val.name}, held-out {data.test.name})")
-    if context.needs_training(CHECKPOINT):
+    stale = _stale_reason(checkpoint)
+    if context.needs_training(CHECKPOINT) or stale:
+        if stale and not context.fresh:
+            print(f"-- retraining {checkpoint}: {stale}")
         train_clip(ClipTrainConfig(
             arch=TINY_ARCH, data=str(data.train), val_data=str(data.val), classes=str(data.classes),
             templates=str(data.templates), out=str(checkpoint), **TRAINING,
@@ -67,6 +70,22 @@ def prepare(context: DemoContext) -> None:
         )
     else:
         print(f"-- image_embed, clip_text_embed, zero_shot_image are up to date in {context.repository}")
+
+
+def _stale_reason(checkpoint: Path) -> str | None:
+    """Why an existing checkpoint does not match today's default recipe (None: it does)."""
+    from mmserve.training.clip import TINY_ARCH_CONFIG
+
+    try:
+        settings = json.loads((checkpoint / "mmserve_clip.json").read_text())
+        model_cfg = json.loads((checkpoint / "open_clip_config.json").read_text())["model_cfg"]
+    except (OSError, ValueError, KeyError):
+        return None  # absent or unreadable: needs_training decides
+    training = settings.get("training", {})
+    changed = [key for key, value in TRAINING.items() if training.get(key) != value]
+    if model_cfg != TINY_ARCH_CONFIG:
+        changed.append("architecture")
+    return f"it was trained with another recipe ({', '.join(changed)})" if changed else None
 
 
 def _cached_evaluation(checkpoint: Path, split: str, evaluate) -> dict[str, float]:
