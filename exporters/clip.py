@@ -29,7 +29,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -42,7 +41,7 @@ from mmserve.exporters.onnx_export import (
     require_parity,
 )
 from mmserve.exporters.quantize import QuantizationReport, quantize_int8
-from mmserve.exporters.repository import ENCODER_MODEL_PY, VERSION, ModelFolder, same_files, write_models
+from mmserve.exporters.repository import ENCODER_MODEL_PY, VERSION, ModelFolder, shared_or_own, write_models
 from mmserve.exporters.triton_config import (
     EncoderTuning,
     Step,
@@ -51,7 +50,6 @@ from mmserve.exporters.triton_config import (
     ensemble_config,
     onnx_tensors,
     python_model_config,
-    to_pbtxt,
 )
 from mmserve.pipelines import EMBEDDING, IMAGE, LABELS, PROBS, TEXT, Kind
 
@@ -310,17 +308,6 @@ def _torch(array: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
-def _shared_or_own(repository: Path, shared: str, own: str, config_for, files: dict[str, Any]) -> tuple[str, dict]:
-    """Use the shared pre-processing model when it is absent or identical, else this product's own."""
-    existing = repository / shared / "config.pbtxt"
-    config = config_for(shared)
-    if not existing.is_file():  # absent, or only the checked-in template (the default repository)
-        return shared, config
-    if existing.read_text() == to_pbtxt(config) and same_files(repository / shared, files):
-        return shared, config
-    return own, config_for(own)
-
-
 def _pipeline_models(
     repository: Path,
     name: str | None,
@@ -344,7 +331,7 @@ def _pipeline_models(
 
     # image_preprocess: bytes -> normalised pixels, shared by products with the same transform
     preprocess_parameters = {"preprocess": json.dumps(transform.to_config()), "max_pixels": str(max_pixels)}
-    preprocess_name, preprocess_config = _shared_or_own(
+    preprocess_name, preprocess_config = shared_or_own(
         repository, PREPROCESS_MODEL, f"{prefix or 'clip_'}{PREPROCESS_MODEL}",
         lambda n: python_model_config(n, [Tensor.from_spec(IMAGE)], [pixel_values], preprocess_parameters),
         {},
@@ -354,7 +341,7 @@ def _pipeline_models(
     # clip_tokenize: text -> ids, shared by products with the same tokenizer
     tokenizer_files = {f"{VERSION}/tokenizer.json": tokenizer_json}
     tokenize_parameters = {"tokenizer_file": "tokenizer.json", "context_length": str(context_length), "clean": clean}
-    tokenize_name, tokenize_config = _shared_or_own(
+    tokenize_name, tokenize_config = shared_or_own(
         repository, TOKENIZE_MODEL, f"{prefix or 'clip_'}{TOKENIZE_MODEL}",
         lambda n: python_model_config(n, [Tensor.from_spec(TEXT)], [Tensor("input_ids", "TYPE_INT64", input_ids.dims)], tokenize_parameters),
         tokenizer_files,

@@ -1,7 +1,6 @@
 """The CLIP pipelines over real gRPC, as a raw tritonclient sees them (the public contract)."""
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
