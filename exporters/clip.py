@@ -43,6 +43,7 @@ from mmserve.exporters.onnx_export import (
 from mmserve.exporters.quantize import QuantizationReport, quantize_int8
 from mmserve.exporters.repository import ENCODER_MODEL_PY, VERSION, ModelFolder, shared_or_own, write_models
 from mmserve.exporters.triton_config import (
+    DECODER_INSTANCES,
     EncoderTuning,
     Step,
     Tensor,
@@ -333,7 +334,8 @@ def _pipeline_models(
     preprocess_parameters = {"preprocess": json.dumps(transform.to_config()), "max_pixels": str(max_pixels)}
     preprocess_name, preprocess_config = shared_or_own(
         repository, PREPROCESS_MODEL, f"{prefix or 'clip_'}{PREPROCESS_MODEL}",
-        lambda n: python_model_config(n, [Tensor.from_spec(IMAGE)], [pixel_values], preprocess_parameters),
+        lambda n: python_model_config(n, [Tensor.from_spec(IMAGE)], [pixel_values], preprocess_parameters,
+                                      instances=DECODER_INSTANCES),
         {},
     )
     preprocess = ModelFolder(preprocess_name, preprocess_config).add_template(PREPROCESS_MODEL)

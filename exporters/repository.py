@@ -108,6 +108,26 @@ def shared_or_own(
     config = config_for(shared)
     if not existing.is_file():  # absent, or only the checked-in template (the default repository)
         return shared, config
-    if existing.read_text() == to_pbtxt(config) and same_files(repository / shared, files):
-        return shared, config
+    if _same_computation(existing.read_text(), config) and same_files(repository / shared, files):
+        return shared, config  # rewritten with this export's scheduling (instances, batching delay)
     return own, config_for(own)
+
+
+# How a model is scheduled, not what it computes: a newer export may retune these in place.
+_SCHEDULING_FIELDS = ("instance_group", "dynamic_batching")
+
+
+def _same_computation(existing_pbtxt: str, config: Mapping[str, Any]) -> bool:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    def parse(text: str) -> Any:
+        message = text_format.Parse(text, model_config_pb2.ModelConfig())
+        for name in _SCHEDULING_FIELDS:
+            message.ClearField(name)
+        return message
+
+    try:
+        return parse(existing_pbtxt) == parse(to_pbtxt(config))
+    except text_format.ParseError:
+        return False  # not a config this tool wrote: leave it alone

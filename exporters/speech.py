@@ -27,6 +27,7 @@ from mmserve.exporters.onnx_export import (
 from mmserve.exporters.quantize import QuantizationReport, quantize_int8
 from mmserve.exporters.repository import ENCODER_MODEL_PY, VERSION, ModelFolder, shared_or_own, write_models
 from mmserve.exporters.triton_config import (
+    DECODER_INSTANCES,
     EncoderTuning,
     Step,
     Tensor,
@@ -242,6 +243,7 @@ def preprocess_model(
             [Tensor(AUDIO.name, AUDIO.config_dtype, AUDIO.dims, ragged=True), Tensor.from_spec(SAMPLE_RATE)],
             outputs,
             parameters,
+            instances=DECODER_INSTANCES,
         )
 
     name, config = shared_or_own(repository, PREPROCESS_MODEL, f"{pipeline}_preprocess", build, files)

@@ -127,6 +127,11 @@ class TritonServer:
     _log: IO | None = field(default=None, init=False, repr=False)
 
     @property
+    def pid(self) -> int | None:
+        """The running tritonserver's process id (its Python-backend stubs are its children)."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.ports.grpc}"
 

@@ -143,6 +143,22 @@ def test_bench_writes_a_row_per_pipeline_and_load_with_server_side_steps(bench_r
     assert json.loads((out / "results.json").read_text())["settings"]["concurrency"] == [1, 2]
 
 
+def test_cpu_meter_attributes_cores_to_the_process_that_used_them():
+    import os
+    import time
+
+    from mmserve.bench.server_stats import CpuMeter
+
+    meter = CpuMeter(os.getpid())
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:  # burn 0.3 s of this process's CPU
+        pass
+    used = meter.read()
+    mine = sum(v for k, v in used.items() if k not in ("perf_analyzer", "idle or other"))
+    assert mine > 0.2, used
+    assert used["idle or other"] >= 0 and used["perf_analyzer"] >= 0
+
+
 def test_bench_measures_the_in_process_baseline_per_batch_size(bench_run):
     from mmserve.bench.inprocess import BATCH_SIZES
     from mmserve.bench.report import efficiency

@@ -85,3 +85,21 @@ def test_failed_write_leaves_the_repository_as_it_was(tmp_path: Path):
     assert (repository / "m" / "1" / "weights.bin").read_bytes() == b"old"
     assert not (repository / "n").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no staging left behind
+
+
+def test_a_shared_step_is_reused_when_only_its_scheduling_differs(tmp_path: Path):
+    from mmserve.exporters.repository import shared_or_own
+    from mmserve.exporters.triton_config import python_model_config
+
+    def config(name: str, instances: int, max_length: str = "128") -> dict:
+        return python_model_config(name, [Tensor.from_spec(TEXT)], [Tensor("input_ids", "TYPE_INT64", (-1,))],
+                                   {"max_length": max_length}, instances=instances)
+
+    (tmp_path / "text_tokenize").mkdir()
+    (tmp_path / "text_tokenize" / "config.pbtxt").write_text(to_pbtxt(config("text_tokenize", 1)))
+    # An older export's instance count: the newer export retunes the shared model in place.
+    name, chosen = shared_or_own(tmp_path, "text_tokenize", "mine_tokenize", lambda n: config(n, 2), {})
+    assert name == "text_tokenize" and chosen["instance_group"][0]["count"] == 2
+    # A different computation (another maximum length) gets the product's own model.
+    name, _ = shared_or_own(tmp_path, "text_tokenize", "mine_tokenize", lambda n: config(n, 1, "64"), {})
+    assert name == "mine_tokenize"

@@ -67,6 +67,7 @@ class PerfRow:
     server_compute_output_us: float | None = None
     stable: bool = True
     steps: dict[str, dict[str, float]] = field(default_factory=dict)  # per composing model, from Triton's statistics
+    cpu: dict[str, float] = field(default_factory=dict)  # cores used per process while this level ran
 
     def as_dict(self) -> dict:
         return asdict(self)

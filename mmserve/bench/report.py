@@ -57,6 +57,9 @@ def efficiency(results: dict, pipeline: str) -> dict[str, Any] | None:
         "c8_throughput": c8["throughput"] if c8 else None,
         "c1_p50_ms": c1["p50_us"] / 1000 if c1 else None,
         "throughput_ratio": c8["throughput"] / best["throughput"] if c8 else None,
+        "b8_throughput": timings[TARGET_CONCURRENCY]["throughput"] if TARGET_CONCURRENCY in timings else None,
+        "b8_ratio": (c8["throughput"] / timings[TARGET_CONCURRENCY]["throughput"]
+                     if c8 and TARGET_CONCURRENCY in timings else None),
         "latency_ratio": (c1["p50_us"] / 1000) / timings[1]["p50_ms"] if c1 and 1 in timings else None,
     }
 
@@ -85,10 +88,12 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
     eff = efficiency(results, "text_embed") if any(p["name"] == "text_embed" for p in results["pipelines"]) else None
     if eff:
         ratio = eff["throughput_ratio"]
+        same_batch = (f"; vs in-process b{TARGET_CONCURRENCY} ({_f(eff['b8_throughput'])} infer/s, the largest "
+                      f"batch {TARGET_CONCURRENCY} clients can form): {_f(eff['b8_ratio'], 2)}×") if eff["b8_ratio"] else ""
         verdicts.append((
             "text_embed c=8 throughput ≥ 0.85× in-process batched ORT",
             f"{_f(eff['c8_throughput'])} vs {_f(eff['best_throughput'])} infer/s (b{eff['best_batch']}) = "
-            f"**{_f(ratio, 2)}×**" if ratio else "–",
+            f"**{_f(ratio, 2)}×**{same_batch}" if ratio else "–",
             verdict(None if ratio is None else ratio >= 0.85),
         ))
         ratio = eff["latency_ratio"]
@@ -103,14 +108,16 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
         ours_c8 = _at(ours["rows"], TARGET_CONCURRENCY)
         infinity = [t for t in summary if t["name"].startswith("infinity") and _at(t["rows"], TARGET_CONCURRENCY)]
         if ours_c8 and infinity:
-            best = max(infinity, key=lambda t: _at(t["rows"], TARGET_CONCURRENCY)["throughput"])
-            theirs = _at(best["rows"], TARGET_CONCURRENCY)["throughput"]
-            ratio = ours_c8["throughput"] / theirs
-            verdicts.append((
-                "text_embed ≥ 1.5× infinity-emb throughput at c=8 (its faster engine)",
-                f"{_f(ours_c8['throughput'])} vs {_f(theirs)} infer/s ({best['name']}) = **{_f(ratio, 2)}×**",
-                verdict(ratio >= 1.5),
-            ))
+            # Its default engine is what a user gets; its optimum/ORT engine is the fairer runtime match.
+            for engine in sorted(infinity, key=lambda t: "torch" not in t["name"]):
+                theirs = _at(engine["rows"], TARGET_CONCURRENCY)["throughput"]
+                ratio = ours_c8["throughput"] / theirs
+                label = "its default engine" if "torch" in engine["name"] else "its onnxruntime engine"
+                verdicts.append((
+                    f"text_embed ≥ 1.5× infinity-emb throughput at c=8 ({label})",
+                    f"{_f(ours_c8['throughput'])} vs {_f(theirs)} infer/s ({engine['name']}) = **{_f(ratio, 2)}×**",
+                    verdict(ratio >= 1.5),
+                ))
         else:
             verdicts.append(("text_embed ≥ 1.5× infinity-emb throughput at c=8", "–", verdict(None)))
         naive = next((t for t in summary if t["name"].startswith("naive") and t["rows"]), None)
@@ -143,7 +150,10 @@ def int8_summary(results: dict) -> dict[str, Any] | None:
     """The intent classifier's INT8 vs fp32 (the encoder with a dev accuracy)."""
     table = results.get("runtimes") or {}
     rows = table.get("rows", [])
-    for encoder in dict.fromkeys(r["encoder"] for r in rows if r.get("accuracy") is not None):
+    scored = [r for r in rows if r.get("accuracy") is not None]
+    # The intent classifier when present (the target names its dev set), else any scored classifier.
+    scored.sort(key=lambda r: r["pipeline"] != "text_classify")
+    for encoder in dict.fromkeys(r["encoder"] for r in scored):
         by = {r["runtime"]: r for r in rows if r["encoder"] == encoder}
         if "ORT fp32" in by and "ORT INT8" in by:
             fp32, int8 = by["ORT fp32"], by["ORT INT8"]
@@ -272,9 +282,24 @@ def pipeline_section(results: dict, pipeline: dict, image: str | None) -> str:
     if steps:
         out.append("\nWhere the time goes, per step (Triton's statistics over each run; µs per request; "
                    "batch = inferences ÷ executions):\n\n" + steps)
+    cpu = cpu_table(rows, results["machine"].get("cpus_used"))
+    if cpu:
+        out.append("\nCPU cores used while each level ran (server process, each Python-backend stub, the "
+                   "perf_analyzer client; the rest idle or used by other processes of the machine):\n\n" + cpu)
     if image:
         out.append(f"\n![{name}]({image})\n")
     return "".join(out) + "\n"
+
+
+def cpu_table(rows: Sequence[dict], cpus: Sequence[int] | None) -> str:
+    measured = [r for r in rows if r.get("cpu")]
+    if not measured:
+        return ""
+    names = list(dict.fromkeys(n for r in measured for n in r["cpu"] if n not in ("perf_analyzer", "idle or other")))
+    names += ["perf_analyzer", "idle or other"]
+    table = [[int(r["load"])] + [_f(r["cpu"].get(n), 2) for n in names] for r in measured]
+    header = ["c"] + [f"`{n}`" if n not in ("perf_analyzer", "idle or other") else n for n in names]
+    return _table(header, table)
 
 
 def step_table(rows: Sequence[dict], baseline: dict | None = None) -> str:

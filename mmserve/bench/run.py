@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from mmserve.bench import inputs as bench_inputs
 from mmserve.bench.perf import BenchError, Load, PerfRow, PerfSettings, find_perf_analyzer, run_level
-from mmserve.bench.server_stats import difference, snapshot
+from mmserve.bench.server_stats import CpuMeter, difference, snapshot
 from mmserve.pipelines import PIPELINES, Kind
 
 DEFAULT_OUT = Path("artifacts/bench/latest")
@@ -214,6 +214,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
     repository = config.repository.resolve()
     local = repository.exists()
     with ExitStack() as stack:
+        server_pid = None  # known when we started the server: its processes' CPU is metered
         if config.url:
             url = config.url
         else:
@@ -221,6 +222,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
             log(f"starting tritonserver over {repository} ...")
             stack.enter_context(server)
             url = server.grpc_url
+            server_pid = server.pid
         client = grpcclient.InferenceServerClient(url)
         stack.callback(client.close)
         results["machine"]["tritonserver"] = client.get_server_metadata(as_json=True).get("version")
@@ -253,7 +255,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
                 progress.advance()
             for load in loads:
                 progress.step(f"{name}: {load}")
-                results["perf"].append(_measure(client, url, name, data, load, config.settings, raw))
+                results["perf"].append(_measure(client, url, name, data, load, config.settings, raw, server_pid))
                 progress.advance()
             if peers_wanted and name == text_embed:  # right after our own figures: same conditions
                 from mmserve.bench.run_peers import run_peers
@@ -276,12 +278,12 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
         except ImportError as error:
             results["notes"].append(f"runtime table skipped: {error} (needs the train extra: torch, transformers)")
     if config.tune:
-        from mmserve.bench.tune import tune_text_embed
+        from mmserve.bench.tune import tune_pipeline
 
         if text_embed is None or not local:
             results["notes"].append("tuning skipped: needs a local repository with text_embed")
         else:
-            results["tuning"] = tune_text_embed(repository, text_embed, requests[text_embed], config, out, log)
+            results["tuning"] = tune_pipeline(repository, text_embed, Kind.TEXT_EMBED, requests[text_embed], config, out, log)
     results["loadavg_end"] = loadavg()
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     write_results(results, out)
@@ -325,19 +327,22 @@ def _baseline(repository: Path, name: str, kind: Kind, config: BenchConfig, prog
         return {"pipeline": name, "error": str(error)}
 
 
-def _measure(client: Any, url: str, name: str, data: Path, load: Load, settings: PerfSettings, raw: Path) -> dict:
+def _measure(client: Any, url: str, name: str, data: Path, load: Load, settings: PerfSettings, raw: Path,
+             server_pid: int | None = None) -> dict:
     before = snapshot(client)
+    meter = CpuMeter(server_pid)
     try:
         row = run_level(url, name, data, load, settings, raw)
     except BenchError as error:
         return {"pipeline": name, "target": "triton-grpc", "mode": load.mode, "load": load.value, "error": str(error)}
+    row.cpu = meter.read() if server_pid else {}
     row.steps = {model: step for model, step in difference(before, snapshot(client)).items() if model != name}
     return row.as_dict()
 
 
 def write_results(results: dict[str, Any], out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    fields = [f for f in PerfRow.__dataclass_fields__ if f != "steps"]
+    fields = [f for f in PerfRow.__dataclass_fields__ if f not in ("steps", "cpu")]
     with (out / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()

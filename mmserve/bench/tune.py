@@ -29,7 +29,7 @@ class Variant:
     name: str
     description: str
     encoder: dict[str, Any] = field(default_factory=dict)  # delay_us, preferred, instances, threads, int8
-    tokenizer: dict[str, Any] = field(default_factory=dict)  # delay_us, instances
+    preprocess: dict[str, Any] = field(default_factory=dict)  # the first Python step (tokenizer, decoder): delay_us, instances
 
 
 VARIANTS = (
@@ -43,7 +43,10 @@ VARIANTS = (
     Variant("enc-2-instances-2-threads", "encoder 2 instances × 2 intra-op threads", {"instances": 2, "threads": 2}),
     Variant("enc-2-instances-delay-0", "encoder 2 instances × 1 thread, delay 0 µs",
             {"instances": 2, "threads": 1, "delay_us": 0}),
-    Variant("tok-delay-500", "tokenizer max_queue_delay 500 µs", tokenizer={"delay_us": 500}),
+    Variant("enc-pref-8-delay-1000", "encoder preferred_batch_size [8], delay 1000 µs",
+            {"delay_us": 1000, "preferred": [8]}),
+    Variant("pre-delay-500", "pre-processing max_queue_delay 500 µs", preprocess={"delay_us": 500}),
+    Variant("pre-2-instances", "pre-processing 2 instances", preprocess={"instances": 2}),
     Variant("enc-int8", "INT8 encoder (dynamic, per-channel)", {"int8": True}),
 )
 
@@ -96,9 +99,9 @@ def variant_repository(repository: Path, pipeline: InProcessPipeline, variant: V
             (version / "model.int8.onnx").symlink_to(int8[encoder].resolve())
             int8_file = "model.int8.onnx"
         _rewrite(target / encoder, {k: v for k, v in variant.encoder.items() if k != "int8"}, int8_file)
-    for model in others[:1]:  # the pre-processing step (the tokenizer)
-        if variant.tokenizer:
-            _rewrite(target / model, variant.tokenizer)
+    for model in others[:1]:  # the pre-processing step (tokenizer, image or audio decoder)
+        if variant.preprocess:
+            _rewrite(target / model, variant.preprocess)
     return target
 
 
@@ -122,7 +125,7 @@ def _int8_models(repository: Path, pipeline: InProcessPipeline, requests: Sequen
     return made
 
 
-def tune_text_embed(repository: Path, name: str, requests: Sequence[Request], config, out: Path,
+def tune_pipeline(repository: Path, name: str, kind: Kind, requests: Sequence[Request], config, out: Path,
                     log: Callable[[str], None] = print, variants: Sequence[Variant] = VARIANTS,
                     rounds: int | None = None, loads: Sequence[int] = (1, 8)) -> dict[str, Any]:
     from mmserve.server import ServerPorts, TritonServer
@@ -130,7 +133,7 @@ def tune_text_embed(repository: Path, name: str, requests: Sequence[Request], co
     rounds = rounds or (1 if config.quick else 2)
     pipeline = InProcessPipeline(repository, name)
     int8 = _int8_models(repository, pipeline, requests, out) if any(v.encoder.get("int8") for v in variants) else {}
-    data = perf_json(requests, PIPELINES[Kind.TEXT_EMBED], out / "raw" / f"{name}.input.json")
+    data = perf_json(requests, PIPELINES[kind], out / "raw" / f"{name}.input.json")
     measured: dict[str, dict[int, list[dict]]] = {v.name: {c: [] for c in loads} for v in variants}
     errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="mmserve-tune-", dir=out) as scratch:
