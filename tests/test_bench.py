@@ -245,3 +245,30 @@ def test_runtime_table_covers_the_other_lines_encoders(server, repository: Path,
         if row.runtime == "ORT fp32" and row.reference == "torch eager":
             assert row.min_cosine > 0.999  # the export's parity, seen from the bench
     assert by_encoder and all({"ORT fp32", "ORT INT8"} <= runtimes for runtimes in by_encoder.values())
+
+
+def test_tuning_variants_differ_from_the_repository_only_as_described(server, repository: Path, tmp_path: Path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from mmserve.bench.inprocess import InProcessPipeline
+    from mmserve.bench.tune import Variant, variant_repository
+
+    def config(root: Path, model: str) -> model_config_pb2.ModelConfig:
+        return text_format.Parse((root / model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+    pipeline = InProcessPipeline(repository, "text_embed")
+    variant = Variant("v", "test", {"instances": 2, "threads": 1, "delay_us": 700}, preprocess={"instances": 3})
+    copy = variant_repository(repository, pipeline, variant, tmp_path / "v", int8={})
+    encoder, tokenizer = config(copy, "text_embed_encoder"), config(copy, "text_tokenize")
+    assert encoder.instance_group[0].count == 2 and encoder.parameters["intra_op_threads"].string_value == "1"
+    assert encoder.dynamic_batching.max_queue_delay_microseconds == 700
+    assert tokenizer.instance_group[0].count == 3
+    original = config(repository, "text_embed_encoder")
+    encoder.ClearField("instance_group"), encoder.ClearField("dynamic_batching"), original.ClearField("instance_group")
+    original.ClearField("dynamic_batching")
+    del encoder.parameters["intra_op_threads"]
+    original.parameters.pop("intra_op_threads", None)
+    assert encoder == original
+    weights = next((copy / "text_embed_encoder").glob("*/*.onnx"))
+    assert weights.is_symlink()  # weights are linked, not copied

@@ -397,22 +397,28 @@ def runtimes_section(results: dict) -> str:
 
 
 def tuning_section(results: dict) -> str:
-    tuning = results.get("tuning")
-    if not tuning:
+    sweeps = results.get("tuning")
+    if not sweeps:
         return "Not part of this run (add `--tune`).\n"
-    table = []
-    for v in tuning["variants"]:
-        cells = [f"`{v['name']}`", v["description"]]
-        for key in ("c1", "c8"):
-            row = v.get(key)
-            cells.append(f"{_f(row['throughput'])} / {_ms(row['p50_us'])} / {_ms(row['p99_us'])}" if row else "–")
-        table.append(cells)
-    out = [f"Pipeline `{tuning['pipeline']}`, {tuning['rounds']} interleaved round(s) per variant "
-           f"(median of rounds); each variant is a fresh server over a copy of the repository whose "
-           f"configs differ only as described.\n\n",
-           _table(["variant", "what differs", "c=1 infer/s / p50 / p99 ms", "c=8 infer/s / p50 / p99 ms"], table)]
-    if tuning.get("chosen"):
-        out.append(f"\nBest by this run's rule ({tuning['rule']}): **`{tuning['chosen']}`**.\n")
+    if isinstance(sweeps, dict):  # results.json of a run that swept one pipeline
+        sweeps = [sweeps]
+    out = ["Each variant is a fresh server over a copy of the repository whose configs differ only as "
+           "described; variants are measured in interleaved rounds and the median of the rounds is shown.\n"]
+    for tuning in sweeps:
+        table = []
+        for v in tuning["variants"]:
+            cells = [f"`{v['name']}`", v["description"]]
+            for key in ("c1", "c8"):
+                row = v.get(key)
+                cells.append(f"{_f(row['throughput'])} / {_ms(row['p50_us'])} / {_ms(row['p99_us'])}" if row else "–")
+            table.append(cells)
+        out += [f"\n### `{tuning['pipeline']}` ({tuning['rounds']} rounds)\n\n",
+                _table(["variant", "what differs", "c=1 infer/s / p50 / p99 ms", "c=8 infer/s / p50 / p99 ms"], table)]
+        chosen = tuning.get("chosen")
+        if chosen:
+            verdict = ("the exported defaults stand" if chosen == "exported"
+                       else "a candidate for the exported defaults; re-measure before changing them")
+            out.append(f"\nBest by this run's rule ({tuning['rule']}): **`{chosen}`**: {verdict}.\n")
     return "".join(out)
 
 

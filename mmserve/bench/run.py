@@ -278,12 +278,16 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
         except ImportError as error:
             results["notes"].append(f"runtime table skipped: {error} (needs the train extra: torch, transformers)")
     if config.tune:
-        from mmserve.bench.tune import tune_pipeline
+        from mmserve.bench.tune import SWEEPS, tune_pipeline
 
-        if text_embed is None or not local:
-            results["notes"].append("tuning skipped: needs a local repository with text_embed")
-        else:
-            results["tuning"] = tune_pipeline(repository, text_embed, Kind.TEXT_EMBED, requests[text_embed], config, out, log)
+        results["tuning"] = []
+        for kind, variants in SWEEPS.items():
+            name = next((p["name"] for p in results["pipelines"] if p["kind"] == kind.value), None)
+            if name is None or not local:
+                results["notes"].append(f"tuning of {kind.value} skipped: needs a local repository serving it")
+                continue
+            results["tuning"].append(
+                tune_pipeline(repository, name, kind, requests[name], config, out, log, variants=variants))
     results["loadavg_end"] = loadavg()
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     write_results(results, out)

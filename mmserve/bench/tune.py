@@ -51,6 +51,18 @@ VARIANTS = (
 )
 
 
+# For pipelines whose pre-processing is heavy Python work (JPEG decode, resampling + log-mel).
+DECODER_VARIANTS = (
+    Variant("exported", "as `mmserve export` writes it today"),
+    Variant("pre-1-instance", "pre-processing 1 instance", preprocess={"instances": 1}),
+    Variant("pre-3-instances", "pre-processing 3 instances", preprocess={"instances": 3}),
+    Variant("enc-2-instances", "encoder 2 instances × 1 intra-op thread", {"instances": 2, "threads": 1}),
+)
+
+# Which kinds `mmserve bench --tune` sweeps, and with which variants.
+SWEEPS = {Kind.TEXT_EMBED: VARIANTS, Kind.IMAGE_EMBED: DECODER_VARIANTS, Kind.AUDIO_CLASSIFY: DECODER_VARIANTS}
+
+
 def _rewrite(folder: Path, changes: dict[str, Any], int8_file: str | None = None) -> None:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
