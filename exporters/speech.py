@@ -11,7 +11,6 @@ import csv
 import json
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +18,19 @@ import numpy as np
 from mmserve.exporters.onnx_export import (
     ExportError,
     OnnxSpec,
-    ParityReport,
     check_parity,
     export_onnx,
     require_parity,
 )
-from mmserve.exporters.quantize import QuantizationReport, quantize_int8
-from mmserve.exporters.repository import ENCODER_MODEL_PY, VERSION, ModelFolder, shared_or_own, write_models
+from mmserve.exporters.quantize import quantize_int8
+from mmserve.exporters.repository import (
+    ENCODER_MODEL_PY,
+    VERSION,
+    ModelFolder,
+    shared_or_own,
+    write_models,
+)
+from mmserve.exporters.result import EncoderExportResult
 from mmserve.exporters.triton_config import (
     DECODER_INSTANCES,
     EncoderTuning,
@@ -44,28 +49,6 @@ PREPROCESSOR_FILE = "preprocessor_config.json"
 _TASK_KIND = {"classify": Kind.AUDIO_CLASSIFY, "embed": Kind.AUDIO_EMBED}
 _ONNX_OUTPUT = {"classify": "probs", "embed": "audio_embedding"}
 PARITY_RATE = 16_000
-
-
-@dataclass(frozen=True)
-class SpeechExportResult:
-    pipeline: str
-    task: str
-    family: str
-    models: tuple[str, ...]
-    parity: ParityReport
-    quantization: QuantizationReport | None
-    onnx_bytes: int
-    seconds: float
-
-    def summary(self) -> str:
-        lines = [
-            f"pipeline {self.pipeline} ({self.task}, {self.family}): models {', '.join(self.models)}",
-            f"  parity fp32: {self.parity}",
-            f"  encoder ONNX {self.onnx_bytes / 1e6:.1f} MB, export {self.seconds:.1f} s",
-        ]
-        if self.quantization:
-            lines.append(f"  int8: {self.quantization}")
-        return "\n".join(lines)
 
 
 def _wrap(model, family: str, task: str, passes_mask: bool):
@@ -150,7 +133,7 @@ def export_speech(
     profile: str = "cpu",
     tuning: EncoderTuning = EncoderTuning(),
     max_seconds: float = DEFAULT_MAX_SECONDS,
-) -> SpeechExportResult:
+) -> EncoderExportResult:
     from mmserve.training.speech_checkpoint import load_speech_checkpoint
 
     started = time.perf_counter()
@@ -196,7 +179,7 @@ def export_speech(
         write_models(repository, models)
         onnx_bytes = onnx_path.stat().st_size
 
-    return SpeechExportResult(
+    return EncoderExportResult(
         pipeline=pipeline, task=task, family=loaded.family, models=tuple(m.name for m in models),
         parity=parity, quantization=quantization, onnx_bytes=onnx_bytes, seconds=time.perf_counter() - started,
     )

@@ -8,14 +8,25 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mmserve.exporters.onnx_export import OnnxSpec, ParityReport, check_parity, export_onnx, require_parity
-from mmserve.exporters.quantize import QuantizationReport, quantize_int8
-from mmserve.exporters.repository import ENCODER_MODEL_PY, VERSION, ModelFolder, shared_or_own, write_models
+from mmserve.exporters.onnx_export import (
+    OnnxSpec,
+    check_parity,
+    export_onnx,
+    require_parity,
+)
+from mmserve.exporters.quantize import quantize_int8
+from mmserve.exporters.repository import (
+    ENCODER_MODEL_PY,
+    VERSION,
+    ModelFolder,
+    shared_or_own,
+    write_models,
+)
+from mmserve.exporters.result import EncoderExportResult
 from mmserve.exporters.triton_config import (
     EncoderTuning,
     Step,
@@ -48,27 +59,6 @@ SERVING_MAX_LENGTH = 256
 _TASK_KIND = {"embed": Kind.TEXT_EMBED, "classify": Kind.TEXT_CLASSIFY, "ner": Kind.TEXT_NER}
 _ONNX_OUTPUT = {"embed": "sentence_embedding", "classify": "probs", "ner": "token_probs"}
 _ONNX_SPEC_AXES = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
-
-
-@dataclass(frozen=True)
-class TextExportResult:
-    pipeline: str
-    task: str
-    models: tuple[str, ...]
-    parity: ParityReport
-    quantization: QuantizationReport | None
-    onnx_bytes: int
-    seconds: float
-
-    def summary(self) -> str:
-        lines = [
-            f"pipeline {self.pipeline} ({self.task}): models {', '.join(self.models)}",
-            f"  parity fp32: {self.parity}",
-            f"  encoder ONNX {self.onnx_bytes / 1e6:.1f} MB, export {self.seconds:.1f} s",
-        ]
-        if self.quantization:
-            lines.append(f"  int8: {self.quantization}")
-        return "\n".join(lines)
 
 
 def _wrap(model, task: str):
@@ -121,7 +111,7 @@ def export_text(
     profile: str = "cpu",
     tuning: EncoderTuning = EncoderTuning(),
     max_length: int = SERVING_MAX_LENGTH,
-) -> TextExportResult:
+) -> EncoderExportResult:
     from mmserve.training.checkpoint import load_text_checkpoint
 
     started = time.perf_counter()
@@ -154,7 +144,7 @@ def export_text(
         write_models(repository, models)
         onnx_bytes = onnx_path.stat().st_size
 
-    return TextExportResult(
+    return EncoderExportResult(
         pipeline=pipeline,
         task=task,
         models=tuple(m.name for m in models),

@@ -190,22 +190,22 @@ def test_resume_continues_from_the_next_epoch(tiny_base, classify_data, ner_data
 def test_resume_matches_an_uninterrupted_run(tiny_base, classify_data, tmp_path, monkeypatch):
     """Weights, optimizer, schedule and RNG all come back: a run stopped after epoch 1 and
     resumed ends exactly where an uninterrupted run does."""
-    import mmserve.training.text as text
+    from mmserve.training.loop import RunLedger
 
     train_csv, dev_csv = classify_data
     straight = train_text(config(tiny_base, "classify", train_csv, tmp_path / "a", dev_data=dev_csv, epochs=2))
 
-    save = text.save_resume_state
+    save = RunLedger.save
 
-    def save_then_stop(out, model, optimizer, scheduler, meta):
-        save(out, model, optimizer, scheduler, meta)
+    def save_then_stop(ledger, model, optimizer, scheduler):
+        save(ledger, model, optimizer, scheduler)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(text, "save_resume_state", save_then_stop)
+    monkeypatch.setattr(RunLedger, "save", save_then_stop)
     cfg = config(tiny_base, "classify", train_csv, tmp_path / "b", dev_data=dev_csv, epochs=2, resume=True)
     with pytest.raises(KeyboardInterrupt):
         train_text(cfg)
-    monkeypatch.setattr(text, "save_resume_state", save)
+    monkeypatch.setattr(RunLedger, "save", save)
     resumed = train_text(cfg)
 
     for a, b in zip(straight.metrics["history"], resumed.metrics["history"], strict=True):

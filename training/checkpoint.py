@@ -46,20 +46,21 @@ class TextCheckpoint:
     max_length: int
 
 
-def save_text_checkpoint(
+def save_hf_checkpoint(
     out: Path,
     model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
+    processor: Any,
     labels: Sequence[str],
     training_config: Mapping[str, Any],
 ) -> None:
-    """Write a checkpoint folder; a peft model is saved as adapter/ plus merged full weights."""
+    """Write a Hugging Face checkpoint folder (text and speech): weights, the tokenizer or feature
+    extractor, labels.txt, training_config.json; a peft model is saved as adapter/ plus merged weights."""
     out.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "merge_and_unload"):
         model.save_pretrained(out / ADAPTER_DIR)
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    processor.save_pretrained(out)
     (out / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
     (out / TRAINING_CONFIG_FILE).write_text(json.dumps(training_config, indent=2))
 

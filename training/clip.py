@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -31,7 +30,6 @@ import torch
 from tqdm.auto import tqdm
 
 from mmserve.training.clip_checkpoint import (
-    ADAPTER_DIR,
     METRICS_FILE,
     load_clip_checkpoint,
     save_clip_checkpoint,
@@ -48,17 +46,14 @@ from mmserve.training.clip_data import (
     split_val,
 )
 from mmserve.training.clip_eval import class_embeddings, prompts, retrieval_metrics, zero_shot_accuracy
-from mmserve.training.errors import DataError, ResumeError, TrainingError
+from mmserve.training.errors import DataError, TrainingError
 from mmserve.training.loop import (
-    RESUME_DIR,
+    RunLedger,
     TrainResult,
     configure_runtime,
     library_versions,
-    load_resume_state,
     make_optimizer,
     make_scheduler,
-    read_resume_meta,
-    save_resume_state,
     seed_everything,
 )
 
@@ -434,14 +429,9 @@ def train_clip(cfg: ClipTrainConfig) -> TrainResult:
         "kind": "clip", "arch": cfg.arch, "pretrained": cfg.pretrained, "lora": cfg.lora,
         "lock_image": cfg.lock_image, "lock_text": cfg.lock_text, "classes": classes,
     }
-    meta = _resume_meta(cfg, out, identity)
-    if meta is not None and meta["epochs_done"] >= cfg.epochs:
-        metrics = json.loads((out / METRICS_FILE).read_text())
-        print(f"{out}: training already completed ({meta['epochs_done']} epochs); returning the saved result")
-        return TrainResult(out, metrics, metrics["report"])
-    if meta is None:
-        for stale in (RESUME_DIR, ADAPTER_DIR, "runs"):
-            shutil.rmtree(out / stale, ignore_errors=True)
+    ledger = RunLedger.open(out, identity, cfg.epochs, cfg.resume)
+    if (done := ledger.finished_result()) is not None:
+        return done
 
     seed_everything(cfg.seed)
     model, preprocess_train, preprocess_val, tokenizer, model_cfg = build_model(cfg)
@@ -454,14 +444,7 @@ def train_clip(cfg: ClipTrainConfig) -> TrainResult:
     optimizer = _optimizer(model, cfg.learning_rate, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg.epochs * n_batches, cfg.warmup_ratio)
 
-    history: list[dict[str, Any]] = []
-    best_epoch, best_score, elapsed = 0, float("-inf"), 0.0
-    if meta is not None:
-        load_resume_state(out, model, optimizer, scheduler)
-        history, best_epoch, best_score, elapsed = (
-            meta["history"], meta["best_epoch"], meta["best_score"], meta["train_time_seconds"]
-        )
-        print(f"{out}: resuming after epoch {meta['epochs_done']} of {cfg.epochs}")
+    ledger.restore(model, optimizer, scheduler)
     settings = {
         "kind": "clip",
         "arch": cfg.arch,
@@ -488,9 +471,9 @@ def train_clip(cfg: ClipTrainConfig) -> TrainResult:
         dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last,
         num_workers=cfg.loader_workers, persistent_workers=cfg.loader_workers > 0,  # keeps each worker's image cache
     )
-    step = len(history) * n_batches
+    step = ledger.epochs_done * n_batches
     with SummaryWriter(str(out / "runs")) as writer:
-        for epoch in range(len(history), cfg.epochs):
+        for epoch in range(ledger.epochs_done, cfg.epochs):
             t0 = time.perf_counter()
             sampler.set_epoch(epoch)
             train_loss, step = _train_epoch(
@@ -501,27 +484,20 @@ def train_clip(cfg: ClipTrainConfig) -> TrainResult:
             for key, value in metrics.items():
                 writer.add_scalar(f"val/{key}", value, step)
             seconds = time.perf_counter() - t0
-            elapsed += seconds
-            history.append({"epoch": epoch + 1, "train_loss": train_loss, **metrics, "seconds": round(seconds, 2)})
-            score = _score(metrics)
-            improved = score > best_score
+            improved = ledger.record({"train_loss": train_loss, **metrics}, _score(metrics), seconds)
             if improved:
-                best_epoch, best_score = epoch + 1, score
                 save_clip_checkpoint(out, model, model_cfg, _core(model).visual.preprocess_cfg, settings)
                 best_metrics = metrics
             else:
-                best_metrics = json.loads((out / METRICS_FILE).read_text())["val_metrics"]
-            report = f"best epoch {best_epoch}: {format_metrics(best_metrics)}"
+                best_metrics = ledger.saved_metrics()["val_metrics"]
+            report = f"best epoch {ledger.best_epoch}: {format_metrics(best_metrics)}"
             summary = {
-                "best_epoch": best_epoch, "val_metrics": best_metrics, "history": history,
-                "train_time_seconds": round(elapsed, 2), "n_train": len(train_pairs), "n_val": len(val_pairs),
+                "best_epoch": ledger.best_epoch, "val_metrics": best_metrics, "history": ledger.history,
+                "train_time_seconds": round(ledger.elapsed, 2), "n_train": len(train_pairs), "n_val": len(val_pairs),
                 "logit_scale": float(_core(model).logit_scale.exp().item()), "report": report,
             }
             (out / METRICS_FILE).write_text(json.dumps(summary, indent=2))
-            save_resume_state(out, model, optimizer, scheduler, {
-                **identity, "epochs_done": epoch + 1, "history": history, "best_epoch": best_epoch,
-                "best_score": best_score, "train_time_seconds": elapsed,
-            })
+            ledger.save(model, optimizer, scheduler)
             tqdm.write(
                 f"epoch {epoch + 1}: train loss {train_loss:.4f}, {format_metrics(metrics)}"
                 f"{' (best)' if improved else ''}, {seconds:.1f}s"
@@ -558,22 +534,6 @@ def _train_epoch(model, loader, n_batches, loss_fn, optimizer, scheduler, writer
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
             bar.update()
     return total / max(n_batches, 1), step
-
-
-def _resume_meta(cfg: ClipTrainConfig, out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
-    if not cfg.resume:
-        return None
-    meta = read_resume_meta(out)
-    if meta is None:
-        print(f"{out}: no saved state in {RESUME_DIR}/, starting from scratch")
-        return None
-    for key, value in identity.items():
-        if meta.get(key) != value:
-            raise ResumeError(
-                f"{out / RESUME_DIR} was written for {key}={meta.get(key)!r}, this run has {key}={value!r}; "
-                "use another --out or drop --resume"
-            )
-    return meta
 
 
 def _open_clip_version() -> str:

@@ -12,7 +12,7 @@ import platform
 import random
 import shutil
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,9 @@ from safetensors.torch import load_model, save_model
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
+
+from mmserve.training.checkpoint import ADAPTER_DIR, METRICS_FILE
+from mmserve.training.errors import ResumeError
 
 RESUME_DIR = "last"
 _RESUME_WEIGHTS = "model.safetensors"
@@ -164,3 +167,82 @@ def load_resume_state(out: Path, model: torch.nn.Module, optimizer: torch.optim.
     optimizer.load_state_dict(trainer["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
     set_rng_state(trainer["rng"])
+
+
+# What a run leaves in its folder besides the best checkpoint; a fresh run clears them.
+_RUN_LEFTOVERS = (RESUME_DIR, ADAPTER_DIR, "runs")
+
+
+@dataclass
+class RunLedger:
+    """An epoch loop's bookkeeping, shared by every trainer: history, best epoch, time spent.
+
+    Opened fresh or from `--resume` (checked against the run's identity: labels, base,
+    LoRA... must match), updated once per epoch, saved with the optimizer state so an
+    interrupted run continues where it stopped.
+    """
+
+    out: Path
+    identity: dict[str, Any]
+    epochs: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float = float("-inf")
+    elapsed: float = 0.0
+    resumed: bool = False
+
+    @classmethod
+    def open(cls, out: Path, identity: dict[str, Any], epochs: int, resume: bool) -> "RunLedger":
+        meta = read_resume_meta(out) if resume else None
+        if resume and meta is None:
+            print(f"{out}: no saved state in {RESUME_DIR}/, starting from scratch")
+        if meta is None:  # a fresh run must not mix with an earlier run's state, adapter or curves
+            for leftover in _RUN_LEFTOVERS:
+                shutil.rmtree(out / leftover, ignore_errors=True)
+            return cls(out, identity, epochs)
+        for key, value in identity.items():
+            if meta.get(key) != value:
+                raise ResumeError(
+                    f"{out / RESUME_DIR} was written for {key}={meta.get(key)!r}, this run has {key}={value!r}; "
+                    "use another --out or drop --resume"
+                )
+        return cls(out, identity, epochs, meta["history"], meta["best_epoch"], meta["best_score"],
+                   meta["train_time_seconds"], resumed=True)
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
+
+    def finished_result(self) -> TrainResult | None:
+        """The saved result when a resumed run has nothing left to train."""
+        if not self.resumed or self.epochs_done < self.epochs:
+            return None
+        metrics = json.loads((self.out / METRICS_FILE).read_text())
+        print(f"{self.out}: training already completed ({self.epochs_done} epochs); returning the saved result")
+        print(metrics["report"])
+        return TrainResult(self.out, metrics, metrics["report"])
+
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> None:
+        """Continue a resumed run's weights, optimizer, schedule and RNG; nothing for a fresh run."""
+        if self.resumed:
+            load_resume_state(self.out, model, optimizer, scheduler)
+            print(f"{self.out}: resuming after epoch {self.epochs_done} of {self.epochs}")
+
+    def saved_metrics(self) -> dict[str, Any]:
+        """metrics.json as the best epoch so far wrote it."""
+        return json.loads((self.out / METRICS_FILE).read_text())
+
+    def record(self, row: dict[str, Any], score: float, seconds: float) -> bool:
+        """One finished epoch; True when it is the best so far (the caller saves the checkpoint)."""
+        self.elapsed += seconds
+        self.history.append({"epoch": self.epochs_done + 1, **row, "seconds": round(seconds, 2)})
+        improved = score > self.best_score
+        if improved:
+            self.best_epoch, self.best_score = self.epochs_done, score
+        return improved
+
+    def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> None:
+        save_resume_state(self.out, model, optimizer, scheduler, {
+            **self.identity, "epochs_done": self.epochs_done, "history": self.history,
+            "best_epoch": self.best_epoch, "best_score": self.best_score, "train_time_seconds": self.elapsed,
+        })

@@ -11,43 +11,36 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mmserve.training.errors import DataError, ResumeError, TrainingError
+from mmserve.training.checkpoint import METRICS_FILE, save_hf_checkpoint
+from mmserve.training.errors import DataError, TrainingError
 from mmserve.training.loop import (
-    RESUME_DIR,
+    RunLedger,
     TrainResult,
     configure_runtime,
     library_versions,
-    load_resume_state,
     make_optimizer,
     make_scheduler,
-    read_resume_meta,
-    save_resume_state,
     seed_everything,
     train_one_epoch,
 )
 from mmserve.training.metrics import classification_metrics
 from mmserve.training.speech_checkpoint import (
-    ADAPTER_DIR,
-    METRICS_FILE,
     WHISPER,
     build_speech_model,
     family_of,
     load_speech_checkpoint,
     min_samples,
     read_base,
-    save_speech_checkpoint,
 )
 from mmserve.training.speech_data import (
     AudioExample,
@@ -145,15 +138,9 @@ def train_speech(cfg: SpeechTrainConfig) -> TrainResult:
     train_items, dev_items, labels = _load_data(cfg)
     identity = {"task": "classify", "labels": labels, "base": base, "lora": cfg.lora, "clip_seconds": cfg.clip_seconds}
 
-    meta = _resume_meta(cfg, out, identity)
-    if meta is not None and meta["epochs_done"] >= cfg.epochs:
-        metrics = json.loads((out / METRICS_FILE).read_text())
-        print(f"{out}: training already completed ({meta['epochs_done']} epochs); returning the saved result")
-        print(metrics["report"])
-        return TrainResult(out, metrics, metrics["report"])
-    if meta is None:
-        for stale in (RESUME_DIR, ADAPTER_DIR, "runs"):
-            shutil.rmtree(out / stale, ignore_errors=True)
+    ledger = RunLedger.open(out, identity, cfg.epochs, cfg.resume)
+    if (done := ledger.finished_result()) is not None:
+        return done
 
     seed_everything(cfg.seed)
     model, extractor, pretrained = build_speech_model(base, labels, cfg.clip_seconds, cfg.lora)
@@ -183,15 +170,7 @@ def train_speech(cfg: SpeechTrainConfig) -> TrainResult:
     n_batches = -(-len(train_clips) // cfg.batch_size)
     optimizer = make_optimizer(model, cfg.learning_rate)
     scheduler = make_scheduler(optimizer, cfg.epochs * n_batches)
-    history: list[dict[str, Any]] = []
-    best_epoch, best_score, elapsed = 0, float("-inf"), 0.0
-    if meta is not None:
-        load_resume_state(out, model, optimizer, scheduler)
-        history, best_epoch, best_score, elapsed = (
-            meta["history"], meta["best_epoch"], meta["best_score"], meta["train_time_seconds"]
-        )
-        print(f"{out}: resuming after epoch {meta['epochs_done']} of {cfg.epochs}")
-    start = len(history)
+    ledger.restore(model, optimizer, scheduler)
     training_config = {
         **asdict(cfg), "kind": "speech", "task": "classify", "base": base, "family": family,
         "model_type": config.model_type, "pretrained": pretrained, "sampling_rate": rate,
@@ -200,9 +179,9 @@ def train_speech(cfg: SpeechTrainConfig) -> TrainResult:
 
     from torch.utils.tensorboard import SummaryWriter
 
-    step = start * n_batches
+    step = ledger.epochs_done * n_batches
     with SummaryWriter(str(out / "runs")) as writer:
-        for epoch in range(start, cfg.epochs):
+        for epoch in range(ledger.epochs_done, cfg.epochs):
             t0 = time.perf_counter()
             rng = np.random.default_rng(cfg.seed + epoch)
             batches = _train_batches(train_clips, train_y, cfg.batch_size, rng, featurize, aug, rate)
@@ -215,36 +194,30 @@ def train_speech(cfg: SpeechTrainConfig) -> TrainResult:
             writer.add_scalar("dev/loss", dev["loss"], step)
             writer.add_text("dev/report", f"<pre>{report}</pre>", step)
             seconds = time.perf_counter() - t0
-            elapsed += seconds
-            history.append({
-                "epoch": epoch + 1, "train_loss": train_loss, "dev_loss": dev["loss"],
-                "dev_accuracy": dev["accuracy"], "dev_macro_f1": dev["macro_f1"], "seconds": round(seconds, 2),
-            })
-            improved = dev["accuracy"] > best_score
+            improved = ledger.record({
+                "train_loss": train_loss, "dev_loss": dev["loss"],
+                "dev_accuracy": dev["accuracy"], "dev_macro_f1": dev["macro_f1"],
+            }, dev["accuracy"], seconds)
             if improved:
-                best_epoch, best_score = epoch + 1, dev["accuracy"]
-                save_speech_checkpoint(out, model, extractor, labels, training_config)
+                save_hf_checkpoint(out, model, extractor, labels, training_config)
                 _write_dev_file(out, dev_items)
                 best = {"dev_metrics": dev, "report": report}
             else:
-                best = json.loads((out / METRICS_FILE).read_text())
+                best = ledger.saved_metrics()
             metrics = {
-                "task": "classify", "metric": "accuracy", "best_epoch": best_epoch,
-                "dev_accuracy": best_score, "dev_macro_f1": best["dev_metrics"]["macro_f1"],
-                "dev_metrics": best["dev_metrics"], "history": history,
-                "train_time_seconds": round(elapsed, 2), "n_train": len(train_items), "n_dev": len(dev_items),
+                "task": "classify", "metric": "accuracy", "best_epoch": ledger.best_epoch,
+                "dev_accuracy": ledger.best_score, "dev_macro_f1": best["dev_metrics"]["macro_f1"],
+                "dev_metrics": best["dev_metrics"], "history": ledger.history,
+                "train_time_seconds": round(ledger.elapsed, 2), "n_train": len(train_items), "n_dev": len(dev_items),
                 "report": best["report"],
             }
             (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-            save_resume_state(out, model, optimizer, scheduler, {
-                **identity, "epochs_done": epoch + 1, "history": history,
-                "best_epoch": best_epoch, "best_score": best_score, "train_time_seconds": elapsed,
-            })
+            ledger.save(model, optimizer, scheduler)
             tqdm.write(
                 f"epoch {epoch + 1}: train loss {train_loss:.4f}, dev loss {dev['loss']:.4f}, "
                 f"dev accuracy {dev['accuracy']:.4f}{' (best)' if improved else ''}, {seconds:.1f}s\n{report}"
             )
-    print(f"best epoch {best_epoch}: dev accuracy {best_score:.4f}\n{metrics['report']}")
+    print(f"best epoch {ledger.best_epoch}: dev accuracy {ledger.best_score:.4f}\n{metrics['report']}")
     return TrainResult(out, metrics, metrics["report"])
 
 
@@ -303,23 +276,6 @@ def _write_dev_file(out: Path, dev: Sequence[AudioExample]) -> None:
         writer = csv.writer(f)
         writer.writerow(["path", "label"])
         writer.writerows([str(e.path.resolve()), e.label] for e in dev)
-
-
-def _resume_meta(cfg: SpeechTrainConfig, out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
-    """The saved state to continue from, checked against this run; None to start fresh."""
-    if not cfg.resume:
-        return None
-    meta = read_resume_meta(out)
-    if meta is None:
-        print(f"{out}: no saved state in {RESUME_DIR}/, starting from scratch")
-        return None
-    for key, value in identity.items():
-        if meta.get(key) != value:
-            raise ResumeError(
-                f"{out / RESUME_DIR} was written for {key}={meta.get(key)!r}, this run has {key}={value!r}; "
-                "use another --out or drop --resume"
-            )
-    return meta
 
 
 @torch.inference_mode()

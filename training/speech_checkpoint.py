@@ -13,21 +13,17 @@ A checkpoint folder loads with plain `from_pretrained` and carries what serving 
 """
 from __future__ import annotations
 
-import copy
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mmserve.training.checkpoint import LABELS_FILE, TRAINING_CONFIG_FILE, read_labels
 from mmserve.training.errors import CheckpointError, TrainingError
 
-LABELS_FILE = "labels.txt"
-TRAINING_CONFIG_FILE = "training_config.json"
-METRICS_FILE = "metrics.json"
-ADAPTER_DIR = "adapter"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 WHISPER, WAVEFORM = "whisper", "waveform"
 WAVEFORM_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "sew", "sew-d", "unispeech", "unispeech-sat")
@@ -181,24 +177,6 @@ def build_speech_model(base: str | Path, labels: Sequence[str], clip_seconds: in
             target_modules=["q_proj", "v_proj"], modules_to_save=["projector", "classifier"],
         ))
     return model, extractor, pretrained
-
-
-def save_speech_checkpoint(
-    out: Path, model, feature_extractor, labels: Sequence[str], training_config: Mapping[str, Any]
-) -> None:
-    """Write a checkpoint folder; a peft model is saved as adapter/ plus merged full weights."""
-    out.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "merge_and_unload"):
-        model.save_pretrained(out / ADAPTER_DIR)
-        model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(out)
-    feature_extractor.save_pretrained(out)
-    (out / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
-    (out / TRAINING_CONFIG_FILE).write_text(json.dumps(training_config, indent=2))
-
-
-def read_labels(path: Path) -> list[str]:
-    return [line for line in (path / LABELS_FILE).read_text(encoding="utf-8").splitlines() if line]
 
 
 def load_speech_checkpoint(path: str | Path) -> SpeechCheckpoint:

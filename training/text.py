@@ -7,7 +7,6 @@ epoch as a checkpoint folder that exporters load with plain `from_pretrained`.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -20,23 +19,19 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
 from mmserve.training.checkpoint import (
-    ADAPTER_DIR,
     METRICS_FILE,
     TEXT_TASKS,
     load_text_checkpoint,
-    save_text_checkpoint,
+    save_hf_checkpoint,
 )
-from mmserve.training.errors import ResumeError, TrainingError
+from mmserve.training.errors import TrainingError
 from mmserve.training.loop import (
-    RESUME_DIR,
+    RunLedger,
     TrainResult,
     configure_runtime,
     library_versions,
-    load_resume_state,
     make_optimizer,
     make_scheduler,
-    read_resume_meta,
-    save_resume_state,
     seed_everything,
     train_one_epoch,
 )
@@ -120,15 +115,9 @@ def train_text(cfg: TextTrainConfig) -> TrainResult:
     _write_dev_split(out, dev_items)
     identity = {"task": cfg.task, "labels": labels, "base": base, "lora": cfg.lora}
 
-    meta = _resume_meta(cfg, out, identity)
-    if meta is not None and meta["epochs_done"] >= cfg.epochs:
-        metrics = json.loads((out / METRICS_FILE).read_text())
-        print(f"{out}: training already completed ({meta['epochs_done']} epochs); returning the saved result")
-        print(metrics["report"])
-        return TrainResult(out, metrics, metrics["report"])
-    if meta is None:  # a fresh run must not mix with an earlier run's state, adapter or curves
-        for stale in (RESUME_DIR, ADAPTER_DIR, "runs"):
-            shutil.rmtree(out / stale, ignore_errors=True)
+    ledger = RunLedger.open(out, identity, cfg.epochs, cfg.resume)
+    if (done := ledger.finished_result()) is not None:
+        return done
 
     seed_everything(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -139,17 +128,8 @@ def train_text(cfg: TextTrainConfig) -> TrainResult:
     optimizer = make_optimizer(model, cfg.learning_rate)
     scheduler = make_scheduler(optimizer, cfg.epochs * n_batches)
 
-    history: list[dict[str, Any]] = []
-    best_epoch, best_score, elapsed = 0, float("-inf"), 0.0
-    best: dict[str, Any] = {}  # dev metrics and report of the best epoch
-    if meta is not None:
-        load_resume_state(out, model, optimizer, scheduler)
-        history, best_epoch, best_score, elapsed = (
-            meta["history"], meta["best_epoch"], meta["best_score"], meta["train_time_seconds"]
-        )
-        best = json.loads((out / METRICS_FILE).read_text())
-        print(f"{out}: resuming after epoch {meta['epochs_done']} of {cfg.epochs}")
-    start = len(history)
+    ledger.restore(model, optimizer, scheduler)
+    best: dict[str, Any] = ledger.saved_metrics() if ledger.resumed else {}  # dev metrics and report of the best epoch
     training_config = {
         **asdict(cfg), "kind": "text", "task": cfg.task, "base": base,
         "learning_rate": cfg.learning_rate, "versions": library_versions(),
@@ -159,9 +139,9 @@ def train_text(cfg: TextTrainConfig) -> TrainResult:
 
     from torch.utils.tensorboard import SummaryWriter  # imports tensorboard; only needed here
 
-    step = start * n_batches
+    step = ledger.epochs_done * n_batches
     with SummaryWriter(str(out / "runs")) as writer:
-        for epoch in range(start, cfg.epochs):
+        for epoch in range(ledger.epochs_done, cfg.epochs):
             t0 = time.perf_counter()
             batches = (
                 collate([train_features[i] for i in idx], pad_id)
@@ -175,33 +155,27 @@ def train_text(cfg: TextTrainConfig) -> TrainResult:
             writer.add_scalar(f"dev/{metric_name}", dev[metric_name], step)
             writer.add_scalar("dev/loss", dev["loss"], step)
             seconds = time.perf_counter() - t0
-            elapsed += seconds
-            history.append({
-                "epoch": epoch + 1, "train_loss": train_loss, "dev_loss": dev["loss"],
-                f"dev_{metric_name}": dev[metric_name], "dev_macro_f1": dev["macro_f1"], "seconds": round(seconds, 2),
-            })
-            improved = dev[metric_name] > best_score
+            improved = ledger.record({
+                "train_loss": train_loss, "dev_loss": dev["loss"],
+                f"dev_{metric_name}": dev[metric_name], "dev_macro_f1": dev["macro_f1"],
+            }, dev[metric_name], seconds)
             if improved:
-                best_epoch, best_score = epoch + 1, dev[metric_name]
-                save_text_checkpoint(out, model, tokenizer, labels, training_config)
+                save_hf_checkpoint(out, model, tokenizer, labels, training_config)
                 best = {"dev_metrics": dev, "report": report}
             metrics = {
-                "task": cfg.task, "metric": metric_name, "best_epoch": best_epoch,
-                f"dev_{metric_name}": best_score, "dev_macro_f1": best["dev_metrics"]["macro_f1"],
-                "dev_metrics": best["dev_metrics"], "history": history,
-                "train_time_seconds": round(elapsed, 2), "n_train": len(train_items), "n_dev": len(dev_items),
+                "task": cfg.task, "metric": metric_name, "best_epoch": ledger.best_epoch,
+                f"dev_{metric_name}": ledger.best_score, "dev_macro_f1": best["dev_metrics"]["macro_f1"],
+                "dev_metrics": best["dev_metrics"], "history": ledger.history,
+                "train_time_seconds": round(ledger.elapsed, 2), "n_train": len(train_items), "n_dev": len(dev_items),
                 "report": best["report"],
             }
             (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-            save_resume_state(out, model, optimizer, scheduler, {
-                **identity, "epochs_done": epoch + 1, "history": history,
-                "best_epoch": best_epoch, "best_score": best_score, "train_time_seconds": elapsed,
-            })
+            ledger.save(model, optimizer, scheduler)
             tqdm.write(
                 f"epoch {epoch + 1}: train loss {train_loss:.4f}, dev loss {dev['loss']:.4f}, "
                 f"dev {metric_name} {dev[metric_name]:.4f}{' (best)' if improved else ''}, {seconds:.1f}s"
             )
-    print(f"best epoch {best_epoch}: dev {metric_name} {best_score:.4f}\n{metrics['report']}")
+    print(f"best epoch {ledger.best_epoch}: dev {metric_name} {ledger.best_score:.4f}\n{metrics['report']}")
     return TrainResult(out, metrics, metrics["report"])
 
 
@@ -249,23 +223,6 @@ def _labels_in(task: str, items: Items) -> set[str]:
     if task == "classify":
         return {e.label for e in items}
     return {tag for s in items for tag in s.tags}
-
-
-def _resume_meta(cfg: TextTrainConfig, out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
-    """The saved state to continue from, checked against this run; None to start fresh."""
-    if not cfg.resume:
-        return None
-    meta = read_resume_meta(out)
-    if meta is None:
-        print(f"{out}: no saved state in {RESUME_DIR}/, starting from scratch")
-        return None
-    for key, value in identity.items():
-        if meta.get(key) != value:
-            raise ResumeError(
-                f"{out / RESUME_DIR} was written for {key}={meta.get(key)!r}, this run has {key}={value!r}; "
-                "use another --out or drop --resume"
-            )
-    return meta
 
 
 def _build_model(cfg: TextTrainConfig, base: str, labels: list[str]) -> torch.nn.Module:
