@@ -295,7 +295,9 @@ def cpu_table(rows: Sequence[dict], cpus: Sequence[int] | None) -> str:
     measured = [r for r in rows if r.get("cpu")]
     if not measured:
         return ""
-    names = list(dict.fromkeys(n for r in measured for n in r["cpu"] if n not in ("perf_analyzer", "idle or other")))
+    # Only the processes this pipeline kept busy; the other models' stubs sleep.
+    names = list(dict.fromkeys(n for r in measured for n, v in r["cpu"].items()
+                               if n not in ("perf_analyzer", "idle or other") and v >= 0.01))
     names += ["perf_analyzer", "idle or other"]
     table = [[int(r["load"])] + [_f(r["cpu"].get(n), 2) for n in names] for r in measured]
     header = ["c"] + [f"`{n}`" if n not in ("perf_analyzer", "idle or other") else n for n in names]
