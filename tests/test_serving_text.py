@@ -80,3 +80,16 @@ def test_top_labels_checks_the_label_count():
     assert top_labels(np.array([[0.1, 0.9]]), ["neg", "pos"]) == ["pos"]
     with pytest.raises(ValueError, match="labels.txt"):
         top_labels(np.array([[0.1, 0.9]]), ["only"])
+
+
+def test_runner_settings_split_cores_and_read_the_config_parameters():
+    import os
+
+    from mmserve.serving.runtime import RunnerSettings
+
+    cores = len(os.sched_getaffinity(0))
+    assert RunnerSettings.for_instances(1).intra_op_threads == cores
+    assert RunnerSettings.for_instances(cores * 2).intra_op_threads == 1
+    assert not RunnerSettings.for_instances(1).allow_spinning  # off unless the config asks
+    tuned = RunnerSettings.for_instances(1, override="3", allow_spinning="1")
+    assert (tuned.intra_op_threads, tuned.allow_spinning) == (3, True)

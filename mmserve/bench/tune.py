@@ -41,6 +41,7 @@ VARIANTS = (
     Variant("enc-1-thread", "encoder intra_op_threads 1 (1 instance)", {"threads": 1}),
     Variant("enc-2-instances", "encoder 2 instances × 1 intra-op thread", {"instances": 2, "threads": 1}),
     Variant("enc-2-instances-2-threads", "encoder 2 instances × 2 intra-op threads", {"instances": 2, "threads": 2}),
+    Variant("enc-spinning", "encoder onnxruntime threads spin while waiting for work", {"spinning": True}),
     Variant("enc-2-instances-delay-0", "encoder 2 instances × 1 thread, delay 0 µs",
             {"instances": 2, "threads": 1, "delay_us": 0}),
     Variant("enc-pref-8-delay-1000", "encoder preferred_batch_size [8], delay 1000 µs",
@@ -77,6 +78,8 @@ def _rewrite(folder: Path, changes: dict[str, Any], int8_file: str | None = None
         config.instance_group[0].count = int(changes["instances"])
     if "threads" in changes:
         config.parameters["intra_op_threads"].string_value = str(changes["threads"])
+    if "spinning" in changes:
+        config.parameters["allow_spinning"].string_value = "1" if changes["spinning"] else "0"
     if int8_file:
         config.parameters["onnx_file"].string_value = int8_file
     (folder / "config.pbtxt").write_text(text_format.MessageToString(config))

@@ -22,7 +22,9 @@ from mmserve.serving.runtime import (
 class OnnxEncoderModel:
     def initialize(self, args: dict[str, str]) -> None:
         parameters = model_parameters(args)
-        settings = RunnerSettings.for_instances(instance_count(args), parameters.get("intra_op_threads"))
+        settings = RunnerSettings.for_instances(
+            instance_count(args), parameters.get("intra_op_threads"), parameters.get("allow_spinning")
+        )
         self.runner = OnnxRunner(model_folder(args) / parameters.get("onnx_file", "model.onnx"), settings)
 
     def execute(self, requests: list[Any]) -> list[Any]:

@@ -85,14 +85,16 @@ def bytes_array(strings: Sequence[str]) -> np.ndarray:
 class RunnerSettings:
     intra_op_threads: int
     inter_op_threads: int = 1
+    allow_spinning: bool = False
 
     @classmethod
-    def for_instances(cls, instances: int, override: str | None = None) -> "RunnerSettings":
+    def for_instances(cls, instances: int, override: str | None = None, allow_spinning: str | None = None) -> "RunnerSettings":
         """Split this machine's cores among the instances of a model, unless told otherwise."""
+        spinning = (allow_spinning or "0").strip() == "1"
         if override:
-            return cls(intra_op_threads=max(1, int(override)))
+            return cls(intra_op_threads=max(1, int(override)), allow_spinning=spinning)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return cls(intra_op_threads=max(1, cores // max(1, instances)))
+        return cls(intra_op_threads=max(1, cores // max(1, instances)), allow_spinning=spinning)
 
 
 class OnnxRunner:
@@ -112,8 +114,9 @@ class OnnxRunner:
         options.inter_op_num_threads = settings.inter_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning threads starve the tokenizer and post-processing processes on small machines.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        spinning = "1" if settings.allow_spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
         self.session = ort.InferenceSession(str(onnx_path), options, providers=list(providers))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
