@@ -96,8 +96,9 @@ def python_model_config(
 
 # Decoders and feature extractors (image_preprocess, audio_preprocess) hold the GIL for
 # most of a request: a second instance lets them use a second core. Measured on 2 cores
-# at concurrency 8: image_embed 260 -> 354 infer/s, audio_classify 251 -> 276 infer/s,
-# concurrency-1 latency unchanged. The text tokenizer gained nothing measurable, so it keeps one.
+# at concurrency 8 (docs/benchmarks.md, tuning sweep): image_embed 284 -> 437 infer/s with
+# concurrency-1 latency unchanged; neutral for audio. The text tokenizer gained nothing
+# measurable, so it keeps one.
 DECODER_INSTANCES = 2
 
 
