@@ -146,6 +146,46 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
     return verdicts
 
 
+def gap_notes(results: dict, pipeline: str) -> str:
+    """Where the served path loses against in-process, from this run's own figures."""
+    rows = perf_rows(results, pipeline)
+    baseline = results["baselines"].get(pipeline) or {}
+    c1, c8 = _at(rows, 1), _at(rows, TARGET_CONCURRENCY)
+    if not (c1 and c8 and baseline.get("timings")):
+        return ""
+    notes = []
+    encoder = f"{pipeline}_encoder"
+    b1 = baseline["timings"][0]
+    steps1, steps8 = c1.get("steps", {}), c8.get("steps", {})
+    if encoder in steps1 and encoder in b1.get("steps_ms", {}):
+        enc = steps1[encoder]
+        served_infer = (enc["compute_infer_us"] + enc["compute_output_us"]) / 1000
+        hops = sum(s["queue_us"] + s["compute_input_us"] for s in steps1.values()) / 1000
+        pre = sum((s["compute_infer_us"] + s["compute_output_us"]) / 1000 for m, s in steps1.items() if m != encoder)
+        in_pre = sum(v for m, v in b1["steps_ms"].items() if m != encoder)
+        added = c1["p50_us"] / 1000 - b1["p50_ms"]
+        rest = added - (served_infer - b1["steps_ms"][encoder]) - (pre - in_pre) - hops
+        notes.append(
+            f"At c=1 the served path adds {_f(added, 2)} ms to the in-process "
+            f"{_f(b1['p50_ms'], 2)} ms: the encoder's execute() takes {_f(served_infer, 2)} ms in the server vs "
+            f"{_f(b1['steps_ms'][encoder], 2)} ms in-process (its onnxruntime threads sleep between requests and "
+            f"wake on each one), the pre-processing step {_f(pre, 2)} vs {_f(in_pre, 2)} ms (the Python backend's "
+            f"shared-memory hand-over), queues and inputs {_f(hops, 2)} ms (incl. the encoder's batching delay); "
+            + (f"gRPC, the ensemble and the client account for the remaining {_f(rest, 2)} ms."
+               if rest >= 0.05 else "nothing measurable is left for gRPC, the ensemble and the client."))
+    if encoder in steps8:
+        best = max(baseline["timings"], key=lambda t: t["throughput"])
+        cpu = c8.get("cpu") or {}
+        used = ", ".join(f"{name} {_f(value, 2)}" for name, value in cpu.items() if value >= 0.01)
+        notes.append(
+            f"At c={TARGET_CONCURRENCY} the encoder's batches averaged {_f(steps8[encoder]['avg_batch'], 2)} requests "
+            f"(in-process best: b{best['batch']}), since eight clients are never all waiting at the encoder at once"
+            + (f"; cores used: {used}" if used else "") + ". One encoder instance runs one batch at a time, so "
+            "the cores idle while a batch's answers and the next batch's inputs cross the Python backend; "
+            "a second instance fills that gap (see the tuning sweep) at a cost in c=1 latency.")
+    return "\n" + "".join(f"- {note}\n" for note in notes)
+
+
 def int8_summary(results: dict) -> dict[str, Any] | None:
     """The intent classifier's INT8 vs fp32 (the encoder with a dev accuracy)."""
     table = results.get("runtimes") or {}
@@ -458,6 +498,7 @@ def render(results: dict, images: dict[str, str]) -> str:
         "reports them.\n\n",
         "## Targets\n\n",
         _table(["target", "measured", "verdict"], targets(results)),
+        gap_notes(results, "text_embed"),
         "\n## Serving efficiency: served vs in-process\n\n",
         "The in-process baseline runs the pipeline's own models (tokenizer or pre-processing, the same ONNX "
         "through the same runner and thread settings, post-processing) in one Python process on the same "
