@@ -12,20 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mmserve.exporters.onnx_export import (
-    OnnxSpec,
-    check_parity,
-    export_onnx,
-    require_parity,
-)
+from mmserve.exporters.onnx_export import OnnxSpec, check_parity, export_onnx, require_parity
 from mmserve.exporters.quantize import quantize_int8
-from mmserve.exporters.repository import (
-    ENCODER_MODEL_PY,
-    VERSION,
-    ModelFolder,
-    shared_or_own,
-    write_models,
-)
+from mmserve.exporters.repository import ENCODER_MODEL_PY, VERSION, ModelFolder, shared_or_own, write_models
 from mmserve.exporters.result import EncoderExportResult
 from mmserve.exporters.triton_config import (
     EncoderTuning,
