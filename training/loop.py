@@ -217,7 +217,7 @@ class RunLedger:
         """The saved result when a resumed run has nothing left to train."""
         if not self.resumed or self.epochs_done < self.epochs:
             return None
-        metrics = json.loads((self.out / METRICS_FILE).read_text())
+        metrics = self.saved_metrics()
         print(f"{self.out}: training already completed ({self.epochs_done} epochs); returning the saved result")
         print(metrics["report"])
         return TrainResult(self.out, metrics, metrics["report"])

@@ -149,13 +149,13 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
 def gap_notes(results: dict, pipeline: str) -> str:
     """Where the served path loses against in-process, from this run's own figures."""
     rows = perf_rows(results, pipeline)
-    baseline = results["baselines"].get(pipeline) or {}
     c1, c8 = _at(rows, 1), _at(rows, TARGET_CONCURRENCY)
-    if not (c1 and c8 and baseline.get("timings")):
+    eff = efficiency(results, pipeline)
+    b1 = next((t for t in results["baselines"][pipeline]["timings"] if t["batch"] == 1), None) if eff else None
+    if not (c1 and c8 and b1):
         return ""
     notes = []
     encoder = f"{pipeline}_encoder"
-    b1 = baseline["timings"][0]
     steps1, steps8 = c1.get("steps", {}), c8.get("steps", {})
     if encoder in steps1 and encoder in b1.get("steps_ms", {}):
         enc = steps1[encoder]
@@ -174,12 +174,12 @@ def gap_notes(results: dict, pipeline: str) -> str:
             + (f"gRPC, the ensemble and the client account for the remaining {_f(rest, 2)} ms."
                if rest >= 0.05 else "nothing measurable is left for gRPC, the ensemble and the client."))
     if encoder in steps8:
-        best = max(baseline["timings"], key=lambda t: t["throughput"])
         cpu = c8.get("cpu") or {}
         used = ", ".join(f"{name} {_f(value, 2)}" for name, value in cpu.items() if value >= 0.01)
         notes.append(
             f"At c={TARGET_CONCURRENCY} the encoder's batches averaged {_f(steps8[encoder]['avg_batch'], 2)} requests "
-            f"(in-process best: b{best['batch']}), since eight clients are never all waiting at the encoder at once"
+            f"(in-process best: b{eff['best_batch']}), since {TARGET_CONCURRENCY} clients are never all waiting at the "
+            "encoder at once"
             + (f"; cores used: {used}" if used else "") + ". One encoder instance runs one batch at a time, so "
             "the cores idle while a batch's answers and the next batch's inputs cross the Python backend; "
             "a second instance fills that gap (see the tuning sweep) at a cost in c=1 latency.")

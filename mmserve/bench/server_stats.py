@@ -51,12 +51,18 @@ def difference(before: dict[str, dict[str, float]], after: dict[str, dict[str, f
     return steps
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (which may hold spaces): state, ppid, ..."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def _cpu_seconds(pid: int) -> float | None:
     try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        fields = _stat_fields(pid)
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def _process_name(cmdline: list[str]) -> str:
@@ -72,8 +78,9 @@ def process_tree(root: int) -> dict[int, str]:
         if not entry.isdigit():
             continue
         try:
-            ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
-            cmdline = open(f"/proc/{entry}/cmdline").read().split("\0")
+            ppid = int(_stat_fields(int(entry))[1])
+            with open(f"/proc/{entry}/cmdline") as f:
+                cmdline = f.read().split("\0")
         except (OSError, ValueError, IndexError):
             continue
         parents[int(entry)] = (ppid, cmdline)

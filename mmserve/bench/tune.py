@@ -141,8 +141,8 @@ def _int8_models(repository: Path, pipeline: InProcessPipeline, requests: Sequen
 
 
 def tune_pipeline(repository: Path, name: str, kind: Kind, requests: Sequence[Request], config, out: Path,
-                    log: Callable[[str], None] = print, variants: Sequence[Variant] = VARIANTS,
-                    rounds: int | None = None, loads: Sequence[int] = (1, 8)) -> dict[str, Any]:
+                  log: Callable[[str], None] = print, variants: Sequence[Variant] = VARIANTS,
+                  rounds: int | None = None, loads: Sequence[int] = (1, 8)) -> dict[str, Any]:
     from mmserve.server import ServerPorts, TritonServer
 
     rounds = rounds or (1 if config.quick else 2)
