@@ -38,6 +38,12 @@ def _head_conll(source: Path, target: Path, sentences: int) -> Path:
 
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory) -> Path:
+    """The session's folder. MMSERVE_TEST_CACHE=DIR keeps it between runs (a developer's
+    speed-up while iterating on one test file; CI never sets it, so it always builds afresh)."""
+    cache = os.environ.get("MMSERVE_TEST_CACHE")
+    if cache:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        return Path(cache)
     return tmp_path_factory.mktemp("mmserve")
 
 
@@ -55,7 +61,7 @@ def text_checkpoints(workdir: Path, tiny_bert: Path) -> dict[str, Path]:
     from mmserve.training.text import TextTrainConfig, train_text
 
     data = workdir / "data"
-    data.mkdir()
+    data.mkdir(exist_ok=True)
     jobs = {
         "classify": ("classify", _subset_csv(embedded_data("intents"), data / "intents.csv", 4, 12)),
         "sentiment": ("classify", _subset_csv(embedded_data("sentiment"), data / "sentiment.csv", 3, 10)),
@@ -63,6 +69,9 @@ def text_checkpoints(workdir: Path, tiny_bert: Path) -> dict[str, Path]:
     }
     checkpoints = {}
     for name, (task, path) in jobs.items():
+        if (workdir / "ckpt" / name / "metrics.json").exists():  # kept by MMSERVE_TEST_CACHE
+            checkpoints[name] = workdir / "ckpt" / name
+            continue
         config = TextTrainConfig(
             base=str(tiny_bert), task=task, data=str(path), out=str(workdir / "ckpt" / name),
             epochs=1, batch_size=16, max_length=64, lr=1e-3,
@@ -89,12 +98,16 @@ def repository(workdir: Path, tiny_bert: Path, text_checkpoints: dict[str, Path]
     from mmserve.exporters.text import export_text
 
     repo = workdir / "model_repository"
+    built = workdir / "model_repository.built"
+    if built.exists():  # kept by MMSERVE_TEST_CACHE
+        return repo
     export_text(tiny_bert, repo)
     export_text(text_checkpoints["classify"], repo)
     export_text(text_checkpoints["ner"], repo)
     export_text(text_checkpoints["sentiment"], repo, name="sentiment")
     for build in LINE_BUILDERS:
         build(workdir, repo)
+    built.touch()
     return repo
 
 
