@@ -5,6 +5,7 @@ import argparse
 import shlex
 from pathlib import Path
 
+from mmserve.bench.checkpoints import DEFAULT_MANIFEST
 from mmserve.bench.perf import BenchError
 
 
@@ -43,6 +44,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser, default_repository: Pat
     parser.add_argument("--cpus", type=_numbers(int), help="pin server, client and peers to these CPUs, e.g. 0,1")
     parser.add_argument("--checkpoint", type=_checkpoint, action="append", default=[], metavar="PIPELINE=PATH",
                         help="the checkpoint behind a pipeline (torch rows, accuracy, peers' model)")
+    parser.add_argument("--checkpoints-manifest", type=Path, default=DEFAULT_MANIFEST, metavar="FILE",
+                        help="JSON {pipeline: checkpoint folder}; `mmserve demo` writes one")
     parser.add_argument("--measurement-interval", type=int, help="perf_analyzer window in ms")
     parser.add_argument("--requests", type=int, default=128, help="distinct requests per pipeline's input data")
 
@@ -66,6 +69,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--cpus", ",".join(map(str, args.cpus))]
     for name, path in args.checkpoint:
         parts += ["--checkpoint", f"{name}={path}"]
+    if args.checkpoints_manifest != DEFAULT_MANIFEST:
+        parts += ["--checkpoints-manifest", str(args.checkpoints_manifest)]
     if args.measurement_interval:
         parts += ["--measurement-interval", str(args.measurement_interval)]
     if args.requests != 128:
@@ -84,10 +89,11 @@ def bench_command(args: argparse.Namespace) -> int:
         print(f"report: {write_report(results, args.docs)}")
         return 0
     config = BenchConfig(
-        repository=args.repository, pipelines=list(args.pipelines), url=args.url, concurrency=args.concurrency,
-        request_rates=args.request_rate, shared_memory=args.shared_memory, out=args.out,
+        repository=args.repository, pipelines=tuple(args.pipelines), url=args.url, concurrency=tuple(args.concurrency),
+        request_rates=tuple(args.request_rate), shared_memory=args.shared_memory, out=args.out,
         skip_peers=args.skip_peers, skip_runtimes=args.skip_runtimes, quick=args.quick, tune=args.tune,
-        cpus=args.cpus, checkpoints=dict(args.checkpoint), measurement_interval_ms=args.measurement_interval,
+        cpus=tuple(args.cpus) if args.cpus else None, checkpoints=dict(args.checkpoint),
+        checkpoints_manifest=args.checkpoints_manifest, measurement_interval_ms=args.measurement_interval,
         requests=args.requests, command=command_line(args),
     )
     results = run_bench(config)

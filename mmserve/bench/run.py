@@ -17,9 +17,10 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from mmserve.bench import inputs as bench_inputs
+from mmserve.bench.checkpoints import DEFAULT_MANIFEST, known_checkpoints
 from mmserve.bench.perf import BenchError, Load, PerfRow, PerfSettings, find_perf_analyzer, run_level
 from mmserve.bench.server_stats import CpuMeter, difference, snapshot
 from mmserve.pipelines import PIPELINES, Kind
@@ -28,26 +29,34 @@ DEFAULT_OUT = Path("artifacts/bench/latest")
 DEFAULT_PEERS_VENV = Path("artifacts/bench/venv-peers")
 
 
-@dataclass
+@dataclass(frozen=True)
 class BenchConfig:
+    """One bench run's settings; frozen, so every stage sees what the run was started with."""
+
     repository: Path = Path("model_repository")
-    pipelines: list[str] = field(default_factory=list)  # empty: every pipeline the server offers
+    pipelines: tuple[str, ...] = ()  # empty: every pipeline the server offers
     url: str | None = None  # a running server's gRPC address; None: start one over `repository`
-    concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
-    request_rates: list[float] = field(default_factory=list)
+    concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)
+    request_rates: tuple[float, ...] = ()
     shared_memory: str = "none"
     out: Path = DEFAULT_OUT
     skip_peers: bool = False
     quick: bool = False
     tune: bool = False
-    cpus: list[int] | None = None
-    checkpoints: dict[str, Path] = field(default_factory=dict)
+    cpus: tuple[int, ...] | None = None
+    checkpoints: Mapping[str, Path] = field(default_factory=dict)  # --checkpoint overrides of the manifest
+    checkpoints_manifest: Path = DEFAULT_MANIFEST
     peers_venv: Path = DEFAULT_PEERS_VENV
     measurement_interval_ms: int | None = None
     requests: int = 128  # distinct requests in each pipeline's input data
     baseline_seconds: float | None = None
     skip_runtimes: bool = False
     command: str = ""
+
+    @property
+    def known_checkpoints(self) -> dict[str, Path]:
+        """The checkpoint behind each pipeline: text_embed's base, the manifest, then overrides."""
+        return known_checkpoints(self.checkpoints_manifest, dict(self.checkpoints))
 
     @property
     def settings(self) -> PerfSettings:
@@ -121,29 +130,6 @@ def discover(client: Any) -> list[tuple[str, Kind]]:
     return sorted(found, key=lambda item: (list(Kind).index(item[1]), item[0]))
 
 
-def default_checkpoints(root: Path = Path(".")) -> dict[str, Path]:
-    """Where `make demo` leaves the checkpoints behind each text pipeline (when present)."""
-    found: dict[str, Path] = {}
-    try:
-        from mmserve.training.defaults import default_text_base
-
-        found["text_embed"] = default_text_base()
-    except Exception:  # noqa: BLE001 - the train extra is optional for the bench
-        pass
-    demo = root / "artifacts" / "demo" / "checkpoints"
-    layout = [("text_classify", "intents"), ("text_ner", "ner"), ("sentiment", "sentiment")]
-    try:
-        from mmserve.demo.speech import CHECKPOINT as speech_checkpoint
-
-        layout += [("audio_classify", speech_checkpoint), ("audio_embed", speech_checkpoint)]
-    except ImportError:
-        pass
-    for pipeline, folder in layout:
-        if (demo / folder / "config.json").exists():
-            found[pipeline] = demo / folder
-    return found
-
-
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version()}
     try:
@@ -205,7 +191,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
         "machine": machine(),
         "loadavg_start": loadavg(),
         "settings": {
-            "concurrency": config.concurrency, "request_rates": config.request_rates,
+            "concurrency": list(config.concurrency), "request_rates": list(config.request_rates),
             "shared_memory": config.shared_memory, **asdict(config.settings),
             "baseline_seconds": config.seconds, "requests_per_pipeline": config.requests,
         },
@@ -268,7 +254,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
         try:
             from mmserve.bench.runtimes import measure_runtimes
 
-            checkpoints = {**default_checkpoints(), **config.checkpoints}
+            checkpoints = config.known_checkpoints
             log("runtime table (torch eager / ORT fp32 / ORT INT8) ...")
             table = measure_runtimes(
                 repository, chosen, requests, checkpoints, out, seconds=config.seconds,

@@ -8,7 +8,7 @@ peers' protocol, next to its gRPC figures.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from mmserve.bench.peers import (
 )
 from mmserve.bench.perf import BenchError, Load, run_level
 from mmserve.pipelines import PIPELINES, Kind
+
+if TYPE_CHECKING:  # the config type only; run.py imports this module, not the reverse
+    from mmserve.bench.run import BenchConfig
 
 REFERENCE_SENTENCES = 32
 MIN_COSINE = 0.999  # a peer below this returns different vectors: not timed
@@ -36,11 +39,9 @@ def _embed_triton(client: Any, pipeline: str, texts: Sequence[str]) -> np.ndarra
     return client.infer(pipeline, [tensor]).as_numpy("EMBEDDING")
 
 
-def run_peers(config, client: Any, url: str, http_url: str | None, pipeline: str, requests: list,
+def run_peers(config: "BenchConfig", client: Any, url: str, http_url: str | None, pipeline: str, requests: list,
               raw: Path, progress) -> dict[str, Any]:
-    from mmserve.bench.run import default_checkpoints
-
-    model = config.checkpoints.get(pipeline) or default_checkpoints().get(pipeline)
+    model = config.known_checkpoints.get(pipeline)
     result: dict[str, Any] = {"pipeline": pipeline, "model": str(model), "targets": [], "notes": []}
     if model is None or not Path(model).exists():
         result["notes"].append(f"peers skipped: the model folder behind {pipeline} is unknown (--checkpoint {pipeline}=PATH)")

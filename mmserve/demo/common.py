@@ -18,6 +18,12 @@ class DemoContext:
     def checkpoint(self, name: str) -> Path:
         return self.workdir / "checkpoints" / name
 
+    def record_checkpoint(self, pipeline: str, checkpoint: Path) -> None:
+        """Tell the bench which checkpoint stands behind a pipeline (workdir/checkpoints.json)."""
+        from mmserve.bench.checkpoints import record_checkpoint
+
+        record_checkpoint(self.workdir / "checkpoints.json", pipeline, checkpoint)
+
     def needs_training(self, name: str) -> bool:
         """Reuse a finished checkpoint unless --fresh: later demo runs skip training."""
         return self.fresh or not (self.checkpoint(name) / "metrics.json").exists()

@@ -59,6 +59,7 @@ def prepare(context: DemoContext) -> None:
 
     banner("Speech: export to ONNX and the Triton repository")
     for pipeline, task in (("audio_classify", "classify"), ("audio_embed", "embed")):
+        context.record_checkpoint(pipeline, checkpoint)
         if context.needs_export(checkpoint, pipeline):
             print(export_speech(checkpoint, context.repository, name=pipeline, task=task).summary())
         else:

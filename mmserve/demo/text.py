@@ -74,6 +74,7 @@ def prepare(context: DemoContext) -> None:
         (context.checkpoint("sentiment"), "sentiment"),
     ]
     for checkpoint, pipeline in exports:
+        context.record_checkpoint(pipeline, checkpoint)
         if context.needs_export(checkpoint, pipeline):
             print(export_text(checkpoint, context.repository, name=pipeline).summary())
         else:
