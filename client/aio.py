@@ -29,8 +29,9 @@ from ._transport import (
     readiness_error,
 )
 from .codec import Outputs, Plan, Request, TextInput
-from .errors import MmserveError, from_triton
+from .errors import MmserveError, ModelNotReadyError, from_triton
 from .media import AudioInput, ImageFormat, ImageInput
+from .products import ProductInfo, products_from
 from .results import Classification, Entity, ModelInfo, ZeroShotResult
 
 __all__ = ["AsyncClient"]
@@ -130,6 +131,30 @@ class AsyncClient:
         except InferenceServerException as exc:
             raise from_triton(exc) from exc
         return [ModelInfo(m.name, m.version, m.state, m.reason) for m in index.models]
+
+    async def products(self, *, timeout: float | None = None) -> list[ProductInfo]:
+        """The pipelines the server has loaded, without their internal steps (tokenizers,
+        encoders, post-processing), each with its kind, steps and state.
+
+        Reads the repository index (the admin key where the server sets one) and each
+        model's config; a product never loaded has no config on the server to read, so
+        the whole repository, unloaded products included, is `mmserve products`' to list.
+        """
+        deadline = self._deadline(timeout)
+        index = await self.models(timeout=deadline.remaining())
+        configs = {}
+        for name in sorted({info.name for info in index if info.state}):
+            try:
+                response = await self._grpc.get_model_config(
+                    name, headers=self._headers, client_timeout=deadline.remaining()
+                )
+            except InferenceServerException as exc:
+                error = from_triton(exc, name)
+                if isinstance(error, ModelNotReadyError):
+                    continue  # unloaded since the index was read
+                raise error from exc
+            configs[name] = response.config
+        return products_from(index, configs)
 
     async def wait_ready(
         self,
