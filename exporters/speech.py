@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmserve.exporters.classification import classification_tail, labels_txt
 from mmserve.exporters.onnx_export import (
     ExportError,
     OnnxSpec,
@@ -41,7 +42,7 @@ from mmserve.exporters.triton_config import (
     onnx_tensors,
     python_model_config,
 )
-from mmserve.pipelines import AUDIO, EMBEDDING, LABEL, PROBS, SAMPLE_RATE, Kind
+from mmserve.pipelines import AUDIO, EMBEDDING, SAMPLE_RATE, Kind
 from mmserve.serving.audio import DEFAULT_MAX_SECONDS, FeatureConfig, FeatureExtractor
 
 PREPROCESS_MODEL = "audio_preprocess"
@@ -248,12 +249,11 @@ def _pipeline_models(
     preprocess = preprocess_model(repository, pipeline, fe_dict, feature_config, max_seconds)
     encoder_name = f"{pipeline}_encoder"
     output_name = _ONNX_OUTPUT[task]
-    labels_txt = "".join(f"{label}\n" for label in labels)
     encoder_files: dict[str, Path | bytes | str] = {f"{VERSION}/{onnx_path.name}": onnx_path}
     if profile == "cpu":
         encoder_files[f"{VERSION}/model.py"] = ENCODER_MODEL_PY
     if task == "classify":
-        encoder_files["labels.txt"] = labels_txt
+        encoder_files["labels.txt"] = labels_txt(labels)
     encoder = ModelFolder(
         encoder_name,
         encoder_config(encoder_name, onnx_path, profile, labels_output="probs" if task == "classify" else None, tuning=tuning),
@@ -269,18 +269,6 @@ def _pipeline_models(
         ensemble = ensemble_config(pipeline, inputs, [Tensor.from_spec(EMBEDDING, encoder_output.dims)], steps)
         return [preprocess, encoder, ModelFolder(pipeline, ensemble)]
 
-    post_name = f"{pipeline}_postprocess"
-    post = ModelFolder(
-        post_name,
-        python_model_config(post_name, [Tensor("probs", "TYPE_FP32", encoder_output.dims)], [Tensor.from_spec(LABEL)]),
-        {"labels.txt": labels_txt},
-    ).add_template("text_classify_postprocess")
-    steps = [
-        preprocess_step,
-        Step(encoder_name, feature_map, {output_name: PROBS.name}),
-        Step(post_name, {"probs": PROBS.name}, {LABEL.name: LABEL.name}),
-    ]
-    ensemble = ensemble_config(
-        pipeline, inputs, [Tensor.from_spec(PROBS, encoder_output.dims), Tensor.from_spec(LABEL)], steps
-    )
+    post, classify_steps, outputs = classification_tail(pipeline, encoder_name, feature_map, encoder_output, labels)
+    ensemble = ensemble_config(pipeline, inputs, outputs, [preprocess_step, *classify_steps])
     return [preprocess, encoder, post, ModelFolder(pipeline, ensemble)]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmserve.exporters.classification import classification_tail, labels_txt
 from mmserve.exporters.onnx_export import OnnxSpec, check_parity, export_onnx, require_parity
 from mmserve.exporters.quantize import quantize_int8
 from mmserve.exporters.repository import ENCODER_MODEL_PY, VERSION, ModelFolder, shared_or_own, write_models
@@ -25,7 +26,7 @@ from mmserve.exporters.triton_config import (
     onnx_tensors,
     python_model_config,
 )
-from mmserve.pipelines import EMBEDDING, ENTITIES, LABEL, PROBS, TEXT, Kind
+from mmserve.pipelines import EMBEDDING, ENTITIES, TEXT, Kind
 
 # Real sentences of varied length and script for the parity gate.
 PARITY_TEXTS = (
@@ -222,12 +223,12 @@ def _pipeline_models(
     tokenize = _tokenizer_model(repository, pipeline, tokenizer_json, max_length)
     encoder_name = f"{pipeline}_encoder"
     output_name = _ONNX_OUTPUT[task]
-    labels_txt = "".join(f"{label}\n" for label in labels)
+    labels_file = labels_txt(labels)
     encoder_files: dict[str, Path | bytes | str] = {f"{VERSION}/{onnx_path.name}": onnx_path}
     if profile == "cpu":
         encoder_files[f"{VERSION}/model.py"] = ENCODER_MODEL_PY
     if labels:
-        encoder_files["labels.txt"] = labels_txt
+        encoder_files["labels.txt"] = labels_file
     encoder = ModelFolder(
         encoder_name,
         encoder_config(encoder_name, onnx_path, profile, labels_output="probs" if task == "classify" else None, tuning=tuning),
@@ -245,25 +246,8 @@ def _pipeline_models(
         return [tokenize, encoder, ModelFolder(pipeline, ensemble)]
 
     if task == "classify":
-        post_name = f"{pipeline}_postprocess"
-        post = ModelFolder(
-            post_name,
-            python_model_config(
-                post_name, [Tensor("probs", "TYPE_FP32", encoder_output.dims)], [Tensor.from_spec(LABEL)]
-            ),
-            {"labels.txt": labels_txt},
-        ).add_template("text_classify_postprocess")
-        steps = [
-            tokenize_step,
-            Step(encoder_name, token_inputs, {output_name: "PROBS"}),
-            Step(post_name, {"probs": "PROBS"}, {"LABEL": "LABEL"}),
-        ]
-        ensemble = ensemble_config(
-            pipeline,
-            [Tensor.from_spec(TEXT)],
-            [Tensor.from_spec(PROBS, encoder_output.dims), Tensor.from_spec(LABEL)],
-            steps,
-        )
+        post, classify_steps, outputs = classification_tail(pipeline, encoder_name, token_inputs, encoder_output, labels)
+        ensemble = ensemble_config(pipeline, [Tensor.from_spec(TEXT)], outputs, [tokenize_step, *classify_steps])
         return [tokenize, encoder, post, ModelFolder(pipeline, ensemble)]
 
     post_name = f"{pipeline}_postprocess"
@@ -279,7 +263,7 @@ def _pipeline_models(
             ],
             [Tensor.from_spec(ENTITIES)],
         ),
-        {"labels.txt": labels_txt},
+        {"labels.txt": labels_file},
     ).add_template("text_ner_postprocess")
     tokenize_step = Step(
         tokenize.name, {"TEXT": "TEXT"}, {**token_inputs, "offsets": "offsets", "word_ids": "word_ids"}

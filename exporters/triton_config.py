@@ -172,6 +172,8 @@ class Step:
 
 
 def ensemble_config(name: str, inputs: Sequence[Tensor], outputs: Sequence[Tensor], steps: Sequence[Step]) -> dict[str, Any]:
+    """An ensemble whose every output a caller may ask for alone (see require_terminal_outputs)."""
+    require_terminal_outputs(name, [t.name for t in outputs], steps)
     return {
         "name": name,
         "platform": "ensemble",
@@ -190,6 +192,28 @@ def ensemble_config(name: str, inputs: Sequence[Tensor], outputs: Sequence[Tenso
             ]
         },
     }
+
+
+def require_terminal_outputs(name: str, outputs: Sequence[str], steps: Sequence[Step]) -> None:
+    """Each ensemble output is produced by exactly one step and fed to none.
+
+    Triton prunes the steps that no requested output needs, and its pruning takes every
+    ensemble output for a leaf: an output that also feeds a later step makes any request
+    naming a subset of the outputs fail with "unexpected deadlock". Such a pipeline must
+    feed the later step an internal tensor and have that step pass the output through
+    (mmserve.exporters.classification does so for PROBS).
+    """
+    for output in outputs:
+        producers = [step.model for step in steps if output in step.outputs.values()]
+        if len(producers) != 1:
+            raise ValueError(f"ensemble {name}: output {output} must come from exactly one step, not {producers or 'none'}")
+        consumers = [step.model for step in steps if output in step.inputs.values()]
+        if consumers:
+            raise ValueError(
+                f"ensemble {name}: output {output} also feeds step {consumers[0]}, so a request for a subset of "
+                f"the outputs would deadlock in Triton; feed {consumers[0]} an internal tensor and let the last "
+                f"step pass {output} through"
+            )
 
 
 def to_pbtxt(message: Mapping[str, Any], indent: int = 0) -> str:

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mmserve.serving.runtime import InputError
+from mmserve.serving.runtime import InputError, bytes_array
 
 # A token is never longer than this many characters in practice; cutting the text
 # first keeps a 10 MB request from costing a full tokenisation it would truncate anyway.
@@ -84,6 +84,17 @@ def top_labels(probs: np.ndarray, labels: Sequence[str]) -> list[str]:
     if probs.shape[-1] != len(labels):
         raise ValueError(f"the model scores {probs.shape[-1]} classes but labels.txt names {len(labels)}")
     return [labels[i] for i in np.argmax(probs, axis=-1)]
+
+
+def classification_outputs(probs: np.ndarray, labels: Sequence[str], requested: Sequence[str]) -> dict[str, np.ndarray]:
+    """The classifier's outputs a request names: PROBS (the probabilities as they came) and
+    LABEL (the most probable name), both when it names none.
+
+    Answering only what is named keeps this step working under an older config that
+    declares LABEL alone (a repository exported before PROBS was passed through here).
+    """
+    answers = {"PROBS": probs, "LABEL": bytes_array(top_labels(probs, labels))}
+    return {name: answers[name] for name in (requested or answers)}
 
 
 def decode_entities(
