@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_REPOSITORY = Path("model_repository")
+_OVERWRITE_HELP = "train a new model in place of the checkpoint already in --out (without it training refuses)"
 
 
 def _train_text(args: argparse.Namespace) -> int:
@@ -26,10 +27,10 @@ def _train_text(args: argparse.Namespace) -> int:
         out=str(args.out),
         lora=args.lora,
         resume=args.resume,
+        overwrite=args.overwrite,
         **overrides,
     )
-    result = train_text(config)
-    print(result.report)
+    result = train_text(config)  # prints its epochs and the best epoch's report
     print(f"checkpoint: {result.checkpoint}")
     return 0
 
@@ -61,6 +62,7 @@ def _train_speech(args: argparse.Namespace) -> int:
         out=str(args.out),
         lora=args.lora,
         resume=args.resume,
+        overwrite=args.overwrite,
         augment=not args.no_augment,
         **{k: str(v) if k == "dev_data" else v for k, v in overrides.items()},
     )
@@ -94,11 +96,10 @@ def _train_clip(args: argparse.Namespace) -> int:
     }
     config = ClipTrainConfig(
         arch=args.arch, data=str(args.data), out=str(args.out), lora=args.lora,
-        lock_image=args.lock_image, lock_text=args.lock_text, resume=args.resume,
+        lock_image=args.lock_image, lock_text=args.lock_text, resume=args.resume, overwrite=args.overwrite,
         **{k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()},
     )
-    result = train_clip(config)
-    print(result.report)
+    result = train_clip(config)  # prints its epochs and the best epoch's metrics
     print(f"checkpoint: {result.checkpoint}")
     return 0
 
@@ -135,6 +136,7 @@ def _add_clip_commands(train, export) -> None:
     clip.add_argument("--seed", type=int)
     clip.add_argument("--workers", type=int, help="data loader processes (default 0: load in the training process)")
     clip.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    clip.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     clip.set_defaults(handler=_train_clip)
 
     export_clip = export.add_parser("clip", help="a CLIP checkpoint as image_embed, clip_text_embed, zero_shot_image")
@@ -203,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--max-length", type=int)
     text.add_argument("--seed", type=int)
     text.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    text.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     text.set_defaults(handler=_train_text)
     speech = train.add_parser("speech", help="Whisper / Wav2Vec2-family audio classification (keywords)")
     speech.add_argument(
@@ -221,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     speech.add_argument("--seed", type=int)
     speech.add_argument("--no-augment", action="store_true", help="no noise/shift/gain/speed augmentation")
     speech.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    speech.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     speech.set_defaults(handler=_train_speech)
 
     export = commands.add_parser("export", help="checkpoint -> ONNX -> Triton repository").add_subparsers(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
@@ -151,6 +152,50 @@ def test_iob1_to_bio(tags, expected):
 def test_conll_bad_lines_name_file_and_line(tmp_path, content, where, what):
     with pytest.raises(DataError, match=f"bad.conll{where} .*{what}"):
         read_conll(write(tmp_path / "bad.conll", content))
+
+
+@pytest.mark.parametrize(
+    ("content", "where", "what"),
+    [
+        # a column dropped or added by hand in one place: read before as if nothing were wrong
+        ("EU NNP B-ORG\nrejects VBZ O\n\nPeter B-PER\n", ":4:", "2 columns, but line 1 has 3"),
+        ("EU B-ORG\nrejects O\nGerman JJ B-MISC\n", ":3:", "3 columns, but line 1 has 2"),
+        ("-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\n\nPeter NNP B-PER\n", ":5:", "3 columns, but line 3 has 4"),
+    ],
+)
+def test_conll_mixing_column_counts_is_an_error_naming_the_line(tmp_path, content, where, what):
+    with pytest.raises(DataError, match=f"mixed.conll{where} {what}; every token line needs the same columns"):
+        read_conll(write(tmp_path / "mixed.conll", content))
+
+
+def test_conll_entity_starting_with_inside_tag_warns_once_with_count_and_lines(tmp_path, caplog):
+    content = (
+        "Angela B-PER\nMerkel I-PER\nmet O\nBarack I-PER\nObama I-PER\n\n"  # line 4: I-PER after O
+        "in O\nNew B-LOC\nYork I-LOC\nCity I-ORG\n\n"  # line 10: I-ORG after a LOC
+        "Paris I-LOC\n"  # line 12: I-LOC opens the sentence
+    )
+    with caplog.at_level(logging.WARNING, logger="mmserve.training"):
+        sentences = read_conll(write(tmp_path / "slips.conll", content))
+    # read as B- (a new entity): what seqeval's default mode and the server's decoder do
+    assert [s.tags for s in sentences] == [
+        ("B-PER", "I-PER", "O", "B-PER", "I-PER"), ("O", "B-LOC", "I-LOC", "B-ORG"), ("B-LOC",),
+    ]
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    raw = [line.split()[-1] for line in content.splitlines() if line]
+    bio = [tag for s in sentences for tag in s.tags]
+    assert get_entities(raw) == get_entities(bio)  # seqeval counts the same entities either way
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert "slips.conll:4: warning: I-PER with no B-PER or I-PER before it; read as B-PER" in message
+    assert "3 such tags in this file (also lines 10, 12)" in message
+
+
+def test_conll_in_bio_gives_no_warning(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="mmserve.training"):
+        read_conll(write(tmp_path / "d.conll", CONLL))
+        read_conll(embedded_data("ner/dev"))
+    assert caplog.records == []
 
 
 def test_conll_without_sentences_is_an_error(tmp_path):

@@ -195,17 +195,17 @@ def test_resume_matches_an_uninterrupted_run(tiny_base, classify_data, tmp_path,
     train_csv, dev_csv = classify_data
     straight = train_text(config(tiny_base, "classify", train_csv, tmp_path / "a", dev_data=dev_csv, epochs=2))
 
-    save = RunLedger.save
+    commit = RunLedger.commit
 
-    def save_then_stop(ledger, model, optimizer, scheduler):
-        save(ledger, model, optimizer, scheduler)
+    def commit_then_stop(ledger, *args):
+        commit(ledger, *args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(RunLedger, "save", save_then_stop)
+    monkeypatch.setattr(RunLedger, "commit", commit_then_stop)
     cfg = config(tiny_base, "classify", train_csv, tmp_path / "b", dev_data=dev_csv, epochs=2, resume=True)
     with pytest.raises(KeyboardInterrupt):
         train_text(cfg)
-    monkeypatch.setattr(RunLedger, "save", save)
+    monkeypatch.setattr(RunLedger, "commit", commit)
     resumed = train_text(cfg)
 
     for a, b in zip(straight.metrics["history"], resumed.metrics["history"], strict=True):

@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from mmserve.training.errors import CheckpointError
+from mmserve.training.files import write_json, write_text_atomic
 
 LABELS_FILE = "labels.txt"
 TRAINING_CONFIG_FILE = "training_config.json"
@@ -54,15 +55,19 @@ def save_hf_checkpoint(
     training_config: Mapping[str, Any],
 ) -> None:
     """Write a Hugging Face checkpoint folder (text and speech): weights, the tokenizer or feature
-    extractor, labels.txt, training_config.json; a peft model is saved as adapter/ plus merged weights."""
+    extractor, labels.txt, training_config.json; a peft model is saved as adapter/ plus merged weights.
+
+    Training calls this on a staging folder (`RunLedger.commit`), so the run's folder changes
+    all at once; the config may hold paths (e.g. a `--dev-data` Path): `write_json` stores them.
+    """
     out.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "merge_and_unload"):
         model.save_pretrained(out / ADAPTER_DIR)
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    (out / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
-    (out / TRAINING_CONFIG_FILE).write_text(json.dumps(training_config, indent=2))
+    write_text_atomic(out / LABELS_FILE, "".join(f"{label}\n" for label in labels))
+    write_json(out / TRAINING_CONFIG_FILE, training_config)
 
 
 def read_labels(path: Path) -> list[str]:

@@ -56,6 +56,7 @@ from mmserve.training.loop import (
     make_scheduler,
     seed_everything,
 )
+from mmserve.training.quiet import quiet_libraries
 
 # From scratch a tiny model wants a large step; fine-tuning real weights a small one.
 SCRATCH_LR = 1e-3
@@ -99,6 +100,7 @@ class ClipTrainConfig:
     warmup_ratio: float = 0.1
     seed: int = 42
     resume: bool = False
+    overwrite: bool = False  # replace a checkpoint already in `out` (else training refuses)
     workers: int | None = None  # data loader processes; None: 1 when there are 2+ cores, else 0
     log_every: int = 10
 
@@ -420,6 +422,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 # --- training --------------------------------------------------------------------------------
 
 
+@quiet_libraries()
 def train_clip(cfg: ClipTrainConfig) -> TrainResult:
     """Train, keep the best epoch in `cfg.out`, return its validation metrics."""
     threads = _configure_threads(cfg.loader_workers)
@@ -429,7 +432,7 @@ def train_clip(cfg: ClipTrainConfig) -> TrainResult:
         "kind": "clip", "arch": cfg.arch, "pretrained": cfg.pretrained, "lora": cfg.lora,
         "lock_image": cfg.lock_image, "lock_text": cfg.lock_text, "classes": classes,
     }
-    ledger = RunLedger.open(out, identity, cfg.epochs, cfg.resume)
+    ledger = RunLedger.open(out, identity, cfg.epochs, cfg.resume, cfg.overwrite)
     if (done := ledger.finished_result()) is not None:
         return done
 
@@ -484,20 +487,21 @@ def train_clip(cfg: ClipTrainConfig) -> TrainResult:
             for key, value in metrics.items():
                 writer.add_scalar(f"val/{key}", value, step)
             seconds = time.perf_counter() - t0
-            improved = ledger.record({"train_loss": train_loss, **metrics}, _score(metrics), seconds)
-            if improved:
-                save_clip_checkpoint(out, model, model_cfg, _core(model).visual.preprocess_cfg, settings)
-                best_metrics = metrics
-            else:
-                best_metrics = ledger.saved_metrics()["val_metrics"]
+            improved = ledger.record(
+                {"train_loss": train_loss, **metrics}, _score(metrics), seconds, best={"val_metrics": metrics}
+            )
+            best_metrics = ledger.best["val_metrics"]
             report = f"best epoch {ledger.best_epoch}: {format_metrics(best_metrics)}"
             summary = {
                 "best_epoch": ledger.best_epoch, "val_metrics": best_metrics, "history": ledger.history,
                 "train_time_seconds": round(ledger.elapsed, 2), "n_train": len(train_pairs), "n_val": len(val_pairs),
                 "logit_scale": float(_core(model).logit_scale.exp().item()), "report": report,
             }
-            (out / METRICS_FILE).write_text(json.dumps(summary, indent=2))
-            ledger.save(model, optimizer, scheduler)
+
+            def write_checkpoint(folder: Path) -> None:
+                save_clip_checkpoint(folder, model, model_cfg, _core(model).visual.preprocess_cfg, settings)
+
+            ledger.commit(summary, write_checkpoint if improved else None, model, optimizer, scheduler)
             tqdm.write(
                 f"epoch {epoch + 1}: train loss {train_loss:.4f}, {format_metrics(metrics)}"
                 f"{' (best)' if improved else ''}, {seconds:.1f}s"

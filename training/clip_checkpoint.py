@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from mmserve.training.errors import CheckpointError
+from mmserve.training.files import write_json, write_text_atomic
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -83,7 +84,11 @@ def save_clip_checkpoint(
     preprocess_cfg: Mapping[str, Any],
     settings: Mapping[str, Any],
 ) -> None:
-    """Write the folder; a peft model is saved as adapter/ plus merged full weights."""
+    """Write the folder; a peft model is saved as adapter/ plus merged full weights.
+
+    Training writes it into a staging folder (`RunLedger.commit`), so the run's folder changes
+    all at once; the settings may hold paths (the training config): `write_json` stores them.
+    """
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -91,15 +96,12 @@ def save_clip_checkpoint(
         model.save_pretrained(str(out / ADAPTER_DIR))
         model = copy.deepcopy(model).merge_and_unload()
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    partial = out / f"{WEIGHTS_FILE}.partial"
-    save_file(state, str(partial))
-    partial.replace(out / WEIGHTS_FILE)
-    config = {"model_cfg": dict(model_cfg), "preprocess_cfg": _jsonable(dict(preprocess_cfg))}
-    (out / OPEN_CLIP_CONFIG).write_text(json.dumps(config, indent=2))
-    (out / SETTINGS_FILE).write_text(json.dumps(_jsonable(dict(settings)), indent=2, ensure_ascii=False))
+    save_file(state, str(out / WEIGHTS_FILE))
+    write_json(out / OPEN_CLIP_CONFIG, {"model_cfg": dict(model_cfg), "preprocess_cfg": _jsonable(dict(preprocess_cfg))})
+    write_json(out / SETTINGS_FILE, _jsonable(dict(settings)))
     classes: Sequence[str] = settings.get("classes") or []
     if classes:
-        (out / CLASSES_FILE).write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
+        write_text_atomic(out / CLASSES_FILE, "".join(f"{c}\n" for c in classes))
 
 
 def _jsonable(value: Any) -> Any:

@@ -20,3 +20,7 @@ class ResumeError(TrainingError):
 
 class MissingBaseModelError(TrainingError):
     """The default base model is not installed."""
+
+
+class OutputExistsError(TrainingError):
+    """--out already holds a checkpoint and the run was not told to resume or overwrite it."""

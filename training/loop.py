@@ -11,7 +11,7 @@ import os
 import platform
 import random
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,11 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from mmserve.training.checkpoint import ADAPTER_DIR, METRICS_FILE
-from mmserve.training.errors import ResumeError
+from mmserve.training.checkpoint import ADAPTER_DIR, METRICS_FILE, TRAINING_CONFIG_FILE
+from mmserve.training.clip_checkpoint import SETTINGS_FILE as CLIP_SETTINGS_FILE
+from mmserve.training.clip_checkpoint import WEIGHTS_FILE as CLIP_WEIGHTS_FILE
+from mmserve.training.errors import OutputExistsError, ResumeError
+from mmserve.training.files import finish_interrupted, partial_folder, replace_folder, staged_update, write_json
 
 RESUME_DIR = "last"
 _RESUME_WEIGHTS = "model.safetensors"
@@ -138,19 +141,15 @@ def library_versions() -> dict[str, str]:
 def save_resume_state(
     out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, meta: Mapping[str, Any]
 ) -> None:
-    """Write OUT/last/ (weights, optimizer, schedule, RNG, JSON meta); replaced as a whole."""
-    final = out / RESUME_DIR
-    partial = out / f"{RESUME_DIR}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    """Write OUT/last/ (weights, optimizer, schedule, RNG, JSON meta), replaced as a whole."""
+    partial = partial_folder(out / RESUME_DIR)
     save_model(model, str(partial / _RESUME_WEIGHTS))
     torch.save(
         {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
         partial / _RESUME_TRAINER,
     )
-    (partial / _RESUME_META).write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
+    write_json(partial / _RESUME_META, meta)
+    replace_folder(partial, out / RESUME_DIR)
 
 
 def read_resume_meta(out: Path) -> dict[str, Any] | None:
@@ -171,6 +170,15 @@ def load_resume_state(out: Path, model: torch.nn.Module, optimizer: torch.optim.
 
 # What a run leaves in its folder besides the best checkpoint; a fresh run clears them.
 _RUN_LEFTOVERS = (RESUME_DIR, ADAPTER_DIR, "runs")
+# Any of these in --out means a checkpoint (or a run that can be resumed) is there.
+_CHECKPOINT_SIGNS = (
+    METRICS_FILE, RESUME_DIR, TRAINING_CONFIG_FILE, CLIP_SETTINGS_FILE, "model.safetensors", CLIP_WEIGHTS_FILE,
+)
+
+
+def existing_checkpoint(out: Path) -> list[str]:
+    """The names in `out` that show a checkpoint or a resumable run is there (empty: none)."""
+    return [name for name in _CHECKPOINT_SIGNS if (out / name).exists()]
 
 
 @dataclass
@@ -179,7 +187,9 @@ class RunLedger:
 
     Opened fresh or from `--resume` (checked against the run's identity: labels, base,
     LoRA... must match), updated once per epoch, saved with the optimizer state so an
-    interrupted run continues where it stopped.
+    interrupted run continues where it stopped. A fresh run refuses a folder that already
+    holds a checkpoint unless told to overwrite it: one mistyped --out must not cost a
+    finished model.
     """
 
     out: Path
@@ -188,26 +198,45 @@ class RunLedger:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     best_score: float = float("-inf")
+    best: dict[str, Any] = field(default_factory=dict)  # the trainer's record of its best epoch (metrics, report)
     elapsed: float = 0.0
     resumed: bool = False
 
     @classmethod
-    def open(cls, out: Path, identity: dict[str, Any], epochs: int, resume: bool) -> "RunLedger":
+    def open(cls, out: Path, identity: dict[str, Any], epochs: int, resume: bool, overwrite: bool = False) -> "RunLedger":
+        finish_interrupted(out, swapped=(RESUME_DIR,))
         meta = read_resume_meta(out) if resume else None
-        if resume and meta is None:
-            print(f"{out}: no saved state in {RESUME_DIR}/, starting from scratch")
-        if meta is None:  # a fresh run must not mix with an earlier run's state, adapter or curves
+        if meta is None:
+            found = existing_checkpoint(out)
+            if found and not overwrite:
+                what = f"a checkpoint ({', '.join(found)})"
+                if resume:
+                    raise OutputExistsError(
+                        f"{out} holds {what} but no resume state ({RESUME_DIR}/{_RESUME_META}); "
+                        "pass --overwrite to train a new model in its place, or choose another --out"
+                    )
+                raise OutputExistsError(
+                    f"{out} already holds {what}; pass --resume to continue that run, "
+                    "--overwrite to train a new model in its place, or choose another --out"
+                )
+            if resume:
+                print(f"{out}: no saved state in {RESUME_DIR}/, starting from scratch")
+            # a fresh run must not mix with an earlier run's state, adapter, curves or result
             for leftover in _RUN_LEFTOVERS:
                 shutil.rmtree(out / leftover, ignore_errors=True)
+            (out / METRICS_FILE).unlink(missing_ok=True)
             return cls(out, identity, epochs)
         for key, value in identity.items():
             if meta.get(key) != value:
                 raise ResumeError(
                     f"{out / RESUME_DIR} was written for {key}={meta.get(key)!r}, this run has {key}={value!r}; "
-                    "use another --out or drop --resume"
+                    "use another --out, or drop --resume and pass --overwrite to start over"
                 )
-        return cls(out, identity, epochs, meta["history"], meta["best_epoch"], meta["best_score"],
-                   meta["train_time_seconds"], resumed=True)
+        ledger = cls(out, identity, epochs, meta["history"], meta["best_epoch"], meta["best_score"],
+                     elapsed=meta["train_time_seconds"], resumed=True)
+        # state written before the ledger kept its best epoch's record: metrics.json holds it
+        ledger.best = meta.get("best") or ledger.saved_metrics()
+        return ledger
 
     @property
     def epochs_done(self) -> int:
@@ -218,7 +247,7 @@ class RunLedger:
         if not self.resumed or self.epochs_done < self.epochs:
             return None
         metrics = self.saved_metrics()
-        print(f"{self.out}: training already completed ({self.epochs_done} epochs); returning the saved result")
+        print(f"{self.out}: training already completed ({self.epochs_done} epochs); the saved result:")
         print(metrics["report"])
         return TrainResult(self.out, metrics, metrics["report"])
 
@@ -229,20 +258,37 @@ class RunLedger:
             print(f"{self.out}: resuming after epoch {self.epochs_done} of {self.epochs}")
 
     def saved_metrics(self) -> dict[str, Any]:
-        """metrics.json as the best epoch so far wrote it."""
+        """metrics.json as the last finished epoch wrote it."""
         return json.loads((self.out / METRICS_FILE).read_text())
 
-    def record(self, row: dict[str, Any], score: float, seconds: float) -> bool:
-        """One finished epoch; True when it is the best so far (the caller saves the checkpoint)."""
+    def record(self, row: dict[str, Any], score: float, seconds: float, best: dict[str, Any]) -> bool:
+        """One finished epoch; True when it is the best so far (then `best` becomes the kept record)."""
         self.elapsed += seconds
         self.history.append({"epoch": self.epochs_done + 1, **row, "seconds": round(seconds, 2)})
         improved = score > self.best_score
         if improved:
-            self.best_epoch, self.best_score = self.epochs_done, score
+            self.best_epoch, self.best_score, self.best = self.epochs_done, score, best
         return improved
 
-    def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> None:
+    def commit(
+        self,
+        metrics: Mapping[str, Any],
+        write_checkpoint: Callable[[Path], None] | None,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+    ) -> None:
+        """End an epoch on disk: the new best checkpoint (when `write_checkpoint` is given) and
+        metrics.json land together, then the resume state. A kill at any point leaves the
+        previous epoch's consistent folder, and --resume replays at most this epoch."""
+        if write_checkpoint is None:
+            write_json(self.out / METRICS_FILE, metrics)
+        else:
+            with staged_update(self.out, move_last=(METRICS_FILE,)) as staging:
+                write_checkpoint(staging)
+                write_json(staging / METRICS_FILE, metrics)
         save_resume_state(self.out, model, optimizer, scheduler, {
             **self.identity, "epochs_done": self.epochs_done, "history": self.history,
-            "best_epoch": self.best_epoch, "best_score": self.best_score, "train_time_seconds": self.elapsed,
+            "best_epoch": self.best_epoch, "best_score": self.best_score, "best": self.best,
+            "train_time_seconds": self.elapsed,
         })

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
+import io
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mmserve.training.checkpoint import METRICS_FILE, save_hf_checkpoint
+from mmserve.training.checkpoint import save_hf_checkpoint
 from mmserve.training.errors import DataError, TrainingError
+from mmserve.training.files import write_text_atomic
 from mmserve.training.loop import (
     RunLedger,
     TrainResult,
@@ -34,6 +35,7 @@ from mmserve.training.loop import (
     train_one_epoch,
 )
 from mmserve.training.metrics import classification_metrics
+from mmserve.training.quiet import quiet_libraries
 from mmserve.training.speech_checkpoint import (
     WHISPER,
     build_speech_model,
@@ -74,6 +76,7 @@ class SpeechTrainConfig:
     augment: bool = True
     seed: int = 42
     resume: bool = False
+    overwrite: bool = False  # replace a checkpoint already in `out` (else training refuses)
     log_every: int = 10
 
     def __post_init__(self) -> None:
@@ -130,6 +133,7 @@ class Featurizer:
         return batch
 
 
+@quiet_libraries()
 def train_speech(cfg: SpeechTrainConfig) -> TrainResult:
     """Fine-tune, keep the best epoch in `cfg.out`, print and return its dev report."""
     configure_runtime()
@@ -138,7 +142,7 @@ def train_speech(cfg: SpeechTrainConfig) -> TrainResult:
     train_items, dev_items, labels = _load_data(cfg)
     identity = {"task": "classify", "labels": labels, "base": base, "lora": cfg.lora, "clip_seconds": cfg.clip_seconds}
 
-    ledger = RunLedger.open(out, identity, cfg.epochs, cfg.resume)
+    ledger = RunLedger.open(out, identity, cfg.epochs, cfg.resume, cfg.overwrite)
     if (done := ledger.finished_result()) is not None:
         return done
 
@@ -197,13 +201,8 @@ def train_speech(cfg: SpeechTrainConfig) -> TrainResult:
             improved = ledger.record({
                 "train_loss": train_loss, "dev_loss": dev["loss"],
                 "dev_accuracy": dev["accuracy"], "dev_macro_f1": dev["macro_f1"],
-            }, dev["accuracy"], seconds)
-            if improved:
-                save_hf_checkpoint(out, model, extractor, labels, training_config)
-                _write_dev_file(out, dev_items)
-                best = {"dev_metrics": dev, "report": report}
-            else:
-                best = ledger.saved_metrics()
+            }, dev["accuracy"], seconds, best={"dev_metrics": dev, "report": report})
+            best = ledger.best
             metrics = {
                 "task": "classify", "metric": "accuracy", "best_epoch": ledger.best_epoch,
                 "dev_accuracy": ledger.best_score, "dev_macro_f1": best["dev_metrics"]["macro_f1"],
@@ -211,16 +210,21 @@ def train_speech(cfg: SpeechTrainConfig) -> TrainResult:
                 "train_time_seconds": round(ledger.elapsed, 2), "n_train": len(train_items), "n_dev": len(dev_items),
                 "report": best["report"],
             }
-            (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-            ledger.save(model, optimizer, scheduler)
-            tqdm.write(
+
+            def write_checkpoint(folder: Path) -> None:
+                save_hf_checkpoint(folder, model, extractor, labels, training_config)
+                _write_dev_file(folder, dev_items)
+
+            ledger.commit(metrics, write_checkpoint if improved else None, model, optimizer, scheduler)
+            tqdm.write(  # the per-class report is in TensorBoard (dev/report) and printed once below
                 f"epoch {epoch + 1}: train loss {train_loss:.4f}, dev loss {dev['loss']:.4f}, "
-                f"dev accuracy {dev['accuracy']:.4f}{' (best)' if improved else ''}, {seconds:.1f}s\n{report}"
+                f"dev accuracy {dev['accuracy']:.4f}{' (best)' if improved else ''}, {seconds:.1f}s"
             )
-    print(f"best epoch {ledger.best_epoch}: dev accuracy {ledger.best_score:.4f}\n{metrics['report']}")
+    print(f"best epoch {ledger.best_epoch} of {cfg.epochs}: dev accuracy {ledger.best_score:.4f}\n{metrics['report']}")
     return TrainResult(out, metrics, metrics["report"])
 
 
+@quiet_libraries()
 def evaluate_speech(checkpoint: str | Path, data: str | Path, batch_size: int = EVAL_BATCH_SIZE) -> EvalResult:
     """Score a saved classifier on labelled audio (e.g. the held-out voices' test split)."""
     configure_runtime()
@@ -272,10 +276,11 @@ def _load_data(cfg: SpeechTrainConfig) -> tuple[list[AudioExample], list[AudioEx
 
 
 def _write_dev_file(out: Path, dev: Sequence[AudioExample]) -> None:
-    with (out / DEV_FILE).open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label"])
-        writer.writerows([str(e.path.resolve()), e.label] for e in dev)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["path", "label"])
+    writer.writerows([str(e.path.resolve()), e.label] for e in dev)
+    write_text_atomic(out / DEV_FILE, text.getvalue())
 
 
 @torch.inference_mode()

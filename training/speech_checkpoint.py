@@ -23,6 +23,7 @@ import torch
 
 from mmserve.training.checkpoint import LABELS_FILE, TRAINING_CONFIG_FILE, read_labels
 from mmserve.training.errors import CheckpointError, TrainingError
+from mmserve.training.quiet import load_pretrained
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 WHISPER, WAVEFORM = "whisper", "waveform"
@@ -158,14 +159,14 @@ def build_speech_model(base: str | Path, labels: Sequence[str], clip_seconds: in
     if family == WHISPER:
         positions = int(extractor.nb_max_frames) // 2
         if pretrained:
-            model = WhisperForAudioClassification.from_pretrained(folder, **head, ignore_mismatched_sizes=True)
+            model = load_pretrained(WhisperForAudioClassification, folder, **head, ignore_mismatched_sizes=True)
         else:
             config.update({**head, "max_source_positions": positions})
             model = WhisperForAudioClassification(config)
         truncate_whisper_positions(model, positions)
     else:
         if pretrained:
-            model = AutoModelForAudioClassification.from_pretrained(folder, **head, ignore_mismatched_sizes=True)
+            model = load_pretrained(AutoModelForAudioClassification, folder, **head, ignore_mismatched_sizes=True)
         else:
             config.update(head)
             model = AutoModelForAudioClassification.from_config(config)

@@ -19,12 +19,12 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
 from mmserve.training.checkpoint import (
-    METRICS_FILE,
     TEXT_TASKS,
     load_text_checkpoint,
     save_hf_checkpoint,
 )
 from mmserve.training.errors import TrainingError
+from mmserve.training.files import write_text_atomic
 from mmserve.training.loop import (
     RunLedger,
     TrainResult,
@@ -36,6 +36,7 @@ from mmserve.training.loop import (
     train_one_epoch,
 )
 from mmserve.training.metrics import classification_metrics, ner_metrics
+from mmserve.training.quiet import load_pretrained, quiet_libraries
 from mmserve.training.text_data import (
     IGNORE_INDEX,
     TaggedSentence,
@@ -74,6 +75,7 @@ class TextTrainConfig:
     max_length: int = 128
     seed: int = 42
     resume: bool = False
+    overwrite: bool = False  # replace a checkpoint already in `out` (else training refuses)
     log_every: int = 10
 
     def __post_init__(self) -> None:
@@ -104,6 +106,7 @@ class EvalResult:
 Items = Sequence[TextExample] | Sequence[TaggedSentence]
 
 
+@quiet_libraries()
 def train_text(cfg: TextTrainConfig) -> TrainResult:
     """Fine-tune, keep the best epoch in `cfg.out`, print and return its dev report."""
     configure_runtime()
@@ -112,12 +115,12 @@ def train_text(cfg: TextTrainConfig) -> TrainResult:
         raise TrainingError(f"base model {cfg.base}: not a local Hugging Face model folder (no config.json)")
     base = str(Path(cfg.base).resolve())
     train_items, dev_items, labels = _load_data(cfg)
-    _write_dev_split(out, dev_items)
     identity = {"task": cfg.task, "labels": labels, "base": base, "lora": cfg.lora}
 
-    ledger = RunLedger.open(out, identity, cfg.epochs, cfg.resume)
+    ledger = RunLedger.open(out, identity, cfg.epochs, cfg.resume, cfg.overwrite)
     if (done := ledger.finished_result()) is not None:
         return done
+    _write_dev_split(out, dev_items)
 
     seed_everything(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -129,7 +132,6 @@ def train_text(cfg: TextTrainConfig) -> TrainResult:
     scheduler = make_scheduler(optimizer, cfg.epochs * n_batches)
 
     ledger.restore(model, optimizer, scheduler)
-    best: dict[str, Any] = ledger.saved_metrics() if ledger.resumed else {}  # dev metrics and report of the best epoch
     training_config = {
         **asdict(cfg), "kind": "text", "task": cfg.task, "base": base,
         "learning_rate": cfg.learning_rate, "versions": library_versions(),
@@ -158,10 +160,8 @@ def train_text(cfg: TextTrainConfig) -> TrainResult:
             improved = ledger.record({
                 "train_loss": train_loss, "dev_loss": dev["loss"],
                 f"dev_{metric_name}": dev[metric_name], "dev_macro_f1": dev["macro_f1"],
-            }, dev[metric_name], seconds)
-            if improved:
-                save_hf_checkpoint(out, model, tokenizer, labels, training_config)
-                best = {"dev_metrics": dev, "report": report}
+            }, dev[metric_name], seconds, best={"dev_metrics": dev, "report": report})
+            best = ledger.best
             metrics = {
                 "task": cfg.task, "metric": metric_name, "best_epoch": ledger.best_epoch,
                 f"dev_{metric_name}": ledger.best_score, "dev_macro_f1": best["dev_metrics"]["macro_f1"],
@@ -169,16 +169,20 @@ def train_text(cfg: TextTrainConfig) -> TrainResult:
                 "train_time_seconds": round(ledger.elapsed, 2), "n_train": len(train_items), "n_dev": len(dev_items),
                 "report": best["report"],
             }
-            (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-            ledger.save(model, optimizer, scheduler)
+
+            def write_checkpoint(folder: Path) -> None:
+                save_hf_checkpoint(folder, model, tokenizer, labels, training_config)
+
+            ledger.commit(metrics, write_checkpoint if improved else None, model, optimizer, scheduler)
             tqdm.write(
                 f"epoch {epoch + 1}: train loss {train_loss:.4f}, dev loss {dev['loss']:.4f}, "
                 f"dev {metric_name} {dev[metric_name]:.4f}{' (best)' if improved else ''}, {seconds:.1f}s"
             )
-    print(f"best epoch {ledger.best_epoch}: dev {metric_name} {ledger.best_score:.4f}\n{metrics['report']}")
+    print(f"best epoch {ledger.best_epoch} of {cfg.epochs}: dev {metric_name} {ledger.best_score:.4f}\n{metrics['report']}")
     return TrainResult(out, metrics, metrics["report"])
 
 
+@quiet_libraries()
 def evaluate_text(checkpoint: str | Path, data: str | Path, batch_size: int = EVAL_BATCH_SIZE) -> EvalResult:
     """Score a saved classify/ner checkpoint on a labelled file (e.g. a held-out test set)."""
     configure_runtime()
@@ -197,10 +201,7 @@ def evaluate_text(checkpoint: str | Path, data: str | Path, batch_size: int = EV
 def _write_dev_split(out: Path, items: Items) -> None:
     """The held-out examples beside the checkpoint: the exporter's INT8 accuracy check and
     the demo's served-accuracy check score exactly what training held out."""
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / DEV_SPLIT_FILE).open("w", encoding="utf-8") as f:
-        for item in items:
-            f.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
+    write_text_atomic(out / DEV_SPLIT_FILE, "".join(json.dumps(asdict(item), ensure_ascii=False) + "\n" for item in items))
 
 
 def _load_data(cfg: TextTrainConfig) -> tuple[Items, Items, list[str]]:
@@ -228,7 +229,8 @@ def _labels_in(task: str, items: Items) -> set[str]:
 def _build_model(cfg: TextTrainConfig, base: str, labels: list[str]) -> torch.nn.Module:
     """The base encoder with a fresh head for `labels`, LoRA-wrapped if asked."""
     cls = AutoModelForSequenceClassification if cfg.task == "classify" else AutoModelForTokenClassification
-    model = cls.from_pretrained(
+    model = load_pretrained(
+        cls,
         base,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import random
 import re
 from collections import defaultdict
@@ -22,6 +23,9 @@ T = TypeVar("T")
 CLASSIFICATION_SUFFIXES = (".csv", ".jsonl")
 _TAG = re.compile(r"^(?:O|[BI]-\S+)$")
 IGNORE_INDEX = -100  # label id that cross-entropy skips (sub-tokens, special tokens, padding)
+_LINES_LISTED = 10  # line numbers a data warning lists before "..."
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -107,19 +111,27 @@ def _example(text: str, label: str, where: str) -> TextExample:
 def read_conll(path: str | Path) -> list[TaggedSentence]:
     """Read a CoNLL-2003 style file: `token ... tag` per line, blank line between sentences.
 
-    The tag is the last column; `-DOCSTART-` lines are skipped; IOB1 tags are converted
-    to BIO so the model always learns one scheme.
+    The tag is the last column and every token line has the same number of columns (a
+    line that differs is an error naming it: a tag column dropped or added by hand would
+    otherwise be read silently). `-DOCSTART-` lines are skipped. An I-X that starts an
+    entity (after O or another type: IOB1, or a slip) is read as B-X, so the model always
+    learns BIO; one warning per file says how many and where (see `iob1_to_bio`).
     """
     path = Path(path)
     sentences: list[TaggedSentence] = []
     tokens: list[str] = []
     tags: list[str] = []
+    tag_lines: list[int] = []
+    starts_inside: list[tuple[int, str]] = []  # (line, tag) of each I-X read as B-X
+    columns: tuple[int, int] | None = None  # (columns, first line with them)
 
     def flush() -> None:
         if tokens:
+            starts_inside.extend((tag_lines[i], tags[i]) for i in inside_starts(tags))
             sentences.append(TaggedSentence(tuple(tokens), tuple(iob1_to_bio(tags))))
             tokens.clear()
             tags.clear()
+            tag_lines.clear()
 
     try:
         with path.open(encoding="utf-8-sig") as f:
@@ -133,10 +145,18 @@ def read_conll(path: str | Path) -> list[TaggedSentence]:
                     continue
                 if len(fields) < 2:
                     raise DataError(f"{path}:{lineno}: expected 'token ... tag', got one column {line.strip()!r}")
+                if columns is None:
+                    columns = (len(fields), lineno)
+                elif len(fields) != columns[0]:
+                    raise DataError(
+                        f"{path}:{lineno}: {len(fields)} columns, but line {columns[1]} has {columns[0]}; "
+                        f"every token line needs the same columns (token ... tag, tag last): {line.strip()!r}"
+                    )
                 if not _TAG.match(fields[-1]):
                     raise DataError(f"{path}:{lineno}: tag {fields[-1]!r} is not O, B-TYPE or I-TYPE")
                 tokens.append(fields[0])
                 tags.append(fields[-1])
+                tag_lines.append(lineno)
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte offset {exc.start})") from exc
     except FileNotFoundError as exc:
@@ -144,26 +164,47 @@ def read_conll(path: str | Path) -> list[TaggedSentence]:
     flush()
     if not sentences:
         raise DataError(f"{path}: no sentences")
+    if starts_inside:
+        _warn_inside_starts(path, starts_inside)
     return sentences
+
+
+def inside_starts(tags: Sequence[str]) -> list[int]:
+    """Positions of I-X tags not preceded by B-X or I-X: entities that start with I-."""
+    positions = []
+    previous_type = None
+    for i, tag in enumerate(tags):
+        entity_type = None if tag == "O" else tag.split("-", 1)[1]
+        if tag.startswith("I-") and entity_type != previous_type:
+            positions.append(i)
+        previous_type = entity_type
+    return positions
+
+
+def _warn_inside_starts(path: Path, found: Sequence[tuple[int, str]]) -> None:
+    first_line, first_tag = found[0]
+    entity_type = first_tag[2:]
+    more = [line for line, _ in found[1:]]
+    shown = ", ".join(map(str, more[:_LINES_LISTED])) + (", ..." if len(more) > _LINES_LISTED else "")
+    log.warning(
+        "%s:%d: warning: %s with no B-%s or I-%s before it; read as B-%s (a new entity), as seqeval's default "
+        "mode scores it and the server decodes it. %d such tag%s in this file%s; if the file is BIO, "
+        "check those entities' first words",
+        path, first_line, first_tag, entity_type, entity_type, entity_type, len(found),
+        "s" if len(found) != 1 else "", f" (also lines {shown})" if more else "",
+    )
 
 
 def iob1_to_bio(tags: Sequence[str]) -> list[str]:
     """IOB1 -> BIO: an I-X that starts an entity (after O or another type) becomes B-X.
 
-    Already-BIO input comes back unchanged, so this is applied to every file.
+    Already-BIO input comes back unchanged, so this is applied to every file. It is the
+    reading seqeval's default (non-strict) mode and the server's entity decoder give such
+    a tag, so training, scoring and serving agree.
     """
-    out = []
-    previous_type = None
-    for tag in tags:
-        if tag == "O":
-            previous_type = None
-            out.append(tag)
-            continue
-        prefix, entity_type = tag.split("-", 1)
-        if prefix == "I" and entity_type != previous_type:
-            tag = f"B-{entity_type}"
-        previous_type = entity_type
-        out.append(tag)
+    out = list(tags)
+    for i in inside_starts(tags):
+        out[i] = "B-" + tags[i][2:]
     return out
 
 
