@@ -187,6 +187,61 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(workdir=args.workdir, fresh=args.fresh)
 
 
+# --- the management console ----------------------------------------------------------------
+
+
+def _console(args: argparse.Namespace) -> int:
+    from mmserve.console.settings import (
+        ADMIN_KEY_ENV, API_KEY_ENV, ConsoleError, ConsoleSettings, is_loopback, one_time_key, read_key,
+    )
+
+    try:
+        admin_key = read_key(ADMIN_KEY_ENV, args.admin_key_file)
+        settings = ConsoleSettings(
+            server=args.server, repository=args.repository, host=args.host, port=args.port,
+            metrics_url=args.metrics_url, admin_key=admin_key, api_key=read_key(API_KEY_ENV, args.api_key_file),
+            sign_in_key=None if admin_key or not is_loopback(args.host) else one_time_key(),
+            tls=args.tls, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+            tls_server_name=args.tls_server_name, audit_log=args.audit_log, sample_interval_s=args.sample_interval,
+        )
+        settings.check_bind()
+        from mmserve.console.server import run_console
+
+        if settings.sign_in_key:
+            print(f"{ADMIN_KEY_ENV} is not set: sign in to the console with this one-time key: {settings.sign_in_key}")
+        return run_console(settings)
+    except ConsoleError as error:
+        print(f"mmserve: {error}", file=sys.stderr)
+        return 2
+
+
+def _add_console_command(commands) -> None:
+    console = commands.add_parser(
+        "console", help="web console: products, live statistics, playground, signed-in admin actions, audit log",
+        description="A web console for a running mmserve server. Keys come from the environment "
+        "(MMSERVE_ADMIN_KEY, MMSERVE_API_KEY) or files, never from the command line.",
+    )
+    console.add_argument("--server", default=os.environ.get("MMSERVE_SERVER", "localhost:8001"),
+                         help="Triton's gRPC HOST:PORT (default: $MMSERVE_SERVER or localhost:8001)")
+    console.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
+                         help="the repository that server serves (products, versions, cards, audit log)")
+    console.add_argument("--host", default="127.0.0.1",
+                         help="where the console listens (default 127.0.0.1; beyond loopback needs MMSERVE_ADMIN_KEY)")
+    console.add_argument("--port", type=int, default=8080, help="the console's port (default 8080)")
+    console.add_argument("--metrics-url", help="Triton's Prometheus metrics (default: http://SERVER-HOST:8002/metrics)")
+    console.add_argument("--admin-key-file", type=Path, help="file holding the admin key (default: $MMSERVE_ADMIN_KEY)")
+    console.add_argument("--api-key-file", type=Path, help="file holding the API key (default: $MMSERVE_API_KEY)")
+    console.add_argument("--tls", action="store_true", help="reach Triton over TLS (implied by the --tls-* files)")
+    console.add_argument("--tls-ca", type=Path, help="PEM of the CA that signed Triton's certificate")
+    console.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for mutual TLS, with --tls-key")
+    console.add_argument("--tls-key", type=Path, help="its private key (PEM)")
+    console.add_argument("--tls-server-name", help="the name Triton's certificate carries, if not the host")
+    console.add_argument("--audit-log", type=Path, default=os.environ.get("MMSERVE_AUDIT_LOG"),
+                         help="append-only audit log (default: $MMSERVE_AUDIT_LOG or the lifecycle's, in the repository)")
+    console.add_argument("--sample-interval", type=float, default=2.0, help="seconds between statistics samples")
+    console.set_defaults(handler=_console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -277,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", type=Path, default=Path("artifacts/demo"))
     demo.add_argument("--fresh", action="store_true", help="retrain even if checkpoints exist")
     demo.set_defaults(handler=_demo)
+    _add_console_command(commands)
     return parser
 
 
