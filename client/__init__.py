@@ -39,16 +39,20 @@ raised locally before sending), ``ModelNotReadyError``, ``ServerUnavailableError
 """
 from __future__ import annotations
 
+from tritonclient.grpc import KeepAliveOptions
+
 from .aio import AsyncClient
 from .errors import (
     DeadlineExceededError,
     InvalidInputError,
     MmserveError,
     ModelNotReadyError,
+    PermissionDeniedError,
     ServerError,
     ServerUnavailableError,
 )
 from .results import Classification, Entity, ModelInfo, ZeroShotResult
+from .retry import RetryPolicy
 from .sync import Client
 
 __all__ = [
@@ -58,10 +62,13 @@ __all__ = [
     "Entity",
     "ZeroShotResult",
     "ModelInfo",
+    "RetryPolicy",
+    "KeepAliveOptions",
     "MmserveError",
     "InvalidInputError",
     "ModelNotReadyError",
     "ServerUnavailableError",
     "DeadlineExceededError",
     "ServerError",
+    "PermissionDeniedError",
 ]

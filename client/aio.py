@@ -1,36 +1,29 @@
 """The asyncio client: the same :mod:`codec` plans sent with ``tritonclient.grpc.aio``.
 
-Only transport lives here. The gRPC channel is opened on first use, inside the
-running event loop (grpc.aio channels belong to one loop); use one AsyncClient
-per event loop.
+Only transport lives here (options and bookkeeping are :class:`ClientBase`'s). The
+gRPC channel is opened on first use, inside the running event loop (grpc.aio
+channels belong to one loop): share one AsyncClient among the tasks of one loop.
 """
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import TypeVar, overload
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from mmserve.pipelines import MAX_BATCH_SIZE, Kind
+from mmserve.pipelines import Kind
 
-from . import codec
-from ._transport import (
-    DEFAULT_MAX_CONCURRENCY,
-    NOT_READY_ERRORS,
-    READY_PROBE_TIMEOUT,
-    SERVER,
-    Deadline,
-    normalize_url,
-    pipeline_names,
-    readiness_error,
-)
+from . import _shm, codec
+from ._base import CLOSE_WAIT_S, UNREGISTER_TIMEOUT_S, ClientBase, pin_version
+from ._transport import NOT_READY_ERRORS, READY_PROBE_TIMEOUT, SERVER, Deadline, pipeline_names, readiness_error
 from .codec import Outputs, Plan, Request, TextInput
-from .errors import MmserveError, ModelNotReadyError, from_triton
-from .media import AudioInput, ImageFormat, ImageInput
+from .errors import MmserveError, ModelNotReadyError, ServerUnavailableError, from_triton
+from .media import AudioInput, ImageInput
 from .products import ProductInfo, products_from
 from .results import Classification, Entity, ModelInfo, ZeroShotResult
 
@@ -39,52 +32,32 @@ __all__ = ["AsyncClient"]
 T = TypeVar("T")
 
 
-class AsyncClient:
-    """Typed asyncio gRPC client for mmserve pipelines: :class:`Client` as coroutines.
-
-    ``timeout`` is each method call's default deadline in seconds (None: no
-    deadline); every method takes ``timeout=`` to override it for one call.
+class AsyncClient(ClientBase):
+    """Typed asyncio gRPC client for mmserve pipelines: :class:`Client` as coroutines,
+    safe to share among the tasks of one event loop. Options: see :class:`ClientBase`.
     """
 
-    def __init__(
-        self,
-        url: str = "localhost:8001",
-        timeout: float | None = 10.0,
-        *,
-        headers: dict[str, str] | None = None,
-        ssl: bool = False,
-        root_certificates: str | None = None,
-        max_batch_size: int = MAX_BATCH_SIZE,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        image_format: ImageFormat = "auto",
-    ) -> None:
-        Deadline(timeout)  # validates
-        codec.chunk_ranges(0, max_batch_size)  # validates
-        self.url = normalize_url(url)
-        self.timeout = timeout
-        self.max_batch_size = max_batch_size
-        self.max_concurrency = max(1, int(max_concurrency))
-        self.image_format = image_format
-        self._headers = dict(headers) if headers else None
-        self._ssl = ssl
-        self._root_certificates = root_certificates
+    def _open(self) -> None:
         self._client: aioclient.InferenceServerClient | None = None
-
-    def __repr__(self) -> str:
-        return f"AsyncClient({self.url!r}, timeout={self.timeout})"
 
     @property
     def _grpc(self) -> aioclient.InferenceServerClient:
         if self._client is None:
-            self._client = aioclient.InferenceServerClient(
-                self.url, ssl=self._ssl, root_certificates=self._root_certificates
-            )
+            self._client = self._connection.aio_client()
         return self._client
 
     # --- lifecycle ------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Close the channel (a later call would open a new one)."""
+        """Unregister and unlink shared memory, close the channel. Without shared memory a
+        later call would open a new channel; with it, the client cannot be used afterwards."""
+        if self._pool is not None:
+            waited = time.monotonic() + CLOSE_WAIT_S
+            while self._pool.busy and time.monotonic() < waited:
+                await asyncio.sleep(0.01)
+            await self._retire(self._pool.close())
+            if self._finalizer is not None and not self._pool.busy:
+                self._finalizer.detach()  # nothing left for the exit clean-up
         if self._client is not None:
             client, self._client = self._client, None
             await client.close()
@@ -107,30 +80,30 @@ class AsyncClient:
         deadline = self._deadline(timeout)
         try:
             if pipeline is None:
-                return bool(
-                    await self._grpc.is_server_ready(headers=self._headers, client_timeout=deadline.remaining())
-                )
-            return bool(
-                await self._grpc.is_model_ready(
-                    pipeline, headers=self._headers, client_timeout=deadline.remaining()
-                )
-            )
-        except InferenceServerException as exc:
-            error = from_triton(exc, pipeline)
-            if isinstance(error, NOT_READY_ERRORS):
-                return False
-            raise error from exc
+                return bool(await self._call(self._grpc.is_server_ready, deadline=deadline))
+            return bool(await self._call(self._grpc.is_model_ready, pipeline, deadline=deadline, pipeline=pipeline))
+        except NOT_READY_ERRORS:
+            return False
+
+    # --- admin (the server's admin key: admin_key=) -----------------------------------
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Every model and pipeline in the repository index, with its state and reason."""
-        deadline = self._deadline(timeout)
-        try:
-            index = await self._grpc.get_model_repository_index(
-                headers=self._headers, client_timeout=deadline.remaining()
-            )
-        except InferenceServerException as exc:
-            raise from_triton(exc) from exc
+        index = await self._call(self._grpc.get_model_repository_index, deadline=self._deadline(timeout), admin=True)
         return [ModelInfo(m.name, m.version, m.state, m.reason) for m in index.models]
+
+    async def load(self, name: str, *, version: int | None = None, timeout: float | None = None) -> None:
+        """Load a model or pipeline, or reload a loaded one in place; see :meth:`Client.load`."""
+        deadline = self._deadline(timeout)
+        config = None
+        if version is not None:
+            current = await self._call(self._grpc.get_model_config, name, as_json=True, deadline=deadline, pipeline=name)
+            config = pin_version(current, version)
+        await self._call(self._grpc.load_model, name, config=config, deadline=deadline, admin=True, pipeline=name)
+
+    async def unload(self, name: str, *, timeout: float | None = None) -> None:
+        """Unload a model or pipeline (its steps stay loaded)."""
+        await self._call(self._grpc.unload_model, name, deadline=self._deadline(timeout), admin=True, pipeline=name)
 
     async def products(self, *, timeout: float | None = None) -> list[ProductInfo]:
         """The pipelines the server has loaded, without their internal steps (tokenizers,
@@ -145,14 +118,9 @@ class AsyncClient:
         configs = {}
         for name in sorted({info.name for info in index if info.state}):
             try:
-                response = await self._grpc.get_model_config(
-                    name, headers=self._headers, client_timeout=deadline.remaining()
-                )
-            except InferenceServerException as exc:
-                error = from_triton(exc, name)
-                if isinstance(error, ModelNotReadyError):
-                    continue  # unloaded since the index was read
-                raise error from exc
+                response = await self._call(self._grpc.get_model_config, name, deadline=deadline, pipeline=name)
+            except ModelNotReadyError:
+                continue  # unloaded since the index was read
             configs[name] = response.config
         return products_from(index, configs)
 
@@ -178,12 +146,7 @@ class AsyncClient:
                 last_error = None
                 if not pending:
                     return
-            except InferenceServerException as exc:
-                error = from_triton(exc)
-                if not isinstance(error, NOT_READY_ERRORS):
-                    raise error from exc
-                last_error = error
-            except NOT_READY_ERRORS as error:  # the deadline ran out during the probe
+            except NOT_READY_ERRORS as error:  # unreachable, or the deadline ran out during the probe
                 last_error = error
             left = deadline.left()
             if left is not None and left <= poll_interval:
@@ -198,15 +161,10 @@ class AsyncClient:
         raise readiness_error(self.url, timeout, pending, last_error, index)
 
     async def _not_ready(self, names: Sequence[str], rpc_timeout: float) -> list[str]:
+        probe = Deadline(rpc_timeout)
         if not names:
-            ok = await self._grpc.is_server_ready(headers=self._headers, client_timeout=rpc_timeout)
-            return [] if ok else [SERVER]
-        flags = await asyncio.gather(
-            *(
-                self._grpc.is_model_ready(name, headers=self._headers, client_timeout=rpc_timeout)
-                for name in names
-            )
-        )
+            return [] if await self._call(self._grpc.is_server_ready, deadline=probe) else [SERVER]
+        flags = await asyncio.gather(*(self._call(self._grpc.is_model_ready, name, deadline=probe) for name in names))
         return [name for name, ok in zip(names, flags) if not ok]
 
     # --- text -----------------------------------------------------------------------
@@ -329,26 +287,69 @@ class AsyncClient:
 
     # --- transport ------------------------------------------------------------------
 
-    def _deadline(self, timeout: float | None) -> Deadline:
-        return Deadline(self.timeout if timeout is None else timeout)
+    async def _call(
+        self,
+        rpc: Callable[..., Awaitable[T]],
+        *args: Any,
+        deadline: Deadline,
+        admin: bool = False,
+        pipeline: str | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """One RPC with the client's headers (and admin key) under ``deadline``; typed errors."""
+        try:
+            return await rpc(
+                *args,
+                headers=self._admin_headers if admin else self._headers,
+                client_timeout=deadline.remaining(),
+                **kwargs,
+            )
+        except InferenceServerException as exc:
+            raise from_triton(exc, pipeline) from exc
 
     async def _run(self, pipeline: str, plan: Plan[T], timeout: float | None) -> T:
         deadline = self._deadline(timeout)
         return plan.finish(await self._infer_all(pipeline, plan.requests, deadline))
 
     async def _infer_one(self, pipeline: str, request: Request, deadline: Deadline) -> Outputs:
-        inputs, outputs = codec.to_triton(request)
+        """One request, sent again while the server is unavailable (see RetryPolicy)."""
+        attempts = self._attempts(deadline)
+        while True:
+            try:
+                return await self._infer_once(pipeline, request, deadline)
+            except MmserveError as error:
+                if isinstance(error, ModelNotReadyError):
+                    error = await self._unless_server_exiting(error, deadline)
+                pause = attempts.after(error)
+            await asyncio.sleep(pause)
+
+    async def _unless_server_exiting(self, error: ModelNotReadyError, deadline: Deadline) -> MmserveError:
+        """ServerUnavailableError instead when the server is shutting down (see ClientBase)."""
         try:
-            result = await self._grpc.infer(
-                pipeline,
-                inputs,
-                outputs=outputs,
-                headers=self._headers,
-                client_timeout=deadline.remaining(),
+            await self._call(self._grpc.is_server_live, deadline=Deadline(deadline.capped(READY_PROBE_TIMEOUT)))
+        except ServerUnavailableError as down:
+            return self._server_exiting(error, down)
+        except MmserveError:
+            pass
+        return error
+
+    async def _infer_once(self, pipeline: str, request: Request, deadline: Deadline) -> Outputs:
+        if self._pool is None:
+            inputs, outputs = codec.to_triton(request)
+            result = await self._call(
+                self._grpc.infer, pipeline, inputs, outputs=outputs, deadline=deadline, pipeline=pipeline
             )
-        except InferenceServerException as exc:
-            raise from_triton(exc, pipeline) from exc
-        return codec.read_outputs(result, request.outputs)
+            return codec.read_outputs(result, request.outputs)
+        lease = await self._lease(pipeline, request, deadline)
+        try:
+            result = await self._call(
+                self._grpc.infer, pipeline, lease.inputs, outputs=lease.outputs, deadline=deadline, pipeline=pipeline
+            )
+            return lease.read(result)
+        except MmserveError as error:
+            raise self._shm_failure(error) from error
+        finally:
+            self._pool.release(lease.region)
 
     async def _infer_all(self, pipeline: str, requests: Sequence[Request], deadline: Deadline) -> list[Outputs]:
         """All requests concurrently, bounded in flight; the first error cancels the rest."""
@@ -374,3 +375,47 @@ class AsyncClient:
         if first is not None:
             raise first
         return [task.result() for task in tasks]
+
+    # --- shared memory ----------------------------------------------------------------
+
+    async def _lease(self, pipeline: str, request: Request, deadline: Deadline) -> _shm.Lease:
+        """The request's inputs written into a registered region of the pool."""
+        assert self._pool is not None
+        lease, retired = _shm.lease(self._pool, request, await self._output_bytes(pipeline, deadline))
+        await self._retire(retired)
+        region = lease.region
+        if not region.registered:
+            try:
+                await self._call(
+                    self._grpc.register_system_shared_memory,
+                    region.name,
+                    region.key,
+                    region.size,
+                    deadline=deadline,
+                    admin=True,
+                )
+            except MmserveError as error:
+                self._pool.discard(region)
+                raise self._registration_error(error) from error
+            region.registered = True
+        return lease
+
+    async def _output_bytes(self, pipeline: str, deadline: Deadline) -> dict[str, int]:
+        """Bytes per item of the pipeline's fixed-size outputs (its metadata, asked once)."""
+        sizes = self._item_bytes.get(pipeline)
+        if sizes is None:
+            metadata = await self._call(self._grpc.get_model_metadata, pipeline, deadline=deadline, pipeline=pipeline)
+            sizes = self._item_bytes[pipeline] = _shm.output_item_bytes(metadata)
+        return sizes
+
+    async def _retire(self, regions: list[_shm.Region]) -> None:
+        """Unregister (best effort) and unlink regions no request uses any more."""
+        for region in regions:
+            if region.registered:
+                try:
+                    await self._grpc.unregister_system_shared_memory(
+                        region.name, headers=self._admin_headers, client_timeout=UNREGISTER_TIMEOUT_S
+                    )
+                except Exception:  # noqa: BLE001 - the server may be gone; unlinking still matters
+                    pass
+            region.destroy()

@@ -5,18 +5,27 @@ they can tell "fix your input" from "retry later" from "page someone".
 
 Mapping (``tritonclient.utils.InferenceServerException.status()`` -> class):
 
-============================================  ==========================
+=============================================  ============================
 server status / message                        raised
-============================================  ==========================
+=============================================  ============================
+``PERMISSION_DENIED``, ``UNAUTHENTICATED``     :class:`PermissionDeniedError`
+any status, message "This protocol is          :class:`PermissionDeniedError`
+restricted" (Triton's answer, as
+``UNAVAILABLE``, to a missing or wrong key)
 ``INVALID_ARGUMENT``                           :class:`InvalidInputError`
+``RESOURCE_EXHAUSTED``, message larger than    :class:`InvalidInputError`
+a gRPC channel's limit
 ``NOT_FOUND``                                  :class:`ModelNotReadyError`
 ``UNAVAILABLE`` and the message names a model  :class:`ModelNotReadyError`
 any status, message says "is not ready"        :class:`ModelNotReadyError`
-``UNAVAILABLE`` otherwise (connection refused,  :class:`ServerUnavailableError`
+``UNAVAILABLE`` otherwise (connection refused, :class:`ServerUnavailableError`
 server shutting down, no route)
 ``DEADLINE_EXCEEDED``                          :class:`DeadlineExceededError`
-anything else (``INTERNAL``, ``UNKNOWN``, ...)  :class:`ServerError`
-============================================  ==========================
+anything else (``INTERNAL``, ``UNKNOWN``, ...) :class:`ServerError`
+=============================================  ============================
+
+Only :class:`ServerUnavailableError` is retried by the client (inference calls only,
+see :class:`mmserve.client.RetryPolicy`); a refusal is never retried.
 
 Every error has ``.status`` (the gRPC status name without the ``StatusCode.``
 prefix, e.g. ``"INVALID_ARGUMENT"``) and ``.server_message`` (the server's text,
@@ -40,7 +49,9 @@ __all__ = [
     "ServerUnavailableError",
     "DeadlineExceededError",
     "ServerError",
+    "PermissionDeniedError",
     "from_triton",
+    "is_tls_failure",
     "status_name",
 ]
 
@@ -116,6 +127,26 @@ class ServerError(MmserveError):
     default_status = "INTERNAL"
 
 
+class PermissionDeniedError(MmserveError):
+    """The server refused the call for want of the right key or certificate: retrying will not help."""
+
+    default_status = "PERMISSION_DENIED"
+
+
+# Triton answers a call to a restricted protocol (--grpc-restricted-protocol) without the
+# right header with UNAVAILABLE and this text; it is a refusal, not an outage.
+RESTRICTED_PROTOCOL = "This protocol is restricted"
+# gRPC's own words when a message exceeds a channel's max send/receive size.
+MESSAGE_TOO_LARGE = ("larger than max", "message too large")
+# ... and when TLS fails (untrusted certificate, wrong name): no retry fixes that.
+TLS_HANDSHAKE_FAILED = "handshake failed"
+
+
+def is_tls_failure(error: MmserveError) -> bool:
+    """The TLS handshake failed: the client's certificate settings are wrong, not the server down."""
+    return TLS_HANDSHAKE_FAILED in (error.server_message or "").lower()
+
+
 def status_name(status: object) -> str:
     """``"StatusCode.INVALID_ARGUMENT"`` / ``grpc.StatusCode`` -> ``"INVALID_ARGUMENT"``."""
     if isinstance(status, grpc.StatusCode):
@@ -126,6 +157,10 @@ def status_name(status: object) -> str:
 
 def _classify(status: str, message: str, pipeline: str | None) -> type[MmserveError]:
     lowered = message.lower()
+    if status in ("PERMISSION_DENIED", "UNAUTHENTICATED") or RESTRICTED_PROTOCOL in message:
+        return PermissionDeniedError
+    if status == "RESOURCE_EXHAUSTED" and any(words in lowered for words in MESSAGE_TOO_LARGE):
+        return InvalidInputError
     if status == "INVALID_ARGUMENT":
         return InvalidInputError
     if status == "DEADLINE_EXCEEDED":
@@ -153,5 +188,28 @@ def from_triton(
     cls = _classify(status, server_message, pipeline)
     where = f"pipeline '{pipeline}' " if pipeline else ""
     shown = status or "CLIENT"
-    message = f"{where}[{shown}] {server_message}"
+    message = f"{where}[{shown}] {server_message}" + _advice(cls, server_message)
     return cls(message, status=status or None, server_message=server_message, pipeline=pipeline)
+
+
+def _advice(cls: type[MmserveError], server_message: str) -> str:
+    """What to do about an error whose server text alone would not say it."""
+    if cls is PermissionDeniedError:
+        if "admin-key" in server_message:
+            return " -- this call needs the server's admin key: pass Client(..., admin_key=...)"
+        if "api-key" in server_message:
+            return " -- pass the server's API key: Client(..., api_key=...)"
+        return " -- check the client's api_key/admin_key, headers and TLS client certificate"
+    if TLS_HANDSHAKE_FAILED in server_message.lower():
+        return (
+            " -- TLS failed: pass root_certificates= (the CA that signed the server's certificate), "
+            "tls_server_name= if the certificate names another host, and for mutual TLS "
+            "certificate_chain= and private_key="
+        )
+    if cls is InvalidInputError and any(words in server_message.lower() for words in MESSAGE_TOO_LARGE):
+        return (
+            " -- send fewer items per call (Client(max_batch_size=...)), raise "
+            "max_send_message_size/max_receive_message_size, or use shared_memory='system' "
+            "when the app runs on the server's host"
+        )
+    return ""

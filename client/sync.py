@@ -1,15 +1,17 @@
 """The blocking client: :mod:`codec` plans sent with ``tritonclient.grpc``.
 
-Only transport lives here. A call's requests (chunks of a big batch, or audio
-clips of different lengths) are sent concurrently with ``async_infer``, at most
-``max_concurrency`` in flight, all under the call's one deadline.
+Only transport lives here (options and bookkeeping are :class:`ClientBase`'s). A
+call's requests (chunks of a big batch, or audio clips of different lengths) are sent
+concurrently with ``async_infer``, at most ``max_concurrency`` in flight, all under
+the call's one deadline; requests that found the server unavailable then go again
+one by one under the retry policy.
 """
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -17,22 +19,14 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from mmserve.pipelines import MAX_BATCH_SIZE, Kind
+from mmserve.pipelines import Kind
 
-from . import codec
-from ._transport import (
-    DEFAULT_MAX_CONCURRENCY,
-    NOT_READY_ERRORS,
-    READY_PROBE_TIMEOUT,
-    SERVER,
-    Deadline,
-    normalize_url,
-    pipeline_names,
-    readiness_error,
-)
+from . import _shm, codec
+from ._base import CLOSE_WAIT_S, UNREGISTER_TIMEOUT_S, ClientBase, pin_version
+from ._transport import NOT_READY_ERRORS, READY_PROBE_TIMEOUT, SERVER, Deadline, pipeline_names, readiness_error
 from .codec import Outputs, Plan, Request, TextInput
-from .errors import MmserveError, ModelNotReadyError, from_triton
-from .media import AudioInput, ImageFormat, ImageInput
+from .errors import MmserveError, ModelNotReadyError, ServerUnavailableError, from_triton
+from .media import AudioInput, ImageInput
 from .products import ProductInfo, products_from
 from .results import Classification, Entity, ModelInfo, ZeroShotResult
 
@@ -41,45 +35,26 @@ __all__ = ["Client"]
 T = TypeVar("T")
 
 
-class Client:
-    """Typed, blocking gRPC client for mmserve pipelines; thread-safe.
-
-    ``timeout`` is each method call's default deadline in seconds (None: no
-    deadline); every method takes ``timeout=`` to override it for one call.
+class Client(ClientBase):
+    """Typed, blocking gRPC client for mmserve pipelines; one channel, safe to share
+    across threads. Options: see :class:`ClientBase`.
     """
 
-    def __init__(
-        self,
-        url: str = "localhost:8001",
-        timeout: float | None = 10.0,
-        *,
-        headers: dict[str, str] | None = None,
-        ssl: bool = False,
-        root_certificates: str | None = None,
-        max_batch_size: int = MAX_BATCH_SIZE,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        image_format: ImageFormat = "auto",
-    ) -> None:
-        Deadline(timeout)  # validates
-        codec.chunk_ranges(0, max_batch_size)  # validates
-        self.url = normalize_url(url)
-        self.timeout = timeout
-        self.max_batch_size = max_batch_size
-        self.max_concurrency = max(1, int(max_concurrency))
-        self.image_format = image_format
-        self._headers = dict(headers) if headers else None
-        self._grpc = grpcclient.InferenceServerClient(
-            self.url, ssl=ssl, root_certificates=root_certificates
-        )
+    def _open(self) -> None:
+        self._grpc = self._connection.sync_client()
+        # tritonclient keeps a new async_infer future in one attribute before wiring its
+        # callback: two threads issuing at once could swap them. Issuing is cheap.
         self._issue_lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"Client({self.url!r}, timeout={self.timeout})"
 
     # --- lifecycle ------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the channel; the client cannot be used afterwards."""
+        """Unregister and unlink shared memory, close the channel; the client cannot be used afterwards."""
+        if self._pool is not None:
+            self._pool.wait_idle(CLOSE_WAIT_S)
+            self._retire(self._pool.close())
+            if self._finalizer is not None and not self._pool.busy:
+                self._finalizer.detach()  # nothing left for the exit clean-up
         self._grpc.close()
 
     def __enter__(self) -> Client:
@@ -100,26 +75,35 @@ class Client:
         deadline = self._deadline(timeout)
         try:
             if pipeline is None:
-                return bool(self._grpc.is_server_ready(headers=self._headers, client_timeout=deadline.remaining()))
-            return bool(
-                self._grpc.is_model_ready(pipeline, headers=self._headers, client_timeout=deadline.remaining())
-            )
-        except InferenceServerException as exc:
-            error = from_triton(exc, pipeline)
-            if isinstance(error, NOT_READY_ERRORS):
-                return False
-            raise error from exc
+                return bool(self._call(self._grpc.is_server_ready, deadline=deadline))
+            return bool(self._call(self._grpc.is_model_ready, pipeline, deadline=deadline, pipeline=pipeline))
+        except NOT_READY_ERRORS:
+            return False
+
+    # --- admin (the server's admin key: admin_key=) -----------------------------------
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Every model and pipeline in the repository index, with its state and reason."""
-        deadline = self._deadline(timeout)
-        try:
-            index = self._grpc.get_model_repository_index(
-                headers=self._headers, client_timeout=deadline.remaining()
-            )
-        except InferenceServerException as exc:
-            raise from_triton(exc) from exc
+        index = self._call(self._grpc.get_model_repository_index, deadline=self._deadline(timeout), admin=True)
         return [ModelInfo(m.name, m.version, m.state, m.reason) for m in index.models]
+
+    def load(self, name: str, *, version: int | None = None, timeout: float | None = None) -> None:
+        """Load a model or pipeline; on a loaded one, reload it in place (new files are
+        picked up, requests in flight keep being served).
+
+        ``version=N`` serves only version N of a loaded model, until the next load or
+        server restart (the configuration on disk is not changed).
+        """
+        deadline = self._deadline(timeout)
+        config = None
+        if version is not None:
+            current = self._call(self._grpc.get_model_config, name, as_json=True, deadline=deadline, pipeline=name)
+            config = pin_version(current, version)
+        self._call(self._grpc.load_model, name, config=config, deadline=deadline, admin=True, pipeline=name)
+
+    def unload(self, name: str, *, timeout: float | None = None) -> None:
+        """Unload a model or pipeline (its steps stay loaded); its requests then fail with ModelNotReadyError."""
+        self._call(self._grpc.unload_model, name, deadline=self._deadline(timeout), admin=True, pipeline=name)
 
     def products(self, *, timeout: float | None = None) -> list[ProductInfo]:
         """The pipelines the server has loaded, without their internal steps (tokenizers,
@@ -134,14 +118,9 @@ class Client:
         configs = {}
         for name in sorted({info.name for info in index if info.state}):
             try:
-                response = self._grpc.get_model_config(
-                    name, headers=self._headers, client_timeout=deadline.remaining()
-                )
-            except InferenceServerException as exc:
-                error = from_triton(exc, name)
-                if isinstance(error, ModelNotReadyError):
-                    continue  # unloaded since the index was read
-                raise error from exc
+                response = self._call(self._grpc.get_model_config, name, deadline=deadline, pipeline=name)
+            except ModelNotReadyError:
+                continue  # unloaded since the index was read
             configs[name] = response.config
         return products_from(index, configs)
 
@@ -167,12 +146,7 @@ class Client:
                 last_error = None
                 if not pending:
                     return
-            except InferenceServerException as exc:
-                error = from_triton(exc)
-                if not isinstance(error, NOT_READY_ERRORS):
-                    raise error from exc
-                last_error = error
-            except NOT_READY_ERRORS as error:  # the deadline ran out during the probe
+            except NOT_READY_ERRORS as error:  # unreachable, or the deadline ran out during the probe
                 last_error = error
             left = deadline.left()
             if left is not None and left <= poll_interval:
@@ -187,14 +161,10 @@ class Client:
         raise readiness_error(self.url, timeout, pending, last_error, index)
 
     def _not_ready(self, names: Sequence[str], rpc_timeout: float) -> list[str]:
+        probe = Deadline(rpc_timeout)
         if not names:
-            ok = self._grpc.is_server_ready(headers=self._headers, client_timeout=rpc_timeout)
-            return [] if ok else [SERVER]
-        return [
-            name
-            for name in names
-            if not self._grpc.is_model_ready(name, headers=self._headers, client_timeout=rpc_timeout)
-        ]
+            return [] if self._call(self._grpc.is_server_ready, deadline=probe) else [SERVER]
+        return [name for name in names if not self._call(self._grpc.is_model_ready, name, deadline=probe)]
 
     # --- text -----------------------------------------------------------------------
 
@@ -316,8 +286,25 @@ class Client:
 
     # --- transport ------------------------------------------------------------------
 
-    def _deadline(self, timeout: float | None) -> Deadline:
-        return Deadline(self.timeout if timeout is None else timeout)
+    def _call(
+        self,
+        rpc: Callable[..., T],
+        *args: Any,
+        deadline: Deadline,
+        admin: bool = False,
+        pipeline: str | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """One RPC with the client's headers (and admin key) under ``deadline``; typed errors."""
+        try:
+            return rpc(
+                *args,
+                headers=self._admin_headers if admin else self._headers,
+                client_timeout=deadline.remaining(),
+                **kwargs,
+            )
+        except InferenceServerException as exc:
+            raise from_triton(exc, pipeline) from exc
 
     def _run(self, pipeline: str, plan: Plan[T], timeout: float | None) -> T:
         deadline = self._deadline(timeout)
@@ -327,46 +314,78 @@ class Client:
         if not requests:
             return []
         if len(requests) == 1:
-            request = requests[0]
-            inputs, outputs = codec.to_triton(request)
-            try:
-                result = self._grpc.infer(
-                    pipeline,
-                    inputs,
-                    outputs=outputs,
-                    headers=self._headers,
-                    client_timeout=deadline.remaining(),
-                )
-            except InferenceServerException as exc:
-                raise from_triton(exc, pipeline) from exc
-            return [codec.read_outputs(result, request.outputs)]
+            return [self._infer_one(pipeline, requests[0], deadline)]
         return self._infer_parallel(pipeline, requests, deadline)
 
-    def _infer_parallel(
-        self, pipeline: str, requests: Sequence[Request], deadline: Deadline
-    ) -> list[Outputs]:
-        """All requests via async_infer, bounded in flight; the first error cancels the rest."""
+    def _infer_one(self, pipeline: str, request: Request, deadline: Deadline) -> Outputs:
+        """One request, sent again while the server is unavailable (see RetryPolicy)."""
+        attempts = self._attempts(deadline)
+        while True:
+            try:
+                return self._infer_once(pipeline, request, deadline)
+            except MmserveError as error:
+                if isinstance(error, ModelNotReadyError):
+                    error = self._unless_server_exiting(error, deadline)
+                pause = attempts.after(error)
+            time.sleep(pause)
+
+    def _unless_server_exiting(self, error: ModelNotReadyError, deadline: Deadline) -> MmserveError:
+        """ServerUnavailableError instead when the server is shutting down (see ClientBase)."""
+        try:
+            self._call(self._grpc.is_server_live, deadline=Deadline(deadline.capped(READY_PROBE_TIMEOUT)))
+        except ServerUnavailableError as down:
+            return self._server_exiting(error, down)
+        except MmserveError:
+            pass
+        return error
+
+    def _infer_once(self, pipeline: str, request: Request, deadline: Deadline) -> Outputs:
+        if self._pool is None:
+            inputs, outputs = codec.to_triton(request)
+            result = self._call(self._grpc.infer, pipeline, inputs, outputs=outputs, deadline=deadline, pipeline=pipeline)
+            return codec.read_outputs(result, request.outputs)
+        lease = self._lease(pipeline, request, deadline)
+        try:
+            result = self._call(
+                self._grpc.infer, pipeline, lease.inputs, outputs=lease.outputs, deadline=deadline, pipeline=pipeline
+            )
+            return lease.read(result)
+        except MmserveError as error:
+            raise self._shm_failure(error) from error
+        finally:
+            self._pool.release(lease.region)
+
+    def _infer_parallel(self, pipeline: str, requests: Sequence[Request], deadline: Deadline) -> list[Outputs]:
+        """All requests via async_infer, bounded in flight; the first error cancels the rest.
+
+        If that error was the server being unavailable (or forgetting our shared memory),
+        the requests left without an answer go again one by one, each under the retry policy.
+        """
         flight = _Flight(len(requests))
         calls: list[grpcclient.CallContext] = []
         try:
             for index, request in enumerate(requests):
                 if not flight.acquire(self.max_concurrency):
                     break  # an earlier request failed: send no more
+                lease = None
                 try:
-                    inputs, outputs = codec.to_triton(request)
-                    # tritonclient keeps the new future in one attribute before wiring the
-                    # callback: two threads issuing at once could swap them. Issuing is cheap.
+                    lease = self._lease(pipeline, request, deadline) if self._pool is not None else None
+                    inputs, outputs = (lease.inputs, lease.outputs) if lease else codec.to_triton(request)
+                    callback = partial(self._on_response, flight, index, request, lease)
                     with self._issue_lock:
                         call = self._grpc.async_infer(
                             pipeline,
                             inputs,
-                            callback=partial(flight.done, index),
+                            callback=callback,
                             outputs=outputs,
                             headers=self._headers,
                             client_timeout=deadline.remaining(),
                         )
+                    lease = None  # the callback frees it from now on
                     calls.append(call)
                 except BaseException as exc:  # noqa: BLE001 - re-raised below
+                    if lease is not None and self._pool is not None:
+                        self._pool.release(lease.region)
                     flight.done(index, None, exc)
                     break
             if flight.wait_failed_or_all_done():
@@ -378,10 +397,82 @@ class Client:
                 call.cancel()
             raise
         if flight.error is not None:
-            if isinstance(flight.error, InferenceServerException):
-                raise from_triton(flight.error, pipeline) from flight.error
-            raise flight.error
-        return [codec.read_outputs(result, request.outputs) for result, request in zip(flight.results, requests)]
+            error = flight.error
+            if isinstance(error, InferenceServerException):
+                error = self._shm_failure(from_triton(error, pipeline))
+            if isinstance(error, ModelNotReadyError):
+                error = self._unless_server_exiting(error, deadline)
+            if not (isinstance(error, MmserveError) and self._retry_missing(error)):
+                raise error from (flight.error if error is not flight.error else None)
+            for index, request in enumerate(requests):
+                if flight.results[index] is None:
+                    flight.results[index] = self._infer_one(pipeline, request, deadline)
+        return flight.results
+
+    def _on_response(
+        self,
+        flight: _Flight,
+        index: int,
+        request: Request,
+        lease: _shm.Lease | None,
+        result: grpcclient.InferResult | None,
+        error: InferenceServerException | None,
+    ) -> None:
+        """gRPC's callback: read the outputs (from shared memory too) and free the region."""
+        outputs = None
+        try:
+            if error is None:
+                outputs = lease.read(result) if lease else codec.read_outputs(result, request.outputs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            error = exc  # type: ignore[assignment]
+        finally:
+            if lease is not None and self._pool is not None:
+                self._pool.release(lease.region)
+        flight.done(index, outputs, error)
+
+    # --- shared memory ----------------------------------------------------------------
+
+    def _lease(self, pipeline: str, request: Request, deadline: Deadline) -> _shm.Lease:
+        """The request's inputs written into a registered region of the pool."""
+        assert self._pool is not None
+        lease, retired = _shm.lease(self._pool, request, self._output_bytes(pipeline, deadline))
+        self._retire(retired)
+        region = lease.region
+        if not region.registered:
+            try:
+                self._call(
+                    self._grpc.register_system_shared_memory,
+                    region.name,
+                    region.key,
+                    region.size,
+                    deadline=deadline,
+                    admin=True,
+                )
+            except MmserveError as error:
+                self._pool.discard(region)
+                raise self._registration_error(error) from error
+            region.registered = True
+        return lease
+
+    def _output_bytes(self, pipeline: str, deadline: Deadline) -> dict[str, int]:
+        """Bytes per item of the pipeline's fixed-size outputs (its metadata, asked once)."""
+        sizes = self._item_bytes.get(pipeline)
+        if sizes is None:  # two threads may both ask once: harmless
+            metadata = self._call(self._grpc.get_model_metadata, pipeline, deadline=deadline, pipeline=pipeline)
+            sizes = self._item_bytes[pipeline] = _shm.output_item_bytes(metadata)
+        return sizes
+
+    def _retire(self, regions: list[_shm.Region]) -> None:
+        """Unregister (best effort) and unlink regions no request uses any more."""
+
+        def unregister(names: list[str]) -> None:
+            for name in names:
+                self._grpc.unregister_system_shared_memory(
+                    name, headers=self._admin_headers, client_timeout=UNREGISTER_TIMEOUT_S
+                )
+
+        if regions:
+            _shm.clean_up(regions, unregister)
 
 
 class _Flight:

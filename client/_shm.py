@@ -1,0 +1,288 @@
+"""System shared memory for apps on the server's host: tensors skip gRPC's copies.
+
+A client with ``shared_memory="system"`` keeps a pool of POSIX shared-memory regions
+(``/dev/shm/mmserve_*``), each registered with the server once and then reused: a
+request takes a free region big enough for its inputs and its fixed-size outputs,
+writes the inputs into it, names the region in the request instead of sending the
+bytes, reads the outputs back from it and gives it back. A region serves one request
+at a time. When a request needs more room than any free region has, a free region is
+retired (unregistered, unlinked) and a bigger one made, so the pool holds about as many
+regions as the client runs requests at once, each sized to a power of two.
+
+Only the bookkeeping lives here; registering and unregistering are RPCs the sync and
+asyncio transports make themselves. Regions are made with the standard library's
+``multiprocessing.shared_memory`` (whose resource tracker also unlinks them should the
+process die); ``tritonclient.utils.shared_memory`` does the same through a ctypes
+library but imports ``pkg_resources``, which current setuptools no longer ships.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import serialize_byte_tensor, triton_to_np_dtype
+
+from .codec import Request
+from .errors import MmserveError, ServerError
+
+__all__ = ["Region", "RegionPool", "Lease", "output_item_bytes", "regions_lost", "SHM_ADVICE"]
+
+MIN_REGION_BYTES = 64 * 1024
+ALIGN = 64  # tensors start on cache-line boundaries inside a region
+
+SHM_ADVICE = (
+    "shared_memory='system' needs the server on this host with the same /dev/shm "
+    "(in Docker: --ipc=host, or one /dev/shm volume for both containers) and the same user; "
+    "otherwise use Client(url) without shared_memory"
+)
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _region_size(nbytes: int) -> int:
+    """The next power of two, at least MIN_REGION_BYTES: few regrowths as payloads vary."""
+    return max(MIN_REGION_BYTES, 1 << max(0, nbytes - 1).bit_length())
+
+
+class Region:
+    """One shared-memory segment and whether the server currently knows it."""
+
+    __slots__ = ("name", "size", "registered", "_shm", "_bytes")
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.size = size
+        self.registered = False
+        self._shm: SharedMemory | None = SharedMemory(name=name, create=True, size=size)
+        self._bytes: np.ndarray | None = np.ndarray((size,), dtype=np.uint8, buffer=self._shm.buf)
+
+    @property
+    def key(self) -> str:
+        """The POSIX name the server opens (shm_open)."""
+        return "/" + self.name
+
+    def write(self, offset: int, data: np.ndarray) -> None:
+        assert self._bytes is not None, "region destroyed"
+        flat = data.reshape(-1).view(np.uint8)
+        self._bytes[offset : offset + flat.size] = flat
+
+    def read(self, offset: int, dtype: np.dtype, shape: Sequence[int]) -> np.ndarray:
+        """A copy: the region is reused as soon as the request is done."""
+        assert self._bytes is not None, "region destroyed"
+        count = int(np.prod(shape)) if len(shape) else 1
+        nbytes = count * dtype.itemsize
+        if offset + nbytes > self.size:
+            raise ServerError(f"malformed response: an output of {nbytes} bytes does not fit its shared-memory slot")
+        return self._bytes[offset : offset + nbytes].view(dtype).reshape(shape).copy()
+
+    def destroy(self) -> None:
+        """Unmap and unlink (idempotent); the server must have unregistered it first."""
+        shm, self._shm = self._shm, None
+        self._bytes = None  # drop the view before closing the mapping under it
+        if shm is not None:
+            try:
+                shm.close()
+            except BufferError:  # a request still reads it (close() timed out): unmapped at exit
+                pass
+            try:
+                shm.unlink()
+            except FileNotFoundError:
+                pass
+
+
+class RegionPool:
+    """The free and busy regions of one client; thread-safe, no I/O but shm_open/mmap."""
+
+    def __init__(self) -> None:
+        self._prefix = f"mmserve_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+        self._count = 0
+        self._free: list[Region] = []
+        self._busy: set[Region] = set()
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def acquire(self, nbytes: int) -> tuple[Region, list[Region]]:
+        """A region of at least ``nbytes`` for one request, and regions to retire first.
+
+        The region may be new (``registered`` False): the caller registers it.
+        """
+        with self._cond:
+            if self._closed:
+                raise MmserveError("the client is closed; create a new one")
+            fitting = [r for r in self._free if r.size >= nbytes]
+            if fitting:
+                region = min(fitting, key=lambda r: r.size)
+                self._free.remove(region)
+                self._busy.add(region)
+                return region, []
+            # Nothing free is big enough: replace the smallest free region (if any) by a
+            # bigger one, so the pool grows in size, not in number.
+            retired = [self._free.pop(self._free.index(min(self._free, key=lambda r: r.size)))] if self._free else []
+            self._count += 1
+            name = f"{self._prefix}_{self._count}"
+        region = Region(name, _region_size(nbytes))
+        with self._cond:
+            self._busy.add(region)
+        return region, retired
+
+    def release(self, region: Region) -> None:
+        """Give a region back after its request finished (or failed)."""
+        with self._cond:
+            self._busy.discard(region)
+            if self._closed:
+                region.destroy()  # close() did not wait for it: unlink, nothing else
+            else:
+                self._free.append(region)
+            self._cond.notify_all()
+
+    def discard(self, region: Region) -> None:
+        """Drop a region the server never registered (registration failed)."""
+        with self._cond:
+            self._busy.discard(region)
+            self._cond.notify_all()
+        region.destroy()
+
+    def forget_registrations(self) -> None:
+        """The server lost its registrations (it restarted): register each region again."""
+        with self._cond:
+            for region in (*self._free, *self._busy):
+                region.registered = False
+
+    @property
+    def busy(self) -> int:
+        with self._cond:
+            return len(self._busy)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no request uses a region (the sync client's close)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._busy, timeout=timeout)
+
+    def close(self) -> list[Region]:
+        """Stop lending; the free regions, for the caller to unregister and destroy."""
+        with self._cond:
+            self._closed = True
+            free, self._free = self._free, []
+            return free
+
+    def snapshot(self) -> list[Region]:
+        """Every region alive now (for clean-up at exit)."""
+        with self._cond:
+            return [*self._free, *self._busy]
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One request's place in a region: the tritonclient tensors that point into it."""
+
+    region: Region
+    inputs: list[grpcclient.InferInput]
+    outputs: list[grpcclient.InferRequestedOutput]
+    slots: Mapping[str, tuple[int, int]]  # output name -> (offset, capacity) in the region
+    names: tuple[str, ...]
+
+    def read(self, result: grpcclient.InferResult) -> dict[str, np.ndarray]:
+        """``{name: array}`` like :func:`codec.read_outputs`, from the region or the message."""
+        outputs: dict[str, np.ndarray] = {}
+        for name in self.names:
+            if name in self.slots:
+                tensor = result.get_output(name)
+                if tensor is None:
+                    raise ServerError(f"malformed response: no output {name}")
+                offset, _ = self.slots[name]
+                outputs[name] = self.region.read(offset, np.dtype(triton_to_np_dtype(tensor.datatype)), list(tensor.shape))
+            else:
+                array = result.as_numpy(name)
+                if array is None:
+                    raise ServerError(f"malformed response: no output {name}")
+                outputs[name] = array
+        return outputs
+
+
+def _serialized(tensor_dtype: str, array: np.ndarray) -> np.ndarray:
+    """The bytes of one input as Triton reads them from shared memory."""
+    if tensor_dtype == "BYTES":
+        return np.frombuffer(serialize_byte_tensor(array).item(), dtype=np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def output_item_bytes(metadata: object) -> dict[str, int]:
+    """Per-item byte size of each fixed-size numeric output in a model's metadata.
+
+    Outputs with a variable dimension or BYTES type (labels, JSON) are left out: they
+    come back in the gRPC message.
+    """
+    sizes = {}
+    for output in getattr(metadata, "outputs", ()):
+        dims = list(output.shape)[1:]  # the first dimension is the batch
+        if output.datatype == "BYTES" or any(d < 0 for d in dims):
+            continue
+        dtype = triton_to_np_dtype(output.datatype)
+        if dtype is None:
+            continue
+        sizes[output.name] = int(np.prod(dims)) * np.dtype(dtype).itemsize if dims else np.dtype(dtype).itemsize
+    return sizes
+
+
+def lease(pool: RegionPool, request: Request, item_bytes: Mapping[str, int]) -> tuple[Lease, list[Region]]:
+    """Write ``request``'s inputs into a pooled region; returns the lease and regions to retire.
+
+    The lease's region may still need registering (``lease.region.registered``).
+    """
+    payloads = [(tensor, array, _serialized(tensor.triton_dtype, array)) for tensor, array in request.inputs]
+    offset = 0
+    placed = []
+    for tensor, array, data in payloads:
+        placed.append((tensor, array, data, offset))
+        offset += _aligned(data.nbytes)
+    slots: dict[str, tuple[int, int]] = {}
+    for name in request.outputs:
+        if name in item_bytes:
+            size = item_bytes[name] * request.batch_size
+            slots[name] = (offset, size)
+            offset += _aligned(size)
+    region, retired = pool.acquire(max(offset, 1))
+    try:
+        inputs = []
+        for tensor, array, data, at in placed:
+            region.write(at, data)
+            infer_input = grpcclient.InferInput(tensor.name, list(array.shape), tensor.triton_dtype)
+            infer_input.set_shared_memory(region.name, data.nbytes, offset=at)
+            inputs.append(infer_input)
+        outputs = []
+        for name in request.outputs:
+            requested = grpcclient.InferRequestedOutput(name)
+            if name in slots:
+                at, size = slots[name]
+                requested.set_shared_memory(region.name, size, offset=at)
+            outputs.append(requested)
+    except BaseException:
+        pool.release(region)
+        raise
+    return Lease(region, inputs, outputs, slots, request.outputs), retired
+
+
+def regions_lost(error: MmserveError) -> bool:
+    """Whether the server no longer knows a region (it restarted since it was registered)."""
+    text = (error.server_message or "").lower()
+    return "shared memory region" in text and ("unable to find" in text or "not found" in text)
+
+
+def clean_up(regions: Iterable[Region], unregister: Callable[[list[str]], None] | None) -> None:
+    """Unregister (best effort) and unlink; for close() and for the exit finalizer."""
+    regions = list(regions)
+    if unregister is not None and any(r.registered for r in regions):
+        try:
+            unregister([r.name for r in regions if r.registered])
+        except Exception:  # noqa: BLE001 - the server may be gone; unlinking still matters
+            pass
+    for region in regions:
+        region.destroy()
