@@ -10,7 +10,7 @@ gRPC) and the lifecycle core (``config.pbtxt`` read from disk) classify alike.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from tritonclient.grpc import model_config_pb2
@@ -81,22 +81,22 @@ def kind_of(name: str, config: model_config_pb2.ModelConfig, hint: str | None = 
 
 
 def find_products(
-    configs: Mapping[str, model_config_pb2.ModelConfig], hints: Mapping[str, str] | None = None
+    configs: Mapping[str, model_config_pb2.ModelConfig], hint: Callable[[str], str | None] | None = None
 ) -> dict[str, Kind]:
     """Every product of a repository (name -> kind), in name order.
 
     Ensembles serving a contract pipeline are products; so is a single model serving one
     when no ensemble calls it (a fused pipeline). A step is never a product, even one
-    whose tensors happen to match a pipeline's.
+    whose tensors happen to match a pipeline's. ``hint(name)`` may name a candidate's
+    kind (its product card's), asked only for candidates.
     """
-    hints = hints or {}
     called = {step for config in configs.values() for step in steps_of(config)}
     products: dict[str, Kind] = {}
     for name in sorted(configs):
         config = configs[name]
         if name in called and config.platform != ENSEMBLE:
             continue
-        kind = kind_of(name, config, hints.get(name))
+        kind = kind_of(name, config, hint(name) if hint is not None else None)
         if kind is not None:
             products[name] = kind
     return products

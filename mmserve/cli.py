@@ -151,20 +151,46 @@ def _add_clip_commands(train, export) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from mmserve.server import ServerPorts, TritonServer
+    import signal
 
+    from mmserve.server import ServerPorts, TritonServer, new_run_dir, resolve_key
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM/SIGHUP during start-up: unwind through start(), which stops Triton
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
+    admin_key = resolve_key(args.admin_key, args.admin_key_file, "MMSERVE_ADMIN_KEY", "admin key")
+    api_key = resolve_key(args.api_key, args.api_key_file, "MMSERVE_API_KEY", "API key")
+    log = args.log or new_run_dir() / "triton.log"
     server = TritonServer(
         args.repository,
-        ServerPorts(grpc=args.grpc_port, http=args.http_port, metrics=args.metrics_port),
+        ServerPorts(grpc=args.grpc_port, http=args.http_port, metrics=args.metrics_port, supervisor=args.supervisor_port),
         host=args.host,
         models=args.model or None,
-        log_file=args.log,
+        log_file=log,
         verbose=args.verbose,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_ca=args.tls_ca,
+        admin_key=admin_key,
+        api_key=api_key,
+        insecure=args.insecure,
+        http_host=args.http_host,
+        supervise=not args.no_supervise,
     )
-    server.start()
+    try:
+        server.start()
+    except BaseException:
+        if args.log is None and not log.exists():
+            log.parent.rmdir()  # stopped before Triton started: no empty run folder left behind
+        raise
+    http = server.effective_http_host
     print(
-        f"Triton is ready: gRPC {args.host}:{args.grpc_port}, HTTP {args.host}:{args.http_port}, "
-        f"metrics :{args.metrics_port}/metrics. Ctrl-C stops it.",
+        f"Triton is ready: gRPC {args.host}:{args.grpc_port}{' (TLS)' if args.tls_cert else ''}, "
+        f"HTTP {http}:{args.http_port}, metrics {http}:{args.metrics_port}/metrics"
+        + (f", supervisor {http}:{args.supervisor_port}/metrics" if server.supervise else "")
+        + f"; log {log}. Ctrl-C stops it.",
         flush=True,
     )
     return server.wait()
@@ -314,10 +340,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--metrics-port", type=int, default=8002)
-    serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
+    serve.add_argument("--supervisor-port", type=int, default=8003, help="the supervisor's /metrics and /status")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="gRPC address; 0.0.0.0 listens on every interface (needs an admin key, or --insecure)")
+    serve.add_argument("--http-host", help="HTTP, metrics and supervisor address (default: --host; 127.0.0.1 with TLS)")
     serve.add_argument("--model", action="append", help="load only this model (repeatable)")
-    serve.add_argument("--log", type=Path, help="write Triton's log here")
+    serve.add_argument("--log", type=Path,
+                       help="write Triton's log here (default: runs/serve-<UTC time>/triton.log; $MMSERVE_RUNS moves runs/)")
     serve.add_argument("--verbose", action="store_true")
+    serve.add_argument("--no-supervise", action="store_true",
+                       help="do not reload models whose Python stub died (the supervisor, on by default)")
+    tls = serve.add_argument_group("TLS for gRPC (docs/security.md)")
+    tls.add_argument("--tls-cert", type=Path, help="the server's certificate (PEM)")
+    tls.add_argument("--tls-key", type=Path, help="the server's private key (PEM)")
+    tls.add_argument("--tls-ca", type=Path, help="CA (PEM) for client certificates: mutual TLS, clients must present one")
+    keys = serve.add_argument_group("access keys (prefer the files or the environment: values show in `ps`)")
+    admin = keys.add_mutually_exclusive_group()
+    admin.add_argument("--admin-key", help="required for load/unload/index, shared memory, trace, logging "
+                       "(default: $MMSERVE_ADMIN_KEY)")
+    admin.add_argument("--admin-key-file", type=Path, help="read the admin key from this file (a mounted secret)")
+    api = keys.add_mutually_exclusive_group()
+    api.add_argument("--api-key", help="required for inference as well (default: $MMSERVE_API_KEY)")
+    api.add_argument("--api-key-file", type=Path, help="read the API key from this file")
+    keys.add_argument("--insecure", action="store_true",
+                      help="listen beyond loopback without an admin key (a network you trust only)")
     serve.set_defaults(handler=_serve)
 
     bench = commands.add_parser(
@@ -341,14 +387,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     from mmserve.exporters.onnx_export import ExportError
-    from mmserve.server import ServerError
+    from mmserve.server import LaunchError
     from mmserve.training.errors import TrainingError
 
     try:
         return args.handler(args)
     except KeyboardInterrupt:
         return 130
-    except (ServerError, ExportError, TrainingError, FileNotFoundError) as error:
+    except (LaunchError, ExportError, TrainingError, FileNotFoundError) as error:
         # Typed errors carry a message written for the user: no traceback.
         print(f"mmserve: {error}", file=sys.stderr)
         return 2

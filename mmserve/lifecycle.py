@@ -1,0 +1,471 @@
+"""The product lifecycle: what a repository serves, as products, and the admin actions on them.
+
+One core for the CLI (`mmserve products|load|unload|reload|rollback`), the client and the
+console. A product is a pipeline of the public contract (an ensemble, or a fused model),
+told apart from its internal steps by :mod:`mmserve.client.products`; its versions and
+product cards are the exporters' on-disk version scheme (:mod:`mmserve.exporters.versions`);
+its state comes from the running server through :class:`mmserve.client.Client`.
+
+Every admin action is appended to an audit log (JSON lines; who, what, when in UTC, and
+the result, failures included) before its error, if any, reaches the caller.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from mmserve.client.products import find_products, model_state, steps_of, tensor_specs
+from mmserve.pipelines import Kind, TensorSpec
+
+if TYPE_CHECKING:
+    from tritonclient.grpc import model_config_pb2
+
+    from mmserve.client import Client, ModelInfo
+
+# Inside the repository, so the log travels with what it describes; a file, not a folder,
+# so neither Triton's repository index nor repository_models() takes it for a model.
+AUDIT_LOG = ".mmserve-audit.jsonl"
+UNKNOWN = "UNKNOWN"  # a product's state when no server was asked
+LABELS_FILE = "labels.txt"
+UNLOAD_WAIT_S = 120.0  # how long unload waits for Triton to finish, when the client sets no timeout
+
+
+class LifecycleError(Exception):
+    """An admin action that cannot be done as asked; the message says what to do instead."""
+
+
+class UnknownProductError(LifecycleError, LookupError):
+    """The name is not a product of the repository (a step, a typo, another repository)."""
+
+    def __init__(self, name: str, products: Sequence[str], step_of: Sequence[str] = ()) -> None:
+        self.name = name
+        self.products = tuple(products)
+        if step_of:
+            why = f"'{name}' is an internal step of {', '.join(step_of)}, not a product"
+        else:
+            why = f"no product '{name}' in the repository"
+        listed = ", ".join(self.products) if self.products else "none (export one first)"
+        super().__init__(f"{why}; products: {listed}")
+
+
+class VersionError(LifecycleError):
+    """A rollback target that does not exist, or no earlier version to go back to."""
+
+
+class ServerRequiredError(LifecycleError):
+    """The action changes what a server serves, and no server was given."""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """An internal model a product calls; shared when another product calls it too."""
+
+    name: str
+    shared: bool
+    versions: tuple[int, ...]  # on disk
+    state: str | None  # the server's; None without one
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    active: bool
+    card: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Product:
+    name: str
+    kind: Kind
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    labels: tuple[str, ...]
+    steps: tuple[StepInfo, ...]
+    versions: tuple[VersionInfo, ...]
+    active_version: int | None
+    state: str  # READY / UNAVAILABLE / UNLOADED / LOADING from the server, UNKNOWN without one
+    reason: str
+
+    @property
+    def card(self) -> Mapping[str, Any]:
+        """The active version's product card ({} when it has none)."""
+        return next((v.card for v in self.versions if v.active), {})
+
+    @property
+    def headline(self) -> str:
+        """The active version's headline metric, e.g. "dev accuracy 0.912" ("" without one)."""
+        return headline(self.card)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    time: str  # ISO 8601, UTC
+    actor: str
+    action: str
+    product: str
+    detail: str
+    result: str  # "ok" or the error
+
+    @property
+    def ok(self) -> bool:
+        return self.result == "ok"
+
+
+def headline(card: Mapping[str, Any]) -> str:
+    """A card's headline metric: the one training selected on (``metric``) on its held-out
+    split, else the first held-out figure; "" for a checkpoint exported as it was."""
+    metrics = card.get("metrics") or {}
+    if not isinstance(metrics, Mapping):
+        return ""
+    for split, key in (("dev", "dev_metrics"), ("val", "val_metrics")):
+        figures = metrics.get(key)
+        if not isinstance(figures, Mapping):
+            continue
+        chosen = metrics.get("metric")
+        name = chosen if chosen in figures else next(iter(figures), None)
+        value = figures.get(name) if name is not None else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return f"{split} {name} {value:.3f}"
+    return ""
+
+
+def default_actor() -> str:
+    """Who runs the CLI: user@host (the console passes its signed-in user instead)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+class _Index:
+    """The server's repository index, by model name."""
+
+    def __init__(self, models: Sequence[ModelInfo]) -> None:
+        self.rows: dict[str, list[ModelInfo]] = {}
+        for info in models:
+            self.rows.setdefault(info.name, []).append(info)
+
+    def state(self, name: str, version: int | None = None) -> tuple[str, str]:
+        return model_state(self.rows.get(name, []), version)
+
+
+class Lifecycle:
+    """Products of one repository, their versions and cards, and the admin actions on them.
+
+    ``client`` (a :class:`mmserve.client.Client` connected to the server that serves
+    ``repository``) is needed for states and for load/unload/reload; without it products
+    are listed from disk with state UNKNOWN. ``actor`` names who acts in the audit log.
+    """
+
+    def __init__(
+        self,
+        repository: Path,
+        client: Client | None = None,
+        *,
+        audit_log: Path | None = None,
+        actor: str | None = None,
+    ) -> None:
+        self.repository = Path(repository)
+        self.client = client
+        self.audit_log = Path(audit_log) if audit_log is not None else self.repository / AUDIT_LOG
+        self.actor = actor or default_actor()
+
+    # --- reading --------------------------------------------------------------------
+
+    def products(self) -> list[Product]:
+        """Every product of the repository, in name order, with its steps and state."""
+        return self._products()
+
+    def product(self, name: str) -> Product:
+        """One product; UnknownProductError (listing the products) for any other name,
+        told from the repository before any server is asked."""
+        return self._products(only=name)[0]
+
+    # --- admin actions --------------------------------------------------------------
+
+    def load(self, name: str) -> AuditEntry:
+        """Load the product and, through Triton's ensemble dependencies, its steps."""
+        product = self.product(name)
+
+        def act() -> str:
+            _server_load(self._server("load"), product.name)
+            return f"loaded {product.name} ({_version_text(product.active_version)})"
+
+        return self._audited("load", name, act)
+
+    def unload(self, name: str) -> AuditEntry:
+        """Unload the product, then the steps no other loaded product still calls."""
+        product = self.product(name)
+
+        def act() -> str:
+            client = self._server("unload")
+            _server_unload(client, product.name)
+            still_used = self._steps_of_loaded_products(exclude=product.name)
+            freed = [step.name for step in product.steps if step.name not in still_used]
+            for step in freed:
+                _server_unload(client, step)
+            kept = [step.name for step in product.steps if step.name in still_used]
+            pending = self._wait_unloaded([product.name, *freed])
+            detail = f"unloaded {product.name}" + (f" and {', '.join(freed)}" if freed else "")
+            detail += f"; kept {', '.join(kept)} (used by other loaded products)" if kept else ""
+            return detail + (f"; still unloading: {', '.join(pending)}" if pending else "")
+
+        return self._audited("unload", name, act)
+
+    def reload(self, name: str) -> AuditEntry:
+        """Pick up what an export wrote, on a live server, without a failed request.
+
+        Loads the product's ensemble(s) in place (``versions.reload_order``): Triton re-reads
+        the steps, loads the changed ones first and keeps serving the loaded version until
+        the new one is ready. A step is never loaded on its own first: that could drop the
+        version the served ensemble still calls.
+        """
+        from mmserve.exporters import versions
+
+        product = self.product(name)
+
+        def act() -> str:
+            client = self._server("reload")
+            models = versions.reload_order(self.repository, name)
+            for model in models:
+                _server_load(client, model)
+            return f"reloaded {', '.join(models)}; serving {_version_text(product.active_version)}"
+
+        return self._audited("reload", name, act)
+
+    def rollback(self, name: str, to: int | None = None) -> AuditEntry:
+        """Make an earlier version active (by default the one before the active one) and
+        reload what changed on a live server, with no failed request."""
+        from mmserve.exporters import versions
+        from mmserve.exporters.staging import RepositoryError
+
+        product = self.product(name)
+        current = product.active_version
+        available = [v.version for v in product.versions]
+        target = to if to is not None else _previous(available, current)
+        if target is None:
+            raise VersionError(
+                f"{name} has no version before {current} to roll back to (versions: "
+                f"{', '.join(map(str, available)) or 'none'}); pass --to VERSION"
+            )
+        if target not in available:
+            raise VersionError(
+                f"{name} has no version {target}; versions: {', '.join(map(str, available)) or 'none'}"
+            )
+        if target == current:
+            raise VersionError(f"{name} already serves version {target}")
+        client = self.client  # None: on disk only, served from the next start
+
+        def act() -> str:
+            if client is not None:
+                _server_ready(client)  # change the disk only when the server can follow it
+            try:
+                models = versions.set_active_version(self.repository, name, target)
+            except versions.VersionNotFoundError as error:
+                raise VersionError(str(error)) from error
+            except RepositoryError as error:  # read-only, full, or another writer's lock
+                raise LifecycleError(str(error)) from error
+            if client is None:
+                return f"version {current} -> {target} on disk; no server given, served from its next start"
+            for model in models:
+                _server_load(client, model)
+            return f"version {current} -> {target}; reloaded {', '.join(models)}"
+
+        return self._audited("rollback", name, act)
+
+    def audit(self, limit: int = 200) -> list[AuditEntry]:
+        """The newest ``limit`` entries of the audit log, newest first."""
+        if limit <= 0 or not self.audit_log.exists():
+            return []
+        entries = []
+        for line in self.audit_log.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+                entries.append(AuditEntry(**{key: str(record[key]) for key in AuditEntry.__dataclass_fields__}))
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn or foreign line: the rest of the log still reads
+        return entries[::-1][:limit]
+
+    # --- internals ------------------------------------------------------------------
+
+    def _products(self, only: str | None = None) -> list[Product]:
+        configs = self._configs()
+        kinds = find_products(configs, self._card_kind)
+        if only is not None and only not in kinds:
+            step_of = [product for product in kinds if only in steps_of(configs[product])]
+            raise UnknownProductError(only, list(kinds), step_of)
+        index = self._index()
+        users: dict[str, list[str]] = {}
+        for product in kinds:
+            for step in steps_of(configs[product]):
+                users.setdefault(step, []).append(product)
+        names = [only] if only is not None else list(kinds)
+        return [self._product(name, kinds[name], configs, users, index) for name in names]
+
+    def _configs(self) -> dict[str, model_config_pb2.ModelConfig]:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+
+        configs = {}
+        for path in sorted(self.repository.glob("*/config.pbtxt")):
+            try:
+                configs[path.parent.name] = text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+            except (text_format.ParseError, OSError, UnicodeDecodeError):
+                continue  # not a config Triton could load either; the server's index tells why
+        return configs
+
+    def _index(self) -> _Index | None:
+        return _Index(self.client.models()) if self.client is not None else None
+
+    def _product(
+        self,
+        name: str,
+        kind: Kind,
+        configs: Mapping[str, model_config_pb2.ModelConfig],
+        users: Mapping[str, Sequence[str]],
+        index: _Index | None,
+    ) -> Product:
+        from mmserve.exporters import versions
+
+        config = configs[name]
+        numbers = versions.product_versions(self.repository, name)
+        active = versions.active_version(self.repository, name)
+        version_infos = tuple(
+            VersionInfo(number, number == active, versions.read_card(self.repository, name, number))
+            for number in numbers
+        )
+        steps = tuple(
+            StepInfo(
+                step,
+                len(users.get(step, ())) > 1,
+                tuple(versions.version_folders(self.repository / step)),
+                index.state(step)[0] if index is not None else None,
+            )
+            for step in steps_of(config)
+        )
+        state, reason = index.state(name, active) if index is not None else (UNKNOWN, "")
+        return Product(
+            name=name,
+            kind=kind,
+            inputs=tensor_specs(config.input),
+            outputs=tensor_specs(config.output),
+            labels=self._labels([s.name for s in steps] or [name]),
+            steps=steps,
+            versions=version_infos,
+            active_version=active,
+            state=state,
+            reason=reason,
+        )
+
+    def _card_kind(self, name: str) -> str | None:
+        """The kind the active version's card records, to tell apart kinds with equal tensors."""
+        from mmserve.exporters import versions
+
+        active = versions.active_version(self.repository, name)
+        if active is None:
+            return None
+        kind = versions.read_card(self.repository, name, active).get("kind")
+        return str(kind) if kind else None
+
+    def _labels(self, models: Sequence[str]) -> tuple[str, ...]:
+        """The label names of the first model (in call order) that carries a labels file."""
+        for model in models:
+            path = self.repository / model / LABELS_FILE
+            if path.is_file():
+                return tuple(line for line in path.read_text(encoding="utf-8").splitlines() if line)
+        return ()
+
+    def _server(self, action: str) -> Client:
+        if self.client is None:
+            raise ServerRequiredError(
+                f"{action} changes what a server serves: give the server (mmserve {action} PRODUCT --server HOST:PORT)"
+            )
+        return self.client
+
+    def _steps_of_loaded_products(self, exclude: str) -> set[str]:
+        index = self._index()
+        configs = self._configs()
+        used: set[str] = set()
+        for product in find_products(configs):
+            if product != exclude and index is not None and index.state(product)[0] in ("READY", "LOADING"):
+                used.update(steps_of(configs[product]))
+        return used
+
+    def _wait_unloaded(self, models: Sequence[str]) -> list[str]:
+        """Wait (up to the client's timeout) until Triton has let the models go: it unloads
+        in the background once requests in flight are done. Returns those still going."""
+        client = self._server("unload")
+        deadline = time.monotonic() + (client.timeout or UNLOAD_WAIT_S)
+        while True:
+            index = _Index(client.models())
+            pending = [m for m in models if index.state(m)[0] in ("READY", "UNLOADING")]
+            if not pending or time.monotonic() >= deadline:
+                return pending
+            time.sleep(0.1)
+
+    def _audited(self, action: str, product: str, act: Callable[[], str]) -> AuditEntry:
+        """Run an action and append its entry, success or failure, before returning or raising."""
+        try:
+            detail = act()
+        except BaseException as error:
+            self._append(AuditEntry(_now(), self.actor, action, product, "", _error_text(error)))
+            raise
+        entry = AuditEntry(_now(), self.actor, action, product, detail, "ok")
+        self._append(entry)
+        return entry
+
+    def _append(self, entry: AuditEntry) -> None:
+        """One write per entry on an O_APPEND descriptor: concurrent writers never interleave."""
+        self.audit_log.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(asdict(entry), ensure_ascii=False, sort_keys=True) + "\n"
+        fd = os.open(self.audit_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            os.write(fd, line.encode("utf-8"))
+        finally:
+            os.close(fd)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _error_text(error: BaseException) -> str:
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(error).__name__}: {error}"
+
+
+def _version_text(version: int | None) -> str:
+    return f"version {version}" if version is not None else "no version recorded"
+
+
+def _previous(available: Sequence[int], current: int | None) -> int | None:
+    earlier = [v for v in available if current is not None and v < current]
+    return max(earlier) if earlier else None
+
+
+# --- the server's model control, in one place -----------------------------------------
+
+
+def _server_load(client: Client, name: str) -> None:
+    """Load (or reload in place) one model on the server; typed client errors on failure."""
+    client.load(name)
+
+
+def _server_unload(client: Client, name: str) -> None:
+    client.unload(name)
+
+
+def _server_ready(client: Client) -> None:
+    """Raise the client's ServerUnavailableError (or PermissionDeniedError) unless the
+    server answers an admin call."""
+    client.models()
