@@ -1,29 +1,53 @@
 """Start and stop a real `tritonserver` over a model repository.
 
-One launcher for `mmserve serve`, the tests and the demo. It finds the binary
+One launcher for `mmserve serve`, the tests, the demo and the bench. It finds the binary
 ($TRITONSERVER, then `tritonserver` on PATH, then the one bundled in the
 `nvidia-pytriton` wheel), assembles the Python backend with the stub for this
-interpreter, loads every model of the repository explicitly and waits until
-each one is ready.
+interpreter, loads every model of the repository explicitly and waits until each one
+is ready -- on *its own* process: the probes check the server id it was started with,
+so another server already on the port can never pass for it.
+
+Security (docs/security.md): gRPC over TLS (`tls_cert`/`tls_key`, mutual with
+`tls_ca`), Triton's restricted protocols behind an admin key (model repository, shared
+memory, trace, logging) and optionally an API key (inference). Listening beyond
+loopback without an admin key is refused unless `insecure`.
 """
 from __future__ import annotations
 
+import atexit
+import ipaddress
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+# Triton's restricted-protocol groups. The key names are what Triton checks: the HTTP
+# header as is, the gRPC metadata header with the prefix Triton adds
+# ("triton-grpc-protocol-admin-key"); the client (client/_channel.py) sends both.
+ADMIN_KEY_NAME = "admin-key"
+API_KEY_NAME = "api-key"
+ADMIN_PROTOCOLS = ("model-repository", "shared-memory", "trace", "logging")
+API_PROTOCOLS = ("inference",)
+MIN_KEY_LENGTH = 16
+LOOPBACK = "127.0.0.1"
 
 
-class ServerError(RuntimeError):
-    """The server could not be found, started or made ready; the message says what to do."""
+class LaunchError(RuntimeError):
+    """The server could not be found, started or made ready; the message says what to do.
+
+    (The client's ``mmserve.client.ServerError`` is a different thing: a served request
+    that failed.)"""
 
 
 @dataclass(frozen=True)
@@ -31,19 +55,19 @@ class ServerPorts:
     grpc: int = 8001
     http: int = 8000
     metrics: int = 8002
+    supervisor: int = 8003  # mmserve's own /metrics and /status (mmserve/supervisor.py)
 
     @classmethod
     def free(cls) -> "ServerPorts":
-        """Three ports nobody listens on, for tests and side-by-side runs."""
-        socks = [socket.socket() for _ in range(3)]
+        """Ports nobody listens on, for tests and side-by-side runs."""
+        socks = [socket.socket() for _ in fields(cls)]
         try:
             for s in socks:
-                s.bind(("127.0.0.1", 0))
-            grpc, http, metrics = (s.getsockname()[1] for s in socks)
+                s.bind((LOOPBACK, 0))
+            return cls(*(s.getsockname()[1] for s in socks))
         finally:
             for s in socks:
                 s.close()
-        return cls(grpc=grpc, http=http, metrics=metrics)
 
 
 @dataclass(frozen=True)
@@ -71,7 +95,7 @@ def _python_backend_ready(backends: Path) -> Path:
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         source = backends.parent / "python_backend_stubs" / version / "triton_python_backend_stub"
         if not source.exists():
-            raise ServerError(
+            raise LaunchError(
                 f"The bundled Triton has no Python backend stub for Python {version} "
                 f"(looked for {source}). Use Python 3.11, or set TRITONSERVER to a full install."
             )
@@ -84,14 +108,14 @@ def find_triton() -> TritonInstall:
     if explicit:
         binary = Path(explicit)
         if not binary.exists():
-            raise ServerError(f"TRITONSERVER={explicit} does not exist; point it at a tritonserver binary.")
+            raise LaunchError(f"TRITONSERVER={explicit} does not exist; point it at a tritonserver binary.")
         return TritonInstall(binary, _backend_dir_for(binary))
     on_path = shutil.which("tritonserver")
     if on_path:
         return TritonInstall(Path(on_path), _backend_dir_for(Path(on_path)))
     bundled = _bundled_triton_root()
     if bundled is None:
-        raise ServerError(
+        raise LaunchError(
             "No tritonserver found: set TRITONSERVER, put tritonserver on PATH, or install the "
             "bundled one with `pip install --no-deps nvidia-pytriton==0.7.0` (`make setup` does)."
         )
@@ -111,20 +135,117 @@ def repository_models(repository: Path) -> list[str]:
     return sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))
 
 
+def runs_root() -> Path:
+    """Where `mmserve serve` keeps a folder per run (its Triton log): $MMSERVE_RUNS, else ./runs."""
+    return Path(os.environ.get("MMSERVE_RUNS") or "runs")
+
+
+def new_run_dir(root: Path | None = None) -> Path:
+    """A fresh `serve-<UTC time>` folder under runs_root(); never reuses an earlier run's."""
+    root = root or runs_root()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    for suffix in ("", *(f"-{i}" for i in range(1, 100))):
+        path = root / f"serve-{stamp}{suffix}"
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise LaunchError(f"cannot create the run folder {path}: {error}. Set MMSERVE_RUNS or pass --log FILE.")
+    raise LaunchError(f"{root} already has 100 runs started this second")
+
+
+def resolve_key(value: str | None, file: Path | None, env: str, what: str) -> str | None:
+    """A secret from the command line, a file (a mounted Kubernetes Secret) or the environment.
+
+    The file and the environment keep the key out of `ps` for mmserve itself."""
+    if value is not None and file is not None:
+        raise LaunchError(f"give the {what} once: as a value or as a file, not both")
+    if file is not None:
+        try:
+            value = file.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise LaunchError(f"cannot read the {what} file {file}: {error.strerror or error}") from None
+        if not value:
+            raise LaunchError(f"the {what} file {file} is empty")
+    elif value is None:
+        value = os.environ.get(env) or None
+    return value
+
+
+def _check_key(key: str, what: str) -> None:
+    if len(key) < MIN_KEY_LENGTH or not key.isprintable() or any(c.isspace() for c in key):
+        raise LaunchError(
+            f"the {what} must be at least {MIN_KEY_LENGTH} printable characters without spaces; "
+            "generate one with `openssl rand -hex 32`"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: assume it is reachable from elsewhere
+
+
+def _probe_host(bind: str) -> str:
+    """The address to reach a listener bound to `bind` from this machine, URL-ready."""
+    if bind in ("0.0.0.0", ""):
+        return LOOPBACK
+    if bind == "::":
+        return "[::1]"
+    return f"[{bind}]" if ":" in bind else bind
+
+
+def _port_taken(host: str, port: int) -> bool:
+    """Whether something already listens on host:port (SO_REUSEADDR: TIME_WAIT is not "taken")."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 @dataclass
 class TritonServer:
-    """A running `tritonserver` process; use as a context manager or call start()/stop()."""
+    """A running `tritonserver` process; use as a context manager or call start()/stop().
+
+    `host` is where gRPC listens; `http_host` where HTTP, Triton's metrics and the
+    supervisor listen (default: `host`, or loopback when gRPC uses TLS, since Triton's
+    HTTP endpoint has no TLS). `supervise` starts mmserve/supervisor.py's watchdog, which
+    reloads a model whose Python stub died."""
 
     repository: Path
     ports: ServerPorts = field(default_factory=ServerPorts)
-    host: str = "127.0.0.1"  # 0.0.0.0 in a container
+    host: str = LOOPBACK  # 0.0.0.0 in a container
     models: list[str] | None = None  # None: every model in the repository
-    log_file: Path | None = None
+    log_file: Path | None = None  # None: a temporary file, shown on failure and removed on stop
     verbose: bool = False
     extra_args: tuple[str, ...] = ()
     startup_timeout_s: float = 180.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # set: clients must present a certificate signed by it (mTLS)
+    admin_key: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+    insecure: bool = False  # allow a non-loopback bind without an admin key
+    http_host: str | None = None
+    supervise: bool = False
     _process: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _log: IO | None = field(default=None, init=False, repr=False)
+    _log_path: Path | None = field(default=None, init=False, repr=False)
+    _server_id: str = field(default_factory=lambda: f"mmserve-{secrets.token_hex(6)}", init=False)
+    _supervisor: Any = field(default=None, init=False, repr=False)
+    _stopping: bool = field(default=False, init=False, repr=False)
+
+    # --- where it listens ------------------------------------------------------------
 
     @property
     def pid(self) -> int | None:
@@ -132,28 +253,115 @@ class TritonServer:
         return self._process.pid if self._process is not None else None
 
     @property
+    def effective_http_host(self) -> str:
+        if self.http_host:
+            return self.http_host
+        return LOOPBACK if self.tls_cert is not None else self.host
+
+    @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.ports.grpc}"
+        return f"{_probe_host(self.host)}:{self.ports.grpc}"
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.ports.http}"
+        return f"{_probe_host(self.effective_http_host)}:{self.ports.http}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.metrics}/metrics"
+        return f"http://{_probe_host(self.effective_http_host)}:{self.ports.metrics}/metrics"
+
+    @property
+    def supervisor_url(self) -> str:
+        return f"http://{_probe_host(self.effective_http_host)}:{self.ports.supervisor}"
+
+    @property
+    def log_path(self) -> Path | None:
+        """Triton's log of the current run (log_file, or the temporary one)."""
+        return self._log_path
+
+    @property
+    def served_models(self) -> list[str]:
+        return self.models if self.models is not None else repository_models(self.repository.resolve())
+
+    # --- checks before anything starts --------------------------------------------------
+
+    def check(self) -> None:
+        """Everything that can be told before starting: models, TLS files, keys, binds, ports."""
+        repository = self.repository.resolve()
+        if not repository.is_dir():
+            raise LaunchError(f"{repository} is not a folder; pass --repository DIR (an exported model repository).")
+        available = repository_models(repository)
+        if not available:
+            raise LaunchError(
+                f"{repository} holds no models (no */config.pbtxt). Export one first, e.g. "
+                "`mmserve export text CHECKPOINT --repository DIR`."
+            )
+        unknown = [m for m in (self.models or []) if m not in available]
+        if unknown:
+            raise LaunchError(
+                f"unknown model(s) {', '.join(unknown)}: {repository} has no such folder with a config.pbtxt. "
+                f"It has: {', '.join(available)}"
+            )
+        self._check_tls()
+        for key, what in ((self.admin_key, "admin key"), (self.api_key, "API key")):
+            if key is not None:
+                _check_key(key, what)
+        exposed = [h for h in (self.host, self.effective_http_host) if not is_loopback(h)]
+        if exposed and self.admin_key is None and not self.insecure:
+            raise LaunchError(
+                f"refusing to listen on {exposed[0]} without an admin key: anyone who reaches the port could "
+                "load a model and run Python code in the server. Add --admin-key-file FILE (or set "
+                "MMSERVE_ADMIN_KEY; generate a key with `openssl rand -hex 32`), or pass --insecure on a "
+                "network you trust. See docs/security.md."
+            )
+        self._check_ports()
+
+    def _check_tls(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise LaunchError("TLS needs both --tls-cert and --tls-key (PEM files)")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise LaunchError("--tls-ca (client certificates) needs TLS: add --tls-cert and --tls-key")
+        for path in (self.tls_cert, self.tls_key, self.tls_ca):
+            if path is None:
+                continue
+            try:
+                with open(path, "rb") as pem:
+                    if b"-----BEGIN" not in pem.read():
+                        raise LaunchError(f"{path} is not a PEM file (no -----BEGIN line)")
+            except OSError as error:
+                raise LaunchError(f"cannot read {path}: {error.strerror or error}") from None
+
+    def _check_ports(self) -> None:
+        http_host = self.effective_http_host
+        wanted = [("gRPC", self.host, self.ports.grpc, "--grpc-port"), ("HTTP", http_host, self.ports.http, "--http-port"),
+                  ("metrics", http_host, self.ports.metrics, "--metrics-port")]
+        if self.supervise:
+            wanted.append(("supervisor", http_host, self.ports.supervisor, "--supervisor-port"))
+        numbers = [port for _, _, port, _ in wanted]
+        if len(set(numbers)) != len(numbers):
+            raise LaunchError(f"the ports must differ: {', '.join(f'{n} {p}' for n, _, p, _ in wanted)}")
+        for name, host, port, flag in wanted:
+            if _port_taken(host, port):
+                raise LaunchError(
+                    f"port {port} ({name}) is already in use on {host}: another server (perhaps an earlier "
+                    f"`mmserve serve`) is listening there. Stop it, or choose another port with {flag}."
+                )
+
+    # --- the command line -----------------------------------------------------------------
 
     def command(self) -> list[str]:
         install = find_triton()
         repository = self.repository.resolve()
-        models = self.models if self.models is not None else repository_models(repository)
+        models = self.served_models
         if not models:
-            raise ServerError(
+            raise LaunchError(
                 f"{repository} holds no models (no */config.pbtxt). Export one first, e.g. "
                 "`mmserve export text CHECKPOINT --repository DIR`."
             )
+        http_host = self.effective_http_host
         cmd = [
             str(install.binary),
+            f"--id={self._server_id}",
             f"--model-repository={repository}",
             "--model-control-mode=explicit",
             *(f"--load-model={m}" for m in models),
@@ -164,14 +372,31 @@ class TritonServer:
             f"--http-port={self.ports.http}",
             f"--metrics-port={self.ports.metrics}",
             f"--grpc-address={self.host}",
-            f"--http-address={self.host}",
-            f"--metrics-address={self.host}",
+            f"--http-address={http_host}",
+            f"--metrics-address={http_host}",
             f"--log-verbose={1 if self.verbose else 0}",
+            *self._security_args(),
             *self.extra_args,
         ]
         if install.backend_directory is not None:
             cmd.append(f"--backend-directory={install.backend_directory}")
         return cmd
+
+    def _security_args(self) -> list[str]:
+        # Triton takes the keys only on its command line: they show in `ps` for the
+        # tritonserver process (docs/security.md, known limitations).
+        args = []
+        if self.tls_cert is not None and self.tls_key is not None:
+            args += ["--grpc-use-ssl=true", f"--grpc-server-cert={Path(self.tls_cert).resolve()}",
+                     f"--grpc-server-key={Path(self.tls_key).resolve()}"]
+            if self.tls_ca is not None:
+                args += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={Path(self.tls_ca).resolve()}"]
+        for key, name, protocols in ((self.admin_key, ADMIN_KEY_NAME, ADMIN_PROTOCOLS),
+                                     (self.api_key, API_KEY_NAME, API_PROTOCOLS)):
+            if key is not None:
+                group = f"{','.join(protocols)}:{name}={key}"
+                args += [f"--grpc-restricted-protocol={group}", f"--http-restricted-api={group}"]
+        return args
 
     def _environment(self) -> dict[str, str]:
         """The stub takes its Python prefix from the first python3 on PATH: make it ours."""
@@ -179,109 +404,178 @@ class TritonServer:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env.setdefault("OMP_NUM_THREADS", "1")
+        for secret in ("MMSERVE_ADMIN_KEY", "MMSERVE_API_KEY"):
+            env.pop(secret, None)  # model code has no business with them
         return env
+
+    # --- life cycle -----------------------------------------------------------------------
 
     def start(self) -> "TritonServer":
         if self._process is not None:
             return self
+        self.check()
         cmd = self.command()
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.log_file, "w")
-        self._process = subprocess.Popen(
-            cmd,
-            stdout=self._log if self._log else subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            env=self._environment(),
-            start_new_session=True,  # Ctrl-C reaches us; we forward it once, cleanly
-        )
+            self._log_path = self.log_file
+        else:
+            handle, name = tempfile.mkstemp(prefix="mmserve-triton-", suffix=".log")
+            os.close(handle)
+            self._log_path = Path(name)
+        self._log = open(self._log_path, "w")
+        self._stopping = False
         try:
+            self._process = subprocess.Popen(
+                cmd,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=self._environment(),
+                start_new_session=True,  # its own process group: signals are ours to forward, stop() kills the group
+            )
+            atexit.register(self.stop)  # an uncaught exception in the caller must not orphan the server
             self.wait_ready()
-        except BaseException:
+            if self.supervise:
+                from mmserve.supervisor import ModelSupervisor
+
+                self._supervisor = ModelSupervisor(self).start()
+        except BaseException:  # a LaunchError, Ctrl-C or SIGTERM during start-up: leave nothing behind
             self.stop()
             raise
         return self
 
-    def _get(self, path: str) -> int:
+    def _headers(self) -> dict[str, str]:
+        return {ADMIN_KEY_NAME: self.admin_key} if self.admin_key else {}
+
+    def request(self, path: str, body: dict | None = None, timeout_s: float = 2.0) -> tuple[int, Any]:
+        """One HTTP call to this server (POST when body is given), with the admin key when set.
+
+        Returns (status, parsed JSON or None); status 0 when nothing answered."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"http://{self.http_url}{path}", data=data, headers=self._headers())
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as response:
-                return response.status
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                status, payload = response.status, response.read()
         except urllib.error.HTTPError as error:
-            return error.code
+            status, payload = error.code, error.read()
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            return 0
+            return 0, None
+        try:
+            return status, json.loads(payload) if payload else None
+        except ValueError:
+            return status, None
+
+    def _get(self, path: str) -> int:
+        return self.request(path)[0]
 
     def model_ready(self, model: str) -> bool:
         return self._get(f"/v2/models/{model}/ready") == 200
 
+    def _ours_and_live(self) -> bool:
+        """The server answering on our HTTP port is the process we started (not another one)."""
+        status, metadata = self.request("/v2")
+        return status == 200 and isinstance(metadata, dict) and metadata.get("name") == self._server_id
+
     def wait_ready(self) -> None:
-        models = self.models if self.models is not None else repository_models(self.repository.resolve())
+        models = self.served_models
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self._process is not None and self._process.poll() is not None:
-                raise ServerError(
+                raise LaunchError(
                     f"tritonserver exited with code {self._process.returncode} while starting. "
                     f"{self._log_hint()}"
                 )
-            if self._get("/v2/health/live") == 200:
-                failed = [m for m in models if self._model_failed(m)]
+            if self._ours_and_live():
+                failed = self._failed_models(models)
                 if failed:
-                    raise ServerError(f"model(s) failed to load: {', '.join(failed)}. {self._log_hint()}")
+                    raise LaunchError(f"model(s) failed to load: {', '.join(failed)}. {self._log_hint()}")
                 if all(self.model_ready(m) for m in models):
                     return
             time.sleep(0.25)
-        raise ServerError(f"tritonserver not ready after {self.startup_timeout_s:.0f} s. {self._log_hint()}")
+        raise LaunchError(f"tritonserver not ready after {self.startup_timeout_s:.0f} s. {self._log_hint()}")
 
-    def _model_failed(self, model: str) -> bool:
-        """A model whose load ended in UNAVAILABLE with a reason will not become ready."""
-        import json
+    def _failed_models(self, models: list[str]) -> list[str]:
+        """Models whose load ended in UNAVAILABLE with a reason: they will not become ready."""
+        status, index = self.request("/v2/repository/index", body={})
+        if status == 403:
+            raise LaunchError("the server refused the repository index: the admin key does not match")
+        if status != 200 or not isinstance(index, list):
+            return []
+        failed = {e.get("name") for e in index if e.get("state") == "UNAVAILABLE" and e.get("reason")}
+        return [m for m in models if m in failed]
 
-        try:
-            request = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}")
-            with urllib.request.urlopen(request, timeout=2) as response:
-                index = json.load(response)
-        except (urllib.error.URLError, OSError, ValueError):
-            return False
-        return any(
-            entry.get("name") == model and entry.get("state") == "UNAVAILABLE" and entry.get("reason")
-            for entry in index
-        )
+    def log_tail(self, lines: int = 15) -> list[str]:
+        if self._log is not None:
+            self._log.flush()
+        if self._log_path is None or not self._log_path.exists():
+            return []
+        return self._log_path.read_text(errors="replace").splitlines()[-lines:]
 
     def _log_hint(self) -> str:
-        if self.log_file is None:
-            return "Re-run with a log file (mmserve serve --log FILE) to see Triton's messages."
-        tail = self.log_file.read_text(errors="replace").splitlines()[-15:] if self.log_file.exists() else []
-        errors = [line for line in tail if line.startswith("E") or "error" in line.lower()]
-        return f"Triton log {self.log_file}:\n" + "\n".join(errors or tail)
+        tail = self.log_tail(40)
+        errors = [line for line in tail if line.startswith("E") or "error" in line.lower() or "fail" in line.lower()]
+        where = f"Triton log {self._log_path}" if self.log_file is not None else "Triton's log"
+        shown = (errors or tail)[-15:]
+        return f"{where}:\n" + "\n".join(shown) if shown else f"{where} is empty."
 
     def stop(self, timeout_s: float = 40.0) -> int | None:
+        """SIGTERM, then SIGKILL for the whole process group (the server and its Python stubs)."""
+        atexit.unregister(self.stop)
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.stop()
         process, self._process = self._process, None
         if process is None:
+            self._close_log()
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        self._stopping = True
+        try:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:  # even when a second Ctrl-C interrupts the graceful wait
             try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                os.killpg(process.pid, signal.SIGKILL)  # stubs that outlived the server, or the server itself
+            except (ProcessLookupError, PermissionError):
+                pass
+            process.wait()
+            if supervisor is not None:
+                supervisor.remove_shared_memory()
+            self._close_log()
+        return process.returncode
+
+    def _close_log(self) -> None:
         if self._log:
             self._log.close()
             self._log = None
-        return process.returncode
+        if self.log_file is None and self._log_path is not None:
+            self._log_path.unlink(missing_ok=True)  # a temporary log: its tail was shown if it mattered
 
     def wait(self) -> int:
         """Block until the server exits; Ctrl-C/SIGTERM here stop it cleanly."""
         assert self._process is not None, "start() first"
 
         def forward(signum: int, _frame: object) -> None:
+            self._stopping = True
             if self._process is not None and self._process.poll() is None:
                 self._process.send_signal(signal.SIGTERM)
 
-        signal.signal(signal.SIGINT, forward)
-        signal.signal(signal.SIGTERM, forward)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, forward)
         code = self._process.wait()
+        unexpected = not self._stopping
+        hint = self._log_hint() if unexpected else ""
+        timed_out = code != 0 and any("Exit timeout expired" in line for line in self.log_tail(5))
         self.stop()
+        if unexpected:
+            raise LaunchError(f"tritonserver exited on its own with code {code}. {hint}")
+        if timed_out:
+            # Seen after a recovery: the instance whose stub had died never finishes unloading.
+            print("mmserve: tritonserver stopped after its exit timeout (a model instance whose Python stub had "
+                  "died could not finish unloading); no request was in flight.", file=sys.stderr)
+            return 0
         return code
 
     def __enter__(self) -> "TritonServer":
