@@ -25,6 +25,25 @@ Usage::
     async with AsyncClient("localhost:8001") as ac:          # the same methods, awaited
         vectors = await ac.embed_text(["a", "b"])
 
+Production options (the same for ``Client`` and ``AsyncClient``; see ``ClientBase``)::
+
+    Client("triton.internal:8001",
+           root_certificates="ca.pem",                        # TLS; path or PEM bytes
+           certificate_chain="app.pem", private_key="app.key",  # mutual TLS
+           api_key=os.environ["MMSERVE_API_KEY"],             # header api-key, every call
+           admin_key=os.environ.get("MMSERVE_ADMIN_KEY"),     # header admin-key, admin calls only
+           headers={"x-request-source": "checkout"},          # your own metadata, every call
+           retry=RetryPolicy(max_attempts=8),                 # UNAVAILABLE only, inference only
+           keepalive=KeepAliveOptions(keepalive_time_ms=60_000),
+           max_send_message_size=64 << 20,
+           shared_memory="system")                            # same host: tensors via /dev/shm
+    c.load("sentiment"); c.unload("sentiment")                # admin: needs admin_key
+
+One client holds one gRPC channel: share it across threads (``Client``) or the tasks
+of one event loop (``AsyncClient``). It reconnects by itself after a server restart;
+inference calls retry while the server is unavailable, within their deadline and the
+client's retry budget, then raise ``ServerUnavailableError``.
+
 One item in, one result out; a list in, a list (or an [N, D] array) out. An empty
 list returns an empty result without a call. Lists longer than
 ``mmserve.pipelines.MAX_BATCH_SIZE`` are split into several requests, sent
@@ -35,7 +54,8 @@ for lossless); paths and bytes are sent as they are.
 Errors are typed (see :mod:`mmserve.client.errors` for the mapping from gRPC
 statuses) and keep the server's message: ``InvalidInputError`` (fix the input; also
 raised locally before sending), ``ModelNotReadyError``, ``ServerUnavailableError``,
-``DeadlineExceededError``, ``ServerError``, all subclasses of ``MmserveError``.
+``DeadlineExceededError``, ``PermissionDeniedError`` (a missing or wrong key or
+certificate), ``ServerError``, all subclasses of ``MmserveError``.
 """
 from __future__ import annotations
 

@@ -313,13 +313,14 @@ class AsyncClient(ClientBase):
 
     async def _infer_one(self, pipeline: str, request: Request, deadline: Deadline) -> Outputs:
         """One request, sent again while the server is unavailable (see RetryPolicy)."""
-        attempts = self._attempts(deadline)
+        attempts = None  # made on the first failure: nothing to pay on the happy path
         while True:
             try:
                 return await self._infer_once(pipeline, request, deadline)
             except MmserveError as error:
                 if isinstance(error, ModelNotReadyError):
                     error = await self._unless_server_exiting(error, deadline)
+                attempts = attempts or self._attempts(deadline)
                 pause = attempts.after(error)
             await asyncio.sleep(pause)
 

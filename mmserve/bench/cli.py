@@ -48,6 +48,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser, default_repository: Pat
                         help="JSON {pipeline: checkpoint folder}; `mmserve demo` writes one")
     parser.add_argument("--measurement-interval", type=int, help="perf_analyzer window in ms")
     parser.add_argument("--requests", type=int, default=128, help="distinct requests per pipeline's input data")
+    parser.add_argument("--client", action="store_true",
+                        help="instead: the typed client vs raw tritonclient (overhead) and shared memory vs gRPC")
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -82,6 +84,11 @@ def bench_command(args: argparse.Namespace) -> int:
     from mmserve.bench.report import load_results, write_report, write_run_summary
     from mmserve.bench.run import BenchConfig, run_bench
 
+    if args.client:
+        from mmserve.bench.client import client_command
+
+        client_command(args.repository, args.url, calls=3000, quick=args.quick)
+        return 0
     if args.from_results:
         if not (args.from_results / "results.json").exists():
             raise BenchError(f"{args.from_results} holds no results.json; run `mmserve bench --out DIR` first")
