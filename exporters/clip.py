@@ -42,6 +42,8 @@ from mmserve.exporters.onnx_export import (
 )
 from mmserve.exporters.quantize import QuantizationReport, quantize_int8
 from mmserve.exporters.repository import ENCODER_MODEL_PY, VERSION, ModelFolder, shared_or_own, write_models
+from mmserve.exporters.staging import ensure_writable
+from mmserve.exporters.versions import DEFAULT_KEEP, Release
 from mmserve.exporters.triton_config import (
     DECODER_INSTANCES,
     EncoderTuning,
@@ -89,10 +91,11 @@ class ClipExportResult:
     logit_scale: float
     embed_dim: int
     seconds: float
+    version: int | None = None  # the product version written (exporters/versions.py)
 
     def summary(self) -> str:
         lines = [
-            f"pipelines {', '.join(self.pipelines)} (embedding width {self.embed_dim}, logit_scale {self.logit_scale:.2f})",
+            f"pipelines {', '.join(self.pipelines)} version {self.version} (embedding width {self.embed_dim}, logit_scale {self.logit_scale:.2f})",
             f"  models: {', '.join(self.models)}",
             f"  image tower parity fp32: {self.image_parity}",
             f"  text tower parity fp32:  {self.text_parity}",
@@ -107,10 +110,13 @@ class ClipExportResult:
         return "\n".join(lines)
 
 
+# The kinds of the three pipelines of one CLIP product, in pipeline_names' order.
+PIPELINE_KINDS = (Kind.IMAGE_EMBED, Kind.CLIP_TEXT_EMBED, Kind.ZERO_SHOT_IMAGE)
+
+
 def pipeline_names(name: str | None) -> tuple[str, str, str]:
     """The three pipelines of one CLIP product: the contract's names, or NAME_<contract name>."""
-    kinds = (Kind.IMAGE_EMBED, Kind.CLIP_TEXT_EMBED, Kind.ZERO_SHOT_IMAGE)
-    return tuple(k.value if not name else f"{name}_{k.value}" for k in kinds)  # type: ignore[return-value]
+    return tuple(k.value if not name else f"{name}_{k.value}" for k in PIPELINE_KINDS)  # type: ignore[return-value]
 
 
 # --- graphs -----------------------------------------------------------------------------------
@@ -253,12 +259,14 @@ def export_clip(
     tuning: EncoderTuning = EncoderTuning(),
     max_pixels: int | None = None,
     max_labels: int = DEFAULT_MAX_LABELS,
+    keep: int = DEFAULT_KEEP,
 ) -> ClipExportResult:
     """Checkpoint -> two parity-checked ONNX towers -> the three pipelines, written atomically."""
     from mmserve.serving.image import DEFAULT_MAX_PIXELS, ImageTransform
     from mmserve.training.clip_checkpoint import load_clip_checkpoint
 
     started = time.perf_counter()
+    repository = ensure_writable(repository)  # a read-only target fails before the slow work
     loaded = load_clip_checkpoint(checkpoint)
     tokenizer_json = clip_tokenizer_json(loaded.tokenizer)
     prompt_texts = [t.format(c) for c in (loaded.classes or ["dog", "red circle"])[:16] for t in loaded.templates]
@@ -283,7 +291,11 @@ def export_clip(
             repository, name, pipelines, image_onnx, text_onnx, tokenizer_json, loaded, transform,
             max_pixels or DEFAULT_MAX_PIXELS, max_labels, profile, tuning,
         )
-        write_models(repository, models)
+        quantized = {"image_tower": image_quantization, "text_tower": text_quantization}
+        release = Release(checkpoint, dict(zip(pipelines, PIPELINE_KINDS)), profile,
+                          {"image_tower": image_parity, "text_tower": text_parity},
+                          {tower: report for tower, report in quantized.items() if report})
+        written = write_models(repository, models, release, keep)
         image_bytes, text_bytes = image_onnx.stat().st_size, text_onnx.stat().st_size
         embed_dim = onnx_tensors(image_onnx)[1][0].dims[0]
 
@@ -300,6 +312,7 @@ def export_clip(
         logit_scale=loaded.logit_scale,
         embed_dim=embed_dim,
         seconds=time.perf_counter() - started,
+        version=written.version,
     )
 
 
@@ -338,7 +351,8 @@ def _pipeline_models(
                                       instances=DECODER_INSTANCES),
         {},
     )
-    preprocess = ModelFolder(preprocess_name, preprocess_config).add_template(PREPROCESS_MODEL)
+    preprocess = ModelFolder(preprocess_name, preprocess_config, shared=preprocess_name == PREPROCESS_MODEL)
+    preprocess.add_template(PREPROCESS_MODEL)
 
     # clip_tokenize: text -> ids, shared by products with the same tokenizer
     tokenizer_files = {f"{VERSION}/tokenizer.json": tokenizer_json}
@@ -348,7 +362,8 @@ def _pipeline_models(
         lambda n: python_model_config(n, [Tensor.from_spec(TEXT)], [Tensor("input_ids", "TYPE_INT64", input_ids.dims)], tokenize_parameters),
         tokenizer_files,
     )
-    tokenize = ModelFolder(tokenize_name, tokenize_config, dict(tokenizer_files)).add_template(TOKENIZE_MODEL)
+    tokenize = ModelFolder(tokenize_name, tokenize_config, dict(tokenizer_files), shared=tokenize_name == TOKENIZE_MODEL)
+    tokenize.add_template(TOKENIZE_MODEL)
 
     def encoder(model_name: str, onnx_path: Path) -> ModelFolder:
         files: dict[str, Path | bytes | str] = {f"{VERSION}/{onnx_path.name}": onnx_path}

@@ -1,22 +1,52 @@
-"""Write models into a Triton repository atomically.
+"""Write an export into a Triton repository as a new product version, atomically.
 
-Everything is staged next to the repository first; only when every model is
-complete are the folders swapped in by rename. A failed export leaves the
-repository, and the server reading it, as they were.
+The product's ensemble(s) and private steps (encoder, post-processing) get version
+V = newest + 1 beside the versions already there; shared pre-processing models stay one
+shared folder (`shared_or_own`). Everything is staged inside the repository (same
+filesystem: a volume or tmpfs repository works) and committed by renames; a failed export
+leaves the repository, and the server reading it, as they were (exporters/staging.py).
+The version scheme, the card and switching versions are exporters/versions.py.
 """
 from __future__ import annotations
 
 import filecmp
+import json
 import shutil
-import tempfile
+import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 
+from mmserve.exporters.onnx_export import ExportError
+from mmserve.exporters.staging import RepositoryError, Staging, ensure_writable, staging
 from mmserve.exporters.triton_config import to_pbtxt
+from mmserve.exporters.versions import (
+    CARD_FILE,
+    CONFIG_FILE,
+    DEFAULT_KEEP,
+    ENSEMBLE,
+    MODEL_ROOT,
+    Release,
+    active_version,
+    build_card,
+    next_version,
+    parse_config,
+    pin_steps,
+    plan_activation,
+    policy_versions,
+    print_config,
+    private_steps,
+    product_versions,
+    read_card,
+    read_config,
+    set_policy,
+    version_folders,
+)
 
 # The checked-in Python models (tokenizers, post-processing) this writer copies.
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
+# The version folder the model builders fill; a product-private model's files are
+# renumbered to the export's version when written.
 VERSION = "1"
 
 # An encoder's model.py: the shared runner is the whole model.
@@ -28,54 +58,178 @@ ENCODER_MODEL_PY = (
 
 @dataclass
 class ModelFolder:
-    """One model of the repository: its config and the files of its folder."""
+    """One model of the repository: its config and the files of its folder.
+
+    `shared`: a pre-processing model other products call too (one unversioned folder);
+    every other model belongs to the product version being written.
+    """
 
     name: str
     config: Mapping[str, Any]
     files: dict[str, Path | bytes | str] = field(default_factory=dict)  # path in the folder -> content
+    shared: bool = False
 
     def add_template(self, template: str) -> "ModelFolder":
-        """Copy a checked-in Python model's code (model.py) into version 1."""
+        """Copy a checked-in Python model's code (model.py) into the version folder."""
         source = TEMPLATES / template / VERSION / "model.py"
         if not source.exists():
             raise FileNotFoundError(f"template {source} is missing; is this a complete mmserve checkout?")
         self.files[f"{VERSION}/model.py"] = source
         return self
 
+    @property
+    def is_ensemble(self) -> bool:
+        return self.config.get("platform") == ENSEMBLE
+
     def write(self, folder: Path) -> None:
+        """The whole model folder, as a shared model is kept (config at the root, version 1)."""
         folder.mkdir(parents=True, exist_ok=True)
         (folder / VERSION).mkdir(exist_ok=True)
-        (folder / "config.pbtxt").write_text(to_pbtxt(self.config))
+        (folder / CONFIG_FILE).write_text(to_pbtxt(self.config))
         for relative, content in self.files.items():
-            target = folder / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, Path):
-                shutil.copy2(content, target)
-            elif isinstance(content, bytes):
-                target.write_bytes(content)
+            _put(content, folder / relative)
+
+    def write_version(self, folder: Path, config: Any) -> None:
+        """One version's folder: the version files renumbered into it, the model-root files
+        (labels.txt) and `config` under model_root/, to be copied up when it is served."""
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / MODEL_ROOT).mkdir()
+        (folder / MODEL_ROOT / CONFIG_FILE).write_text(print_config(config))
+        for relative, content in self.files.items():
+            parts = PurePosixPath(relative).parts
+            if len(parts) > 1 and parts[0] == VERSION:
+                _put(content, folder.joinpath(*parts[1:]))
             else:
-                target.write_text(content, encoding="utf-8")
+                _put(content, folder / MODEL_ROOT / relative)
 
 
-def write_models(repository: Path, models: list[ModelFolder]) -> list[Path]:
-    """Stage every model, then swap each folder in; returns the written folders."""
-    repository = repository.resolve()
-    repository.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{repository.name}.staging-", dir=repository.parent))
+def _put(content: Path | bytes | str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, Path):
+        shutil.copy2(content, target)
+    elif isinstance(content, bytes):
+        target.write_bytes(content)
+    else:
+        target.write_text(content, encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class WrittenVersion:
+    """What write_models changed: the version written (None: shared models only)."""
+
+    version: int | None
+    models: tuple[str, ...]
+    ensembles: tuple[str, ...]
+    removed_versions: tuple[int, ...] = ()
+
+
+def write_models(
+    repository: Path, models: list[ModelFolder], release: Release | None = None, keep: int = DEFAULT_KEEP
+) -> WrittenVersion:
+    """Write the export's models as a new version V of its product(s) and make V the
+    served version on disk; keep the newest `keep` versions (and the served ones).
+
+    A running server keeps serving what it loaded until it loads the ensembles again
+    (`versions.reload_order`); see exporters/versions.py for why that is failure-free.
+    """
+    if keep < 1:
+        raise ExportError(f"--keep must be at least 1 (the version being written), got {keep}")
+    repository = ensure_writable(repository)
+    with staging(repository) as stage:
+        versioned = [m for m in models if not m.shared]
+        version = next_version(repository, [m.name for m in versioned])
+        ensembles = [m.name for m in versioned if m.is_ensemble]
+        private = [m.name for m in versioned if not m.is_ensemble]
+        snapshots: dict[str, Path] = {}
+        for model in versioned:
+            config = parse_config(to_pbtxt(model.config))
+            if model.is_ensemble:
+                pin_steps(config, set(private), version)
+            set_policy(config, [version])
+            folder = stage.stage(model.name, str(version))
+            model.write_version(folder, config)
+            if model.is_ensemble:
+                card = build_card(release, model.name, version, ensembles, _card_steps(config, set(private), version))
+                (folder / CARD_FILE).write_text(json_text(card), encoding="utf-8")
+            snapshots[model.name] = folder / MODEL_ROOT
+            stage.replace(folder, repository / model.name / str(version))
+        for model in models:
+            if model.shared and not _unchanged(repository / model.name, model):
+                folder = stage.stage(model.name)
+                model.write(folder)
+                stage.replace(folder, repository / model.name)
+        plan_activation(repository, stage, ensembles, private, version, snapshots.__getitem__)
+        stage.commit()
+        removed = _remove_old_versions(repository, stage, ensembles, keep)
+    return WrittenVersion(version, tuple(m.name for m in models), tuple(ensembles), removed)
+
+
+def json_text(card: Mapping[str, Any]) -> str:
+    return json.dumps(card, indent=2, ensure_ascii=False, default=str) + "\n"
+
+
+def _card_steps(ensemble: Any, private: set[str], version: int) -> list[dict[str, Any]]:
+    """The ensemble's steps in call order: private ones at `version`, shared ones unversioned."""
+    steps: list[dict[str, Any]] = []
+    for step in ensemble.ensemble_scheduling.step:
+        if all(s["model"] != step.model_name for s in steps):
+            shared = step.model_name not in private
+            steps.append({"model": step.model_name, "version": None if shared else version, "shared": shared})
+    return steps
+
+
+def _unchanged(folder: Path, model: ModelFolder) -> bool:
+    """A shared model already written exactly so: left alone, so a server need not reload it."""
+    existing = read_config(folder / CONFIG_FILE)
+    return existing is not None and existing == parse_config(to_pbtxt(model.config)) and same_files(folder, model.files)
+
+
+def _remove_old_versions(repository: Path, stage: Staging, ensembles: list[str], keep: int) -> tuple[int, ...]:
+    """Retire all but the newest `keep` versions of the product(s) just written, never one a
+    config serves (the active version, the previous one loaded beside it).
+
+    Runs after the export is committed: a failure here is a warning, not a failed export.
+    """
+    if not ensembles:
+        return ()
+    numbers = sorted({v for name in ensembles for v in product_versions(repository, name)})
+    active = active_version(repository, ensembles[0])
+    served = {active}
+    for step in private_steps(read_card(repository, ensembles[0], active)) if active is not None else ():
+        config = read_config(repository / step / CONFIG_FILE)
+        served.update(policy_versions(config) if config is not None else ())
+    old = [v for v in numbers[:-keep] if v not in served]
+    retired: dict[str, set[int]] = {}
+    for number in old:
+        for name in ensembles:
+            for model in [name, *private_steps(read_card(repository, name, number))]:
+                folder = repository / model / str(number)
+                if folder.is_dir() and not _is_template(folder) and number not in retired.setdefault(model, set()):
+                    retired[model].add(number)
+                    stage.remove(folder)
+    for model, numbers_gone in retired.items():
+        if model in ensembles:
+            continue
+        left = [v for v in version_folders(repository / model) if v not in numbers_gone]
+        config = read_config(repository / model / CONFIG_FILE)
+        listed = policy_versions(config) if config is not None else []
+        if not left:
+            stage.remove(repository / model)  # a step no kept version calls any more
+        elif config is not None and set(listed) & numbers_gone:
+            set_policy(config, [v for v in listed if v not in numbers_gone] or left[-1:])
+            stage.write_file(repository / model / CONFIG_FILE, print_config(config).encode("utf-8"))
     try:
-        for model in models:
-            model.write(staging / model.name)
-        written = []
-        for model in models:
-            target = repository / model.name
-            retired = staging / f"{model.name}.retired"
-            if target.exists():
-                target.rename(retired)
-            (staging / model.name).rename(target)
-            written.append(target)
-        return written
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        stage.commit()
+    except RepositoryError as error:
+        warnings.warn(f"the export is written, but removing old versions failed: {error}", RuntimeWarning, stacklevel=3)
+        return ()
+    return tuple(old)
+
+
+def _is_template(folder: Path) -> bool:
+    """A checked-in template's version folder (exporting into model_repository/ itself)."""
+    template = TEMPLATES / folder.parent.name / folder.name
+    return template.exists() and template.resolve() == folder.resolve()
 
 
 def same_files(folder: Path, files: Mapping[str, Path | bytes | str]) -> bool:

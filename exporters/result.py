@@ -17,11 +17,12 @@ class EncoderExportResult:
     onnx_bytes: int
     seconds: float
     family: str | None = None  # speech: whisper or waveform
+    version: int | None = None  # the product version written (exporters/versions.py)
 
     def summary(self) -> str:
         what = f"{self.task}, {self.family}" if self.family else self.task
         lines = [
-            f"pipeline {self.pipeline} ({what}): models {', '.join(self.models)}",
+            f"pipeline {self.pipeline} ({what}) version {self.version}: models {', '.join(self.models)}",
             f"  parity fp32: {self.parity}",
             f"  encoder ONNX {self.onnx_bytes / 1e6:.1f} MB, export {self.seconds:.1f} s",
         ]

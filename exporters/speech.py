@@ -31,6 +31,8 @@ from mmserve.exporters.repository import (
     shared_or_own,
     write_models,
 )
+from mmserve.exporters.staging import ensure_writable
+from mmserve.exporters.versions import DEFAULT_KEEP, Release
 from mmserve.exporters.result import EncoderExportResult
 from mmserve.exporters.triton_config import (
     DECODER_INSTANCES,
@@ -134,11 +136,13 @@ def export_speech(
     profile: str = "cpu",
     tuning: EncoderTuning = EncoderTuning(),
     max_seconds: float = DEFAULT_MAX_SECONDS,
+    keep: int = DEFAULT_KEEP,
 ) -> EncoderExportResult:
     from mmserve.training.speech_checkpoint import load_speech_checkpoint
 
     started = time.perf_counter()
-    checkpoint, repository = Path(checkpoint), Path(repository)
+    checkpoint = Path(checkpoint)
+    repository = ensure_writable(repository)  # a read-only target fails before the slow work
     loaded = load_speech_checkpoint(checkpoint)
     task = task or loaded.task
     if task not in _TASK_KIND:
@@ -177,12 +181,15 @@ def export_speech(
         models = _pipeline_models(
             repository, pipeline, task, onnx_path, fe_dict, feature_config, max_seconds, loaded.labels, profile, tuning
         )
-        write_models(repository, models)
+        release = Release(checkpoint, {pipeline: _TASK_KIND[task]}, profile, {"encoder": parity},
+                          {"encoder": quantization} if quantization else {})
+        written = write_models(repository, models, release, keep)
         onnx_bytes = onnx_path.stat().st_size
 
     return EncoderExportResult(
         pipeline=pipeline, task=task, family=loaded.family, models=tuple(m.name for m in models),
         parity=parity, quantization=quantization, onnx_bytes=onnx_bytes, seconds=time.perf_counter() - started,
+        version=written.version,
     )
 
 
@@ -231,7 +238,7 @@ def preprocess_model(
         )
 
     name, config = shared_or_own(repository, PREPROCESS_MODEL, f"{pipeline}_preprocess", build, files)
-    return ModelFolder(name, config, dict(files)).add_template("audio_preprocess")
+    return ModelFolder(name, config, dict(files), shared=name == PREPROCESS_MODEL).add_template("audio_preprocess")
 
 
 def _pipeline_models(

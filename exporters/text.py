@@ -16,6 +16,8 @@ from mmserve.exporters.classification import classification_tail, labels_txt
 from mmserve.exporters.onnx_export import OnnxSpec, check_parity, export_onnx, require_parity
 from mmserve.exporters.quantize import quantize_int8
 from mmserve.exporters.repository import ENCODER_MODEL_PY, VERSION, ModelFolder, shared_or_own, write_models
+from mmserve.exporters.staging import ensure_writable
+from mmserve.exporters.versions import DEFAULT_KEEP, Release
 from mmserve.exporters.result import EncoderExportResult
 from mmserve.exporters.triton_config import (
     EncoderTuning,
@@ -101,10 +103,12 @@ def export_text(
     profile: str = "cpu",
     tuning: EncoderTuning = EncoderTuning(),
     max_length: int = SERVING_MAX_LENGTH,
+    keep: int = DEFAULT_KEEP,
 ) -> EncoderExportResult:
     from mmserve.training.checkpoint import load_text_checkpoint
 
     started = time.perf_counter()
+    repository = ensure_writable(repository)  # a read-only target fails before the slow work
     loaded = load_text_checkpoint(checkpoint)
     task = loaded.task
     max_length = min(max_length, int(getattr(loaded.model.config, "max_position_embeddings", max_length)))
@@ -131,7 +135,9 @@ def export_text(
             repository, pipeline, task, onnx_path, _tokenizer_json(loaded.tokenizer), max_length, loaded.labels,
             profile, tuning,
         )
-        write_models(repository, models)
+        release = Release(checkpoint, {pipeline: _TASK_KIND[task]}, profile, {"encoder": parity},
+                          {"encoder": quantization} if quantization else {})
+        written = write_models(repository, models, release, keep)
         onnx_bytes = onnx_path.stat().st_size
 
     return EncoderExportResult(
@@ -142,6 +148,7 @@ def export_text(
         quantization=quantization,
         onnx_bytes=onnx_bytes,
         seconds=time.perf_counter() - started,
+        version=written.version,
     )
 
 
@@ -206,7 +213,7 @@ def _tokenizer_model(repository: Path, pipeline: str, tokenizer_json: str, max_l
         )
 
     name, config = shared_or_own(repository, TOKENIZER_MODEL, f"{pipeline}_tokenize", config_for, files)
-    return ModelFolder(name, config, dict(files)).add_template("text_tokenize")
+    return ModelFolder(name, config, dict(files), shared=name == TOKENIZER_MODEL).add_template("text_tokenize")
 
 
 def _pipeline_models(

@@ -40,7 +40,7 @@ def _export_text(args: argparse.Namespace) -> int:
 
     result = export_text(
         args.checkpoint, args.repository, name=args.name, int8=args.int8, profile=args.profile,
-        max_length=args.max_length,
+        max_length=args.max_length, keep=args.keep,
     )
     print(result.summary())
     print(f"written to {args.repository.resolve()}; (re)load with `mmserve serve --repository {args.repository}`")
@@ -76,7 +76,7 @@ def _export_speech(args: argparse.Namespace) -> int:
 
     result = export_speech(
         args.checkpoint, args.repository, name=args.name, task=args.task, int8=args.int8, profile=args.profile,
-        max_seconds=args.max_seconds,
+        max_seconds=args.max_seconds, keep=args.keep,
     )
     print(result.summary())
     print(f"written to {args.repository.resolve()}; (re)load with `mmserve serve --repository {args.repository}`")
@@ -109,11 +109,21 @@ def _export_clip(args: argparse.Namespace) -> int:
 
     result = export_clip(
         args.checkpoint, args.repository, name=args.name, int8=args.int8, profile=args.profile,
-        max_pixels=args.max_pixels, max_labels=args.max_labels,
+        max_pixels=args.max_pixels, max_labels=args.max_labels, keep=args.keep,
     )
     print(result.summary())
     print(f"written to {args.repository.resolve()}; (re)load with `mmserve serve --repository {args.repository}`")
     return 0
+
+
+def _add_keep_argument(parser: argparse.ArgumentParser) -> None:
+    from mmserve.exporters.versions import DEFAULT_KEEP
+
+    parser.add_argument(
+        "--keep", type=int, default=DEFAULT_KEEP, metavar="N",
+        help=f"versions of the product kept in the repository, this one included (default {DEFAULT_KEEP}); "
+        "a version a config serves is never removed",
+    )
 
 
 def _add_clip_commands(train, export) -> None:
@@ -147,6 +157,7 @@ def _add_clip_commands(train, export) -> None:
     export_clip.add_argument("--profile", choices=("cpu", "gpu"), default="cpu")
     export_clip.add_argument("--max-pixels", type=int, help="largest image accepted, in pixels (default 40 million)")
     export_clip.add_argument("--max-labels", type=int, default=256, help="most candidate labels per image")
+    _add_keep_argument(export_clip)
     export_clip.set_defaults(handler=_export_clip)
 
 
@@ -318,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_text.add_argument("--int8", action="store_true", help="onnxruntime dynamic INT8 quantization")
     export_text.add_argument("--profile", choices=("cpu", "gpu"), default="cpu")
     export_text.add_argument("--max-length", type=int, default=256, help="tokens kept per text (truncation)")
+    _add_keep_argument(export_text)
     export_text.set_defaults(handler=_export_text)
     _add_clip_commands(train, export)  # the CLIP line
     export_speech = export.add_parser("speech", help="a speech checkpoint (classify/embed) as one pipeline")
@@ -333,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_speech.add_argument(
         "--max-seconds", type=float, default=30.0, help="longest clip accepted; longer is INVALID_ARG"
     )
+    _add_keep_argument(export_speech)
     export_speech.set_defaults(handler=_export_speech)
 
     serve = commands.add_parser("serve", help="run tritonserver over a repository")

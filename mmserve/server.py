@@ -131,8 +131,9 @@ def _backend_dir_for(binary: Path) -> Path | None:
 
 
 def repository_models(repository: Path) -> list[str]:
-    """The model folders Triton should load: every sub-folder with a config.pbtxt."""
-    return sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))
+    """The model folders Triton should load: every sub-folder with a config.pbtxt, except
+    dot-folders (an export's staging folder, mmserve's own state)."""
+    return sorted(p.parent.name for p in repository.glob("*/config.pbtxt") if not p.parent.name.startswith("."))
 
 
 def runs_root() -> Path:
