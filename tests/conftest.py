@@ -16,6 +16,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _serve_runs_in_tmp(tmp_path_factory) -> None:
+    """`mmserve serve` keeps each run's Triton log under $MMSERVE_RUNS: not in the checkout during tests."""
+    os.environ.setdefault("MMSERVE_RUNS", str(tmp_path_factory.mktemp("runs")))
+
+
 def _subset_csv(source: Path, target: Path, labels: int, per_label: int) -> Path:
     with source.open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
