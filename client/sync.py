@@ -401,10 +401,11 @@ class Client(ClientBase):
             error = flight.error
             if isinstance(error, InferenceServerException):
                 error = self._shm_failure(from_triton(error, pipeline))
+                error.__cause__ = flight.error
             if isinstance(error, ModelNotReadyError):
                 error = self._unless_server_exiting(error, deadline)
             if not (isinstance(error, MmserveError) and self._retry_missing(error)):
-                raise error from (flight.error if error is not flight.error else None)
+                raise error
             for index, request in enumerate(requests):
                 if flight.results[index] is None:
                     flight.results[index] = self._infer_one(pipeline, request, deadline)

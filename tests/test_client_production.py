@@ -242,6 +242,8 @@ def test_retries_end_in_a_typed_error_that_says_why(closed_port_url):
     with Client(closed_port_url, retry=quick) as client:
         with pytest.raises(ServerUnavailableError, match=r"after 3 attempt\(s\).*all attempts used"):
             client.classify_text("hi")
+        with pytest.raises(ServerUnavailableError, match=r"after 3 attempt\(s\)"):
+            client.classify_text(["a"] * 70)  # two requests in parallel, then retried one by one
         with pytest.raises(ServerUnavailableError) as admin:
             client.models()  # admin calls are never retried
         assert "attempt(s)" not in str(admin.value)

@@ -4,12 +4,14 @@ tests talk real gRPC to a closed port."""
 from __future__ import annotations
 
 import asyncio
+import glob
 import io
 import json
 import pickle
 import socket
 import subprocess
 import sys
+import time
 import wave
 from pathlib import Path
 
@@ -29,11 +31,16 @@ from mmserve.client import (
     MmserveError,
     ModelInfo,
     ModelNotReadyError,
+    PermissionDeniedError,
+    RetryPolicy,
     ServerError,
     ServerUnavailableError,
     ZeroShotResult,
 )
-from mmserve.client import codec, media
+from mmserve.client import _shm, codec, media
+from mmserve.client._base import pin_version
+from mmserve.client._channel import Connection
+from mmserve.client.retry import Attempts, Resend, RetryBudget
 from mmserve.client._transport import SERVER, Deadline, normalize_url, pipeline_names, readiness_error
 from mmserve.client.errors import from_triton, status_name
 from mmserve.pipelines import (
@@ -386,6 +393,14 @@ def test_results_are_frozen() -> None:
         ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", DeadlineExceededError),
         ("StatusCode.INTERNAL", "onnxruntime: something broke", ServerError),
         ("StatusCode.RESOURCE_EXHAUSTED", "too big", ServerError),
+        ("StatusCode.RESOURCE_EXHAUSTED", "Sent message larger than max (5760092 vs. 4194304)", InvalidInputError),
+        (
+            "StatusCode.UNAVAILABLE",
+            "This protocol is restricted, expecting header 'triton-grpc-protocol-admin-key'",
+            PermissionDeniedError,
+        ),
+        ("StatusCode.PERMISSION_DENIED", "no", PermissionDeniedError),
+        ("StatusCode.UNAUTHENTICATED", "who are you", PermissionDeniedError),
         (None, "cannot serialize bytes tensor: invalid datatype", ServerError),
     ],
 )
@@ -481,3 +496,115 @@ def test_importing_the_client_does_not_import_torch_or_soundfile() -> None:
         "assert not any(m.startswith(('mmserve.training', 'mmserve.exporters')) for m in sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- production pieces: advice, headers, retry arithmetic, shared-memory sizing ----
+
+
+def test_refusals_and_oversized_messages_say_what_to_pass() -> None:
+    admin = from_triton(_exc("StatusCode.UNAVAILABLE", "This protocol is restricted, expecting header 'triton-grpc-protocol-admin-key'"))
+    assert "admin_key=" in str(admin)
+    api = from_triton(_exc("StatusCode.UNAVAILABLE", "This protocol is restricted, expecting header 'triton-grpc-protocol-api-key'"))
+    assert "api_key=" in str(api)
+    big = from_triton(_exc("StatusCode.RESOURCE_EXHAUSTED", "Sent message larger than max (9 vs. 4)"), "audio_classify")
+    assert "shared_memory='system'" in str(big) and "max_send_message_size" in str(big)
+    tls = from_triton(_exc("StatusCode.UNAVAILABLE", "failed to connect: Tls handshake failed (TSI_PROTOCOL_FAILURE)"))
+    assert isinstance(tls, ServerUnavailableError) and "root_certificates=" in str(tls)
+
+
+def test_keys_travel_under_both_header_names_and_only_admin_calls_carry_the_admin_key() -> None:
+    options = dict(
+        ssl=False, root_certificates=None, private_key=None, certificate_chain=None, tls_server_name=None,
+        keepalive=None, max_send_message_size=1024, max_receive_message_size=2048, channel_args=[("grpc.lb_policy_name", "pick_first")],
+    )
+    connection = Connection.build("h:1", api_key="A", admin_key="S", headers={"X-Team": "search"}, **options)
+    assert connection.headers == {"x-team": "search", "api-key": "A", "triton-grpc-protocol-api-key": "A"}
+    assert connection.admin_headers == {**connection.headers, "admin-key": "S", "triton-grpc-protocol-admin-key": "S"}
+    args = dict(connection.channel_args)
+    assert args["grpc.max_send_message_length"] == 1024 and args["grpc.max_receive_message_length"] == 2048
+    assert args["grpc.keepalive_time_ms"] == 60_000 and args["grpc.max_reconnect_backoff_ms"] == 1000
+    assert args["grpc.lb_policy_name"] == "pick_first" and not connection.tls
+    bare = Connection.build("h:1", api_key=None, admin_key=None, headers=None, **options)
+    assert bare.headers is None and bare.admin_headers is None
+    with pytest.raises(InvalidInputError, match="max_send_message_size"):
+        Connection.build("h:1", api_key=None, admin_key=None, headers=None, **{**options, "max_send_message_size": 0})
+
+
+def test_backoff_grows_with_jitter_up_to_its_ceiling() -> None:
+    policy = RetryPolicy(initial_backoff=0.1, max_backoff=1.0, multiplier=2.0, jitter=0.5)
+    for retry, ceiling in ((1, 0.1), (2, 0.2), (3, 0.4), (4, 0.8), (5, 1.0), (9, 1.0)):
+        pauses = [policy.backoff(retry) for _ in range(200)]
+        assert all(ceiling * 0.5 <= p <= ceiling for p in pauses)
+        assert max(pauses) - min(pauses) > ceiling * 0.1  # jittered, not constant
+    assert RetryPolicy(jitter=0).backoff(2) == pytest.approx(0.2)
+
+
+def test_the_retry_budget_is_a_token_bucket() -> None:
+    empty = RetryBudget(capacity=2, per_second=0)
+    assert [empty.take() for _ in range(3)] == [True, True, False]
+    refilled = RetryBudget(capacity=1, per_second=50)
+    assert refilled.take() and not refilled.take()
+    time.sleep(0.1)  # 5 tokens' worth of time, capped at the capacity of 1
+    assert refilled.take() and not refilled.take()
+
+
+def test_attempts_retry_only_unavailable_and_give_up_typed() -> None:
+    down = from_triton(_exc("StatusCode.UNAVAILABLE", "failed to connect to all addresses"))
+    attempts = Attempts(RetryPolicy(max_attempts=3, initial_backoff=0.01), None, Deadline(None), "h:1")
+    assert attempts.after(down) > 0 and attempts.after(down) > 0
+    with pytest.raises(ServerUnavailableError, match=r"after 3 attempt\(s\)"):
+        attempts.after(down)
+    for never in (
+        from_triton(_exc("StatusCode.INVALID_ARGUMENT", "TEXT[0] is empty")),
+        from_triton(_exc("StatusCode.UNAVAILABLE", "This protocol is restricted, expecting header 'x'")),
+        from_triton(_exc("StatusCode.UNAVAILABLE", "Tls handshake failed")),
+        from_triton(_exc("StatusCode.NOT_FOUND", "model 'x' not found")),
+    ):
+        with pytest.raises(type(never)):
+            Attempts(RetryPolicy(), None, Deadline(None), "h:1").after(never)
+    short = Attempts(RetryPolicy(initial_backoff=5.0, max_backoff=5.0), None, Deadline(1.0), "h:1")
+    with pytest.raises(ServerUnavailableError, match="deadline"):
+        short.after(down)
+    lost = Resend(from_triton(_exc("StatusCode.NOT_FOUND", "Unable to find system shared memory region: 'r'")))
+    once = Attempts(None, None, Deadline(None), "h:1")
+    assert once.after(lost) == 0.0  # sent again at once, even without a retry policy
+    with pytest.raises(ModelNotReadyError):
+        once.after(lost)  # but only once
+
+
+def test_version_pinning_keeps_the_rest_of_the_config() -> None:
+    config = {"config": {"name": "m", "max_batch_size": 8, "version_policy": {"latest": {"num_versions": 1}}}}
+    pinned = json.loads(pin_version(config, 2))
+    assert pinned == {"name": "m", "max_batch_size": 8, "version_policy": {"specific": {"versions": [2]}}}
+    for bad in (0, -1, True, "2"):
+        with pytest.raises(InvalidInputError):
+            pin_version(config, bad)  # type: ignore[arg-type]
+
+
+def test_shared_memory_sizes_and_layout() -> None:
+    assert _shm._region_size(1) == _shm.MIN_REGION_BYTES
+    assert _shm._region_size(_shm.MIN_REGION_BYTES + 1) == 2 * _shm.MIN_REGION_BYTES
+    metadata = grpcclient.service_pb2.ModelMetadataResponse(
+        outputs=[
+            grpcclient.service_pb2.ModelMetadataResponse.TensorMetadata(name="PROBS", datatype="FP32", shape=[-1, 5]),
+            grpcclient.service_pb2.ModelMetadataResponse.TensorMetadata(name="LABEL", datatype="BYTES", shape=[-1, 1]),
+            grpcclient.service_pb2.ModelMetadataResponse.TensorMetadata(name="ANY", datatype="FP32", shape=[-1, -1]),
+        ]
+    )
+    assert _shm.output_item_bytes(metadata) == {"PROBS": 20}
+    pool = _shm.RegionPool()
+    request = codec.plan_classify_text(["a", "bb"]).requests[0]
+    lease, retired = _shm.lease(pool, request, {"PROBS": 20})
+    try:
+        assert retired == [] and not lease.region.registered
+        assert [i.name() for i in lease.inputs] == ["TEXT"] and set(lease.slots) == {"PROBS"}
+        offset, size = lease.slots["PROBS"]
+        assert offset % _shm.ALIGN == 0 and size == 40
+        second, _ = _shm.lease(pool, request, {})
+        assert second.region is not lease.region  # a busy region is never lent twice
+        pool.release(second.region)
+    finally:
+        pool.release(lease.region)
+        for region in pool.close():
+            region.destroy()
+    assert not glob.glob(f"/dev/shm/{lease.region.name}")
