@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from mmserve.client import Client, InvalidInputError, MmserveError
 from mmserve.lifecycle import AuditEntry, Lifecycle, LifecycleError, Product
 from mmserve.pipelines import Kind
 
-from . import playground, sampler
+from . import cards, playground, sampler
 from .auth import (
     COOKIE_NAME,
     CSRF_FIELD,
@@ -149,9 +148,12 @@ def create_app(settings: ConsoleSettings, *, client_factory: Callable[[], Client
     app = FastAPI(title="mmserve console", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.console = console
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.filters["when"] = _when
+    templates.env.filters["when"] = cards.when
+    templates.env.filters["facts"] = cards.card_facts
+    templates.env.filters["card_json"] = cards.card_json
     templates.env.filters["ms"] = _ms
     templates.env.filters["shown_labels"] = shown_labels
+    templates.env.filters["by_modality"] = playground.by_modality
     templates.env.globals["kind_title"] = lambda kind: playground.KIND_TITLES.get(Kind(kind), str(kind))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
@@ -291,8 +293,15 @@ def create_app(settings: ConsoleSettings, *, client_factory: Callable[[], Client
 
     @app.get("/audit", response_class=HTMLResponse)
     def audit_page(request: Request, limit: int = 200) -> HTMLResponse:
-        entries = console.lifecycle().audit(limit=max(1, min(limit, 5000)))
-        return page(request, "audit.html", {"entries": entries, "log": console.lifecycle().audit_log})
+        lifecycle = console.lifecycle()
+        log = lifecycle.audit_log
+        try:  # inside the repository: say so rather than print a long absolute path
+            shown = f"REPOSITORY/{log.resolve().relative_to(settings.repository.resolve())}"
+        except ValueError:
+            shown = str(log)
+        return page(request, "audit.html", {
+            "entries": lifecycle.audit(limit=max(1, min(limit, 5000))), "log": log, "log_shown": shown,
+        })
 
     # --- sign-in --------------------------------------------------------------------
 
@@ -347,9 +356,11 @@ def create_app(settings: ConsoleSettings, *, client_factory: Callable[[], Client
                 context["error"] = str(error)
                 status = 409 if isinstance(error, LifecycleError) else _status_for(error)
             context["product"] = await run_in_threadpool(_product_or_404, console, name)
-        if not _is_htmx(request):
-            return page(request, "product.html", {**context, "actions": ACTIONS, "panel": template}, status_code=status)
-        return page(request, template, context, status_code=status)
+        if template == "_confirm.html" and _is_htmx(request):
+            return page(request, template, context, status_code=status)
+        # Done (or without JavaScript): the whole page, so versions and states are current;
+        # htmx swaps its <main> in place of the old one.
+        return page(request, "product.html", {**context, "actions": ACTIONS, "panel": template}, status_code=status)
 
     return app
 
@@ -446,20 +457,6 @@ def _version_or_none(text: str) -> int | None:
     if not text.isdigit():
         raise HTTPException(400, f"version must be a whole number, not {text!r}")
     return int(text)
-
-
-def _when(value: str | float | None) -> str:
-    """ISO or Unix time -> 'YYYY-MM-DD HH:MM:SS UTC'."""
-    if value is None or value == "":
-        return "—"
-    try:
-        moment = datetime.fromtimestamp(float(value), timezone.utc)
-    except (TypeError, ValueError):
-        try:
-            moment = datetime.fromisoformat(str(value)).astimezone(timezone.utc)
-        except ValueError:
-            return str(value)
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def shown_labels(product: Product) -> tuple[str, ...]:

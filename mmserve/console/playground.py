@@ -27,6 +27,24 @@ KIND_TITLES: dict[Kind, str] = {
     Kind.AUDIO_CLASSIFY: "Audio classification",
     Kind.AUDIO_EMBED: "Audio embeddings",
 }
+# How the pages group products: by what they take in.
+MODALITIES: tuple[tuple[str, tuple[Kind, ...]], ...] = (
+    ("Text", (Kind.TEXT_CLASSIFY, Kind.TEXT_NER, Kind.TEXT_EMBED)),
+    ("Vision and text", (Kind.ZERO_SHOT_IMAGE, Kind.IMAGE_EMBED, Kind.CLIP_TEXT_EMBED)),
+    ("Speech", (Kind.AUDIO_CLASSIFY, Kind.AUDIO_EMBED)),
+)
+
+
+def by_modality(products: Sequence[Any]) -> list[tuple[str, list[Any]]]:
+    """Products (anything with ``.kind``) grouped as MODALITIES says, kinds in that order."""
+    groups = []
+    for title, kinds in MODALITIES:
+        members = sorted((p for p in products if p.kind in kinds), key=lambda p: (kinds.index(p.kind), p.name))
+        if members:
+            groups.append((title, members))
+    return groups
+
+
 # What a form holds before anyone types: one click shows an answer.
 EXAMPLES: dict[str, str] = {
     Kind.TEXT_CLASSIFY.value: "where is my parcel?\nI want to cancel my order\nthis is the best purchase I ever made",

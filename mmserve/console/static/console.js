@@ -165,6 +165,9 @@
   document.addEventListener("DOMContentLoaded", () => {
     const section = document.querySelector("[data-live-url]");
     if (section) startLive(section);
+    for (const select of document.querySelectorAll("select[data-autosubmit]")) {
+      select.addEventListener("change", () => select.form.submit());
+    }
     const button = document.getElementById("record");
     if (button) button.addEventListener("click", () => record(button));
   });

@@ -1,0 +1,385 @@
+"""The console's HTTP surface without a browser: FastAPI's TestClient in front of the real
+app, the app in front of the session's real tritonserver (tiny models).
+
+Every page answers, the playground answers per kind with what the client itself answers,
+bad input shows the server's own message, and the admin routes refuse without sign-in
+(401) or without the session's CSRF token (403).
+"""
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the console needs the `console` extra (pip install -e '.[console]')")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from mmserve.console import ConsoleError, ConsoleSettings, create_app  # noqa: E402
+from mmserve.console.auth import COOKIE_NAME, Session, SessionCodec  # noqa: E402
+from mmserve.console.playground import wav_bytes  # noqa: E402
+from mmserve.console.sampler import ModelCounters, Sample, request_quantiles, series  # noqa: E402
+from mmserve.lifecycle import Lifecycle  # noqa: E402
+
+ADMIN_KEY = "console-test-admin-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def audit_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("console-api") / "audit.jsonl"
+
+
+@pytest.fixture(scope="module")
+def settings(server, repository: Path, audit_log: Path) -> ConsoleSettings:
+    return ConsoleSettings(
+        server=server.grpc_url, repository=repository, metrics_url=server.metrics_url,
+        admin_key=ADMIN_KEY, audit_log=audit_log, sample_interval_s=0.5,
+    )
+
+
+@pytest.fixture(scope="module")
+def web(settings: ConsoleSettings):
+    """The app with its lifespan running (the statistics sampler polls the real server)."""
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def products(repository: Path, client_for_module) -> dict[str, object]:
+    return {p.name: p for p in Lifecycle(repository, client_for_module).products()}
+
+
+@pytest.fixture(scope="module")
+def client_for_module(server):
+    from mmserve.client import Client
+
+    with Client(server.grpc_url, timeout=60.0) as c:
+        yield c
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'<meta name="csrf-token" content="([^"]+)"', html)
+    assert match, "every page carries the session's CSRF token"
+    return match.group(1)
+
+
+def fresh_session(settings: ConsoleSettings) -> TestClient:
+    """A second browser: its own cookie jar (the module's client stays signed out)."""
+    return TestClient(create_app(settings))
+
+
+def png(colour: tuple[int, int, int]) -> bytes:
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (48, 48), "white")
+    ImageDraw.Draw(image).ellipse([8, 8, 40, 40], fill=colour)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def tone(seconds: float = 1.0, rate: int = 16000) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    return wav_bytes(0.3 * np.sin(2 * np.pi * 440 * t), rate)
+
+
+# --- pages ----------------------------------------------------------------------------------
+
+
+def test_every_page_answers(web: TestClient, products: dict):
+    pages = ["/products", "/live", "/playground", "/audit", "/signin", "/healthz"]
+    pages += [f"/products/{name}" for name in products] + [f"/playground/{name}" for name in products]
+    pages += [f"/live?product={name}" for name in products]
+    for page in pages:
+        response = web.get(page)
+        assert response.status_code == 200, (page, response.text[:500])
+    assert web.get("/", follow_redirects=False).headers["location"] == "/products"
+    assert web.get("/healthz").json() == {"console": "ok", "server_ready": True}
+
+
+def test_products_page_lists_the_lifecycle_products_with_their_state(web: TestClient, products: dict):
+    html = web.get("/products").text
+    for name, product in products.items():
+        assert f'id="product-{name}"' in html
+        assert product.state == "READY"
+    assert html.count("state-ready") >= len(products)
+    detail = web.get("/products/sentiment").text
+    for label in products["sentiment"].labels:
+        assert f'<span class="chip">{label}</span>' in detail
+    for step in products["sentiment"].steps:
+        assert f"<code>{step.name}</code>" in detail
+
+
+def test_unknown_product_is_404_and_lists_the_products(web: TestClient):
+    response = web.get("/products/no_such_product")
+    assert response.status_code == 404
+    assert "no product &#39;no_such_product&#39;" in response.text and "sentiment" in response.text
+    assert web.get("/api/live?product=text_tokenize").status_code == 404  # a step is not a product
+
+
+def test_security_headers(web: TestClient, settings: ConsoleSettings):
+    response = web.get("/products")
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert not re.search(r"<script(?![^>]*\bsrc=)", response.text)  # no inline scripts
+    with fresh_session(settings) as browser:  # a first visit gets its session cookie
+        cookie = browser.get("/products").headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+
+
+# --- playground -----------------------------------------------------------------------------
+
+
+def post(web: TestClient, product: str, data: dict | None = None, files: list | None = None, htmx: bool = True):
+    token = csrf_of(web.get(f"/playground/{product}").text)
+    headers = {"HX-Request": "true"} if htmx else {}
+    return web.post(f"/playground/{product}", data={"csrf_token": token, **(data or {})}, files=files, headers=headers)
+
+
+def test_playground_classifies_text_like_the_client(web: TestClient, client_for_module, products: dict):
+    texts = ["where is my parcel?", "I want to cancel my order"]
+    response = post(web, "sentiment", {"text": "\n".join(texts)})
+    assert response.status_code == 200, response.text
+    expected = client_for_module.classify_text(texts, pipeline="sentiment")
+    labels = [m for m in re.findall(r'class="top-label">([^<]+)<', response.text)]
+    assert labels == [e.label for e in expected]
+    assert response.text.count('class="bar"') == len(texts) * len(products["sentiment"].labels)
+
+
+def test_playground_highlights_entities_like_the_client(web: TestClient, client_for_module):
+    text = "Angela Merkel met Emmanuel Macron in Paris."
+    response = post(web, "text_ner", {"text": text})
+    assert response.status_code == 200
+    expected = client_for_module.extract_entities(text, pipeline="text_ner")
+    marked = re.findall(r'<mark class="ent [^"]*"[^>]*data-label="([^"]+)">([^<]*)<sub>', response.text)
+    assert marked == [(e.label, e.text) for e in sorted(expected, key=lambda e: e.start)]
+
+
+def test_playground_embeddings_show_a_similarity_matrix(web: TestClient):
+    texts = ["how do I reset my password?", "I forgot my password", "the weather is lovely"]
+    response = post(web, "text_embed", {"text": "\n".join(texts)})
+    assert response.status_code == 200
+    cells = re.findall(r'<td class="sim sim-\d+">(-?[\d.]+)</td>', response.text)
+    assert len(cells) == 9
+    assert [cells[i * 4] for i in range(3)] == ["1.00"] * 3  # each text with itself
+
+
+def test_playground_zero_shot_and_image_text_similarity(web: TestClient, client_for_module):
+    image = png((220, 30, 30))
+    labels = ["a red circle", "a blue square", "a green triangle"]
+    response = post(web, "zero_shot_image", {"labels": ", ".join(labels)}, files=[("files", ("circle.png", image, "image/png"))])
+    assert response.status_code == 200, response.text
+    expected = client_for_module.zero_shot(image, labels)
+    assert re.findall(r'class="top-label">([^<]+)<', response.text) == [expected.label]
+    assert response.text.count('class="bar"') == len(labels)
+    assert 'src="data:image/png;base64,' in response.text  # the uploaded image, shown back
+
+    response = post(web, "image_embed", {"text": "a red circle\na blue square", "partner": "clip_text_embed"},
+                    files=[("files", ("a.png", image, "image/png")), ("files", ("b.png", png((20, 20, 200)), "image/png"))])
+    assert response.status_code == 200, response.text
+    assert len(re.findall(r'<td class="sim sim-\d+">', response.text)) == 4
+    assert "images (image_embed) × texts (clip_text_embed)" in response.text
+
+
+def test_playground_classifies_audio_like_the_client(web: TestClient, client_for_module, products: dict):
+    clip = tone()
+    response = post(web, "audio_classify", files=[("files", ("tone.wav", clip, "audio/wav"))])
+    assert response.status_code == 200, response.text
+    expected = client_for_module.classify_audio(clip, pipeline="audio_classify")
+    assert re.findall(r'class="top-label">([^<]+)<', response.text) == [expected.label]
+    assert expected.label in products["audio_classify"].labels
+
+
+@pytest.mark.parametrize(
+    ("product", "data", "files", "message"),
+    [
+        ("text_classify", {"text": ""}, None, "TEXT[0] is empty or only whitespace"),
+        ("zero_shot_image", {"labels": "a cat"}, [("files", ("broken.png", b"\x89PNG\r\n\x1a\nnot really", "image/png"))], "IMAGE[0]"),
+        ("zero_shot_image", {"labels": " , "}, [("files", ("ok.png", None, "image/png"))], "labels is empty"),
+        ("audio_classify", {}, [("files", ("slow.wav", None, "audio/wav"))], "SAMPLE_RATE"),
+        ("audio_classify", {}, None, "no audio clips chosen"),
+    ],
+)
+def test_bad_input_shows_the_servers_message(web: TestClient, product, data, files, message):
+    if files and files[0][1][1] is None:  # fill in the valid-but-wrong payloads here
+        name = files[0][1][0]
+        payload = png((1, 2, 3)) if name.endswith(".png") else tone(0.5, rate=4000)  # below 8 kHz: refused
+        files = [("files", (name, payload, files[0][1][2]))]
+    for htmx in (True, False):  # the fragment for htmx, the whole page without JavaScript
+        response = post(web, product, data, files, htmx=htmx)
+        assert response.status_code == 400, response.text
+        assert 'role="alert"' in response.text and message in response.text
+        assert "InvalidInputError" in response.text
+
+
+# --- live -----------------------------------------------------------------------------------
+
+
+def test_live_data_counts_requests_per_product_and_step(web: TestClient, client_for_module, products: dict):
+    steps = [s.name for s in products["text_classify"].steps]
+    deadline = time.monotonic() + 60
+    answered = 0.0
+    while time.monotonic() < deadline and answered == 0:  # until a sample interval saw our requests
+        client_for_module.classify_text(["hello there", "where is my parcel?"], pipeline="text_classify")
+        time.sleep(0.6)
+        data = web.get("/api/live?product=text_classify").json()
+        answered = sum(v or 0 for v in data["models"]["text_classify"]["requests_per_s"])
+    assert answered > 0, "the sampler saw no request in a minute"
+    assert data["steps"] == steps and set(data["models"]) == {"text_classify", *steps}
+    for column in ("requests_per_s", "failures_per_s", "latency_ms", "queue_ms", "compute_ms", "batch"):
+        assert len(data["models"]["text_classify"][column]) == len(data["time"])
+    encoder = data["models"][steps[1]]
+    assert any(v for v in encoder["compute_ms"] if v), "a step's compute time per request"
+    assert any(v and v >= 1 for v in encoder["batch"])
+    page = web.get("/live?product=text_classify").text
+    assert 'data-live-url="/api/live?product=text_classify"' in page
+
+
+def test_series_reads_counter_differences_and_resets():
+    def at(t: float, success: float, fail: float = 0.0, executions: float | None = None) -> Sample:
+        counters = ModelCounters(success=success, fail=fail, inferences=success * 2,
+                                 executions=success if executions is None else executions,
+                                 success_ns=success * 3e6, queue_ns=success * 1e6, compute_ns=success * 2e6)
+        return Sample(t, {"m": counters})
+
+    out = series([at(0, 0), at(2, 10, 1), at(4, 10, 1), at(6, 4)], "m")  # the last one: a reload reset the counters
+    assert out.requests_per_s == [5.0, 0.0, None]
+    assert out.failures_per_s == [0.5, 0.0, None]
+    assert out.latency_ms == [3.0, None, None] and out.queue_ms[0] == 1.0 and out.compute_ms[0] == 2.0
+    assert out.batch == [2.0, None, None]
+
+
+def test_latency_quantiles_from_the_metrics_text():
+    text = "\n".join([
+        '# TYPE nv_inference_request_summary_us summary',
+        'nv_inference_request_summary_us_count{model="a",version="1"} 3',
+        'nv_inference_request_summary_us{model="a",version="1",quantile="0.500000"} 1200',
+        'nv_inference_request_summary_us{model="a",version="1",quantile="0.99"} 5000',
+        'nv_inference_request_summary_us{model="a",version="2",quantile="0.99"} 7000',
+        'nv_inference_request_summary_us{model="b",version="1",quantile="0.5"} Nan',
+    ])
+    assert request_quantiles(text) == {"a": {"0.5": 1200.0, "0.99": 7000.0}}
+
+
+def test_the_session_servers_metrics_port_is_read(web: TestClient, server):
+    import urllib.request
+
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    quantiles = request_quantiles(text)
+    sampler = web.app.state.console.sampler
+    if "nv_inference_request_summary_us{" in text:
+        assert quantiles and sampler.metrics_note is None
+    else:  # the live page says why there are no percentiles
+        assert quantiles == {} and "summary_latencies" in (sampler.metrics_note or "")
+
+
+# --- sign-in, CSRF and admin actions --------------------------------------------------------
+
+
+def test_admin_post_needs_sign_in_and_csrf(settings: ConsoleSettings, audit_log: Path):
+    before = audit_log.read_text() if audit_log.exists() else ""
+    with fresh_session(settings) as browser:
+        token = csrf_of(browser.get("/products/sentiment").text)
+        assert browser.post("/products/sentiment/reload", data={"csrf_token": token, "confirm": "yes"}).status_code == 401
+        assert browser.post("/products/sentiment/reload", data={"confirm": "yes"}).status_code == 403
+        assert browser.post("/signin", data={"admin_key": ADMIN_KEY}).status_code == 403  # sign-in is a POST too
+        wrong = browser.post("/signin", data={"csrf_token": token, "admin_key": "guess"})
+        assert wrong.status_code == 401 and "wrong admin key" in wrong.text
+
+        signed_in = browser.post("/signin", data={"csrf_token": token, "admin_key": ADMIN_KEY, "name": "ada",
+                                                  "next": "/products/sentiment"}, follow_redirects=False)
+        assert signed_in.status_code == 303 and signed_in.headers["location"] == "/products/sentiment"
+        page = browser.get("/products/sentiment").text
+        new_token = csrf_of(page)
+        assert new_token != token and "console:ada" in page  # a new token once signed in
+        assert browser.post("/products/sentiment/reload", data={"csrf_token": token, "confirm": "yes"}).status_code == 403
+        assert browser.post("/products/sentiment/reload", data={"confirm": "yes"},
+                            headers={"X-CSRF-Token": "x" + new_token}).status_code == 403
+        assert browser.post("/products/sentiment/frobnicate", data={"csrf_token": new_token}).status_code == 404
+    after = audit_log.read_text() if audit_log.exists() else ""
+    assert after == before  # nothing was done
+
+
+def test_forged_or_foreign_cookies_are_not_sessions(settings: ConsoleSettings):
+    admin = Session.new().signed_in_as("console:mallory")
+    forged = SessionCodec().dumps(admin)  # signed with another process's secret
+    with fresh_session(settings) as browser:
+        browser.cookies.set(COOKIE_NAME, forged)
+        page = browser.get("/products/sentiment").text
+        assert "console:mallory" not in page and "Sign in" in page
+        assert browser.post("/products/sentiment/reload", data={"csrf_token": admin.csrf, "confirm": "yes"}).status_code == 403
+
+
+def test_signed_in_reload_asks_first_then_acts_and_is_audited(settings: ConsoleSettings, audit_log: Path):
+    with fresh_session(settings) as browser:
+        token = csrf_of(browser.get("/signin").text)
+        browser.post("/signin", data={"csrf_token": token, "admin_key": ADMIN_KEY, "name": "grace"})
+        token = csrf_of(browser.get("/products/sentiment").text)
+        lines_before = len(audit_log.read_text().splitlines()) if audit_log.exists() else 0
+
+        ask = browser.post("/products/sentiment/reload", data={"csrf_token": token}, headers={"HX-Request": "true"})
+        assert ask.status_code == 200 and 'name="confirm" value="yes"' in ask.text and "Reload <code>sentiment</code>?" in ask.text
+        assert (len(audit_log.read_text().splitlines()) if audit_log.exists() else 0) == lines_before
+
+        done = browser.post("/products/sentiment/reload", data={"csrf_token": token, "confirm": "yes"},
+                            headers={"X-CSRF-Token": token, "HX-Request": "true"})
+        assert done.status_code == 200, done.text
+        assert "Reload sentiment: ok" in done.text
+        entries = Lifecycle(settings.repository, audit_log=audit_log).audit(limit=1)
+        assert (entries[0].actor, entries[0].action, entries[0].product, entries[0].result) == (
+            "console:grace", "reload", "sentiment", "ok")
+        audit_page = browser.get("/audit").text
+        assert "console:grace" in audit_page and "<b>reload</b>" in audit_page
+
+        signed_out = browser.post("/signout", data={"csrf_token": csrf_of(audit_page)}, follow_redirects=False)
+        assert signed_out.status_code == 303
+        token = csrf_of(browser.get("/products/sentiment").text)
+        assert browser.post("/products/sentiment/reload", data={"csrf_token": token}).status_code == 401
+
+
+def test_rollback_without_an_earlier_version_says_why(settings: ConsoleSettings, products: dict):
+    with fresh_session(settings) as browser:
+        token = csrf_of(browser.get("/signin").text)
+        browser.post("/signin", data={"csrf_token": token, "admin_key": ADMIN_KEY, "name": "ci"})
+        token = csrf_of(browser.get("/products/text_ner").text)
+        assert len(products["text_ner"].versions) == 1
+        response = browser.post("/products/text_ner/rollback", data={"csrf_token": token, "confirm": "yes"},
+                                headers={"HX-Request": "true"})
+        assert response.status_code == 409
+        assert "no version before" in response.text and 'role="alert"' in response.text
+
+
+# --- binding --------------------------------------------------------------------------------
+
+
+def test_a_bind_beyond_loopback_needs_an_admin_key(repository: Path):
+    with pytest.raises(ConsoleError, match="MMSERVE_ADMIN_KEY"):
+        ConsoleSettings(host="0.0.0.0", repository=repository).check_bind()
+    ConsoleSettings(host="0.0.0.0", repository=repository, admin_key=ADMIN_KEY).check_bind()
+    ConsoleSettings(host="localhost", repository=repository).check_bind()
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(repository.parent)}
+    result = subprocess.run(
+        [sys.executable, "-m", "mmserve.cli", "console", "--host", "0.0.0.0", "--repository", str(repository)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "refusing to listen on 0.0.0.0" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sign_in_without_any_key_is_impossible(settings: ConsoleSettings):
+    from dataclasses import replace
+
+    with TestClient(create_app(replace(settings, admin_key=None))) as browser:
+        page = browser.get("/signin").text
+        assert "started without an admin key" in page
+        response = browser.post("/signin", data={"csrf_token": csrf_of(page), "admin_key": ""})
+        assert response.status_code == 401 and "no admin key to sign in with" in response.text
