@@ -383,3 +383,54 @@ def test_sign_in_without_any_key_is_impossible(settings: ConsoleSettings):
         assert "started without an admin key" in page
         response = browser.post("/signin", data={"csrf_token": csrf_of(page), "admin_key": ""})
         assert response.status_code == 401 and "no admin key to sign in with" in response.text
+
+
+# --- a server with TLS and keys -------------------------------------------------------------
+
+
+def test_console_against_a_server_with_tls_and_keys(repository: Path, tmp_path_factory):
+    """Keys and TLS stay on the console's side: pages, playground, live statistics and admin
+    actions work, the browser never receives a key, and a console without the API key shows
+    the server's refusal."""
+    import secrets
+    from dataclasses import replace
+
+    from certificates import make_certificates
+
+    from mmserve.server import ServerPorts, TritonServer
+
+    certs = make_certificates(tmp_path_factory.mktemp("console-certs"))
+    api_key, admin_key = secrets.token_hex(16), secrets.token_hex(16)
+    models = ["text_classify", "text_classify_encoder", "text_classify_postprocess", "text_tokenize"]
+    folder = tmp_path_factory.mktemp("console-secure")
+    with TritonServer(repository, ServerPorts.free(), models=models, log_file=folder / "triton.log",
+                      tls_cert=certs.server_cert, tls_key=certs.server_key, admin_key=admin_key, api_key=api_key) as secure:
+        settings = ConsoleSettings(
+            server=secure.grpc_url, repository=repository, metrics_url=secure.metrics_url, admin_key=admin_key,
+            api_key=api_key, tls_ca=certs.ca, audit_log=folder / "audit.jsonl", sample_interval_s=0.5,
+        )
+        with TestClient(create_app(settings)) as browser:
+            products = browser.get("/products").text
+            assert 'id="product-text_classify"' in products and "state-ready" in products
+            answer = post(browser, "text_classify", {"text": "where is my parcel?"})
+            assert answer.status_code == 200 and 'class="top-label"' in answer.text
+            token = csrf_of(browser.get("/signin").text)
+            browser.post("/signin", data={"csrf_token": token, "admin_key": admin_key, "name": "ops"})
+            token = csrf_of(browser.get("/products/text_classify").text)
+            done = browser.post("/products/text_classify/reload", data={"csrf_token": token, "confirm": "yes"})
+            assert done.status_code == 200 and "Reload text_classify: ok" in done.text
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                live = browser.get("/api/live?product=text_classify").json()
+                if live["time"]:
+                    break
+                time.sleep(0.5)
+            assert live["error"] is None and live["time"], "statistics read over TLS"
+            pages = [browser.get(p).text for p in ("/products", "/live", "/playground/text_classify", "/audit")]
+            assert not any(key in text for text in pages + [done.text, answer.text] for key in (api_key, admin_key))
+
+        without_api_key = replace(settings, api_key=None)
+        with TestClient(create_app(without_api_key)) as browser:
+            refused = post(browser, "text_classify", {"text": "where is my parcel?"})
+            assert refused.status_code == 403
+            assert "PermissionDeniedError" in refused.text and "api-key" in refused.text

@@ -22,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from mmserve.client import Client, InvalidInputError, MmserveError
+from mmserve.client import Client, InvalidInputError, MmserveError, PermissionDeniedError
 from mmserve.lifecycle import AuditEntry, Lifecycle, LifecycleError, Product
 from mmserve.pipelines import Kind
 
@@ -434,6 +434,8 @@ def _busiest(samples: list[sampler.Sample], names: list[str]) -> str | None:
 def _status_for(error: MmserveError) -> int:
     if isinstance(error, InvalidInputError):
         return 400
+    if isinstance(error, PermissionDeniedError):
+        return 403
     if error.status in ("UNAVAILABLE", "NOT_FOUND"):
         return 503
     if error.status == "DEADLINE_EXCEEDED":

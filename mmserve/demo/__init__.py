@@ -37,4 +37,16 @@ def run_demo(workdir: Path, fresh: bool = False, repository: Path = Path("model_
     for line in context.summary:
         print(line)
     print(f"demo wall time: {time.perf_counter() - started:.0f} s")
+    print_console_hint(repository)
     return 0
+
+
+def print_console_hint(repository: Path) -> None:
+    """Where to look around next: the web console over what the demo exported."""
+    from mmserve.console.settings import ConsoleSettings
+
+    console = ConsoleSettings(repository=repository)
+    print(
+        f"\nConsole: serve with `mmserve serve --repository {repository}`, start `mmserve console "
+        f"--repository {repository}` in another terminal, then open http://{console.host}:{console.port}/"
+    )
