@@ -128,7 +128,15 @@ class RegionPool:
             retired = [self._free.pop(self._free.index(min(self._free, key=lambda r: r.size)))] if self._free else []
             self._count += 1
             name = f"{self._prefix}_{self._count}"
-        region = Region(name, _region_size(nbytes))
+        try:
+            region = Region(name, _region_size(nbytes))
+        except OSError as exc:  # /dev/shm full or missing
+            with self._cond:
+                self._free.extend(retired)  # nothing was retired after all
+            raise MmserveError(
+                f"cannot create a shared-memory region of {_region_size(nbytes)} bytes in /dev/shm ({exc}); "
+                "make /dev/shm bigger (Docker: --shm-size) or use the client without shared_memory"
+            ) from exc
         with self._cond:
             self._busy.add(region)
         return region, retired

@@ -3,13 +3,14 @@ a real server restart, and one client shared by threads and asyncio tasks.
 
 Servers here are real tritonservers over the session's test repository, serving only the
 text_classify pipeline (fast to start), with TLS and Triton's restricted protocols turned on
-through its own flags; certificates are made for each test session.
+through the launcher's options; certificates are made for each test module.
 """
 from __future__ import annotations
 
 import asyncio
 import glob
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from mmserve.client import (
 from mmserve.server import ServerPorts, TritonServer
 
 TEXT_CLASSIFY = ["text_classify", "text_classify_encoder", "text_classify_postprocess", "text_tokenize"]
-API_KEY, ADMIN_KEY = "api-test-key", "admin-test-key"
+API_KEY, ADMIN_KEY = secrets.token_hex(16), secrets.token_hex(16)
 
 
 @pytest.fixture(scope="module")
@@ -40,37 +41,36 @@ def certs(tmp_path_factory) -> Certificates:
     return make_certificates(tmp_path_factory.mktemp("certs"))
 
 
-def _tls_args(certs: Certificates, mutual: bool = False) -> tuple[str, ...]:
-    return (
-        "--grpc-use-ssl=true",
-        f"--grpc-server-cert={certs.server_cert}",
-        f"--grpc-server-key={certs.server_key}",
-        f"--grpc-root-cert={certs.ca}",
-        *(("--grpc-use-ssl-mutual=true",) if mutual else ()),
-    )
-
-
-def _serve(repository: Path, log: Path, *args: str, ports: ServerPorts | None = None) -> TritonServer:
-    return TritonServer(repository, ports or ServerPorts.free(), models=TEXT_CLASSIFY, log_file=log, extra_args=args)
+def _serve(repository: Path, log: Path, ports: ServerPorts | None = None, **security: object) -> TritonServer:
+    return TritonServer(repository, ports or ServerPorts.free(), models=TEXT_CLASSIFY, log_file=log, **security)
 
 
 @pytest.fixture(scope="module")
 def secure_server(repository, certs, tmp_path_factory) -> Iterator[TritonServer]:
     """TLS; inference behind the API key; repository and shared memory behind the admin key;
     health behind a custom header (to show arbitrary metadata reaches the server)."""
-    args = (
-        *_tls_args(certs),
-        f"--grpc-restricted-protocol=model-repository,shared-memory:admin-key={ADMIN_KEY}",
-        f"--grpc-restricted-protocol=inference:api-key={API_KEY}",
-        "--grpc-restricted-protocol=health:tenant=blue",
-    )
-    with _serve(repository, tmp_path_factory.mktemp("secure") / "triton.log", *args) as running:
+    with _serve(
+        repository,
+        tmp_path_factory.mktemp("secure") / "triton.log",
+        tls_cert=certs.server_cert,
+        tls_key=certs.server_key,
+        admin_key=ADMIN_KEY,
+        api_key=API_KEY,
+        extra_args=("--grpc-restricted-protocol=health:tenant=blue",),
+    ) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def mutual_server(repository, certs, tmp_path_factory) -> Iterator[TritonServer]:
-    with _serve(repository, tmp_path_factory.mktemp("mutual") / "triton.log", *_tls_args(certs, mutual=True)) as running:
+    """Mutual TLS: clients must show a certificate signed by the test CA."""
+    with _serve(
+        repository,
+        tmp_path_factory.mktemp("mutual") / "triton.log",
+        tls_cert=certs.server_cert,
+        tls_key=certs.server_key,
+        tls_ca=certs.ca,
+    ) as running:
         yield running
 
 
@@ -344,10 +344,10 @@ def test_calls_ride_out_a_server_restart(repository, tmp_path):
             worker.start()
         _wait_for(lambda: {o.worker for o in list(outcomes) if o.error is None} == {"sync", "shm", "short", "async"},
                   "every client's first answer")
-        down = time.monotonic()
         first.stop()
-        time.sleep(1.0)  # let every client meet the dead port
-        second = _serve(repository, tmp_path / "second.log", ports=ports).start()
+        time.sleep(1.0)  # no server at all for a while: every client meets the dead port
+        restarting = time.monotonic()  # any answer after this comes from the new server
+        second = _serve(repository, tmp_path / "second.log", ports).start()
         up = time.monotonic()
         _wait_for(
             lambda: all(
@@ -372,8 +372,8 @@ def test_calls_ride_out_a_server_restart(repository, tmp_path):
     assert not hung, "a call hung past its deadline"
     unexpected = [o for o in outcomes if o.error is not None and not isinstance(o.error, ServerUnavailableError)]
     assert not unexpected, f"calls failed otherwise than ServerUnavailableError: {unexpected[:3]}"
-    for name in ("sync", "shm", "async"):  # started while the server was down, answered by the new one
-        assert any(o.worker == name and down < o.started < up and o.error is None for o in outcomes), name
+    for name in ("sync", "shm", "async"):  # sent before the new server existed, answered by it
+        assert any(o.worker == name and o.started < restarting < o.ended and o.error is None for o in outcomes), name
     assert any(o.worker == "short" and isinstance(o.error, ServerUnavailableError) for o in outcomes)
 
 
