@@ -16,7 +16,8 @@ import json
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,6 +63,10 @@ class VersionError(LifecycleError):
 
 class ServerRequiredError(LifecycleError):
     """The action changes what a server serves, and no server was given."""
+
+
+class SwitchFailedError(LifecycleError):
+    """The server could not load the new version; it still serves the one before."""
 
 
 @dataclass(frozen=True)
@@ -222,12 +227,13 @@ class Lifecycle:
         return self._audited("unload", name, act)
 
     def reload(self, name: str) -> AuditEntry:
-        """Pick up what an export wrote, on a live server, without a failed request.
+        """Make a live server serve the version the disk names (after an export), without
+        a failed request.
 
-        Loads the product's ensemble(s) in place (``versions.reload_order``): Triton re-reads
-        the steps, loads the changed ones first and keeps serving the loaded version until
-        the new one is ready. A step is never loaded on its own first: that could drop the
-        version the served ensemble still calls.
+        The switch is the version scheme's (``versions.serve_active``): the new version is
+        first loaded under names of its own (if it does not load, nothing changes), steps
+        that cannot sit beside their old version are bridged, then the product's ensembles
+        are loaded in place and Triton swaps each model once its new version is ready.
         """
         from mmserve.exporters import versions
 
@@ -235,18 +241,24 @@ class Lifecycle:
 
         def act() -> str:
             client = self._server("reload")
-            models = versions.reload_order(self.repository, name)
-            for model in models:
-                _server_load(client, model)
-            return f"reloaded {', '.join(models)}; serving {_version_text(product.active_version)}"
+            served = self._served_version(client, name)
+            with _switch_errors():
+                models = versions.serve_active(self.repository, name, served, *_model_control(client))
+            active = product.active_version
+            if served is None:
+                change = f"{_version_text(active)}, not loaded before"
+            elif served == active:
+                change = f"{_version_text(active)}, changed files picked up"
+            else:
+                change = f"version {served} -> {active}"
+            return f"{change}; reloaded {', '.join(models)}"
 
         return self._audited("reload", name, act)
 
     def rollback(self, name: str, to: int | None = None) -> AuditEntry:
-        """Make an earlier version active (by default the one before the active one) and
-        reload what changed on a live server, with no failed request."""
+        """Make an earlier version active (by default the one before the active one), on
+        disk and, given a server, on it too, with no failed request."""
         from mmserve.exporters import versions
-        from mmserve.exporters.staging import RepositoryError
 
         product = self.product(name)
         current = product.active_version
@@ -266,34 +278,29 @@ class Lifecycle:
         client = self.client  # None: on disk only, served from the next start
 
         def act() -> str:
-            if client is not None:
+            with _switch_errors():
+                if client is None:
+                    versions.set_active_version(self.repository, name, target)
+                    return f"version {current} -> {target} on disk; no server given, served from its next start"
                 _server_ready(client)  # change the disk only when the server can follow it
-            try:
-                models = versions.set_active_version(self.repository, name, target)
-            except versions.VersionNotFoundError as error:
-                raise VersionError(str(error)) from error
-            except RepositoryError as error:  # read-only, full, or another writer's lock
-                raise LifecycleError(str(error)) from error
-            if client is None:
-                return f"version {current} -> {target} on disk; no server given, served from its next start"
-            for model in models:
-                _server_load(client, model)
+                models = versions.set_active_version(self.repository, name, target, *_model_control(client))
             return f"version {current} -> {target}; reloaded {', '.join(models)}"
 
         return self._audited("rollback", name, act)
 
     def audit(self, limit: int = 200) -> list[AuditEntry]:
-        """The newest ``limit`` entries of the audit log, newest first."""
-        if limit <= 0 or not self.audit_log.exists():
-            return []
-        entries = []
-        for line in self.audit_log.read_text(encoding="utf-8", errors="replace").splitlines():
+        """The newest ``limit`` entries of the audit log, newest first (read from its end,
+        so a years-long log costs what the entries shown cost)."""
+        entries: list[AuditEntry] = []
+        for line in _lines_from_end(self.audit_log):
+            if len(entries) >= limit:
+                break
             try:
                 record = json.loads(line)
                 entries.append(AuditEntry(**{key: str(record[key]) for key in AuditEntry.__dataclass_fields__}))
             except (ValueError, KeyError, TypeError):
                 continue  # a torn or foreign line: the rest of the log still reads
-        return entries[::-1][:limit]
+        return entries
 
     # --- internals ------------------------------------------------------------------
 
@@ -312,15 +319,15 @@ class Lifecycle:
         return [self._product(name, kinds[name], configs, users, index) for name in names]
 
     def _configs(self) -> dict[str, model_config_pb2.ModelConfig]:
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
+        """Every model's config.pbtxt; one Triton could not read either is left out (the
+        server's index then says why)."""
+        from mmserve.exporters.versions import CONFIG_FILE, read_config
 
         configs = {}
-        for path in sorted(self.repository.glob("*/config.pbtxt")):
-            try:
-                configs[path.parent.name] = text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
-            except (text_format.ParseError, OSError, UnicodeDecodeError):
-                continue  # not a config Triton could load either; the server's index tells why
+        for path in sorted(self.repository.glob(f"*/{CONFIG_FILE}")):
+            config = read_config(path)
+            if config is not None and not _switch_copy(path.parent.name):
+                configs[path.parent.name] = config
         return configs
 
     def _index(self) -> _Index | None:
@@ -400,6 +407,12 @@ class Lifecycle:
                 used.update(steps_of(configs[product]))
         return used
 
+    @staticmethod
+    def _served_version(client: Client, name: str) -> int | None:
+        """The version of the product's ensemble the server has READY (None: not loaded)."""
+        ready = [int(m.version) for m in client.models() if m.name == name and m.state == "READY" and m.version.isdigit()]
+        return max(ready) if ready else None
+
     def _wait_unloaded(self, models: Sequence[str]) -> list[str]:
         """Wait (up to the client's timeout) until Triton has let the models go: it unloads
         in the background once requests in flight are done. Returns those still going."""
@@ -434,6 +447,36 @@ class Lifecycle:
             os.close(fd)
 
 
+def _lines_from_end(path: Path, block: int = 64 * 1024) -> Iterator[str]:
+    """A text file's non-empty lines, last first, reading it backwards block by block."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        position = handle.seek(0, os.SEEK_END)
+        rest = b""
+        while position > 0:
+            size = min(block, position)
+            position -= size
+            handle.seek(position)
+            lines = (handle.read(size) + rest).split(b"\n")
+            rest = lines.pop(0)  # may continue in the block before
+            for line in reversed(lines):
+                if line.strip():
+                    yield line.decode("utf-8", errors="replace")
+        if rest.strip():
+            yield rest.decode("utf-8", errors="replace")
+
+
+def _switch_copy(model: str) -> bool:
+    """A model's version under a name of its own (`<model>__v<N>`), there only during a switch."""
+    from mmserve.exporters.versions import COPY_MARK
+
+    stem, mark, number = model.rpartition(COPY_MARK)
+    return bool(mark) and bool(stem) and number.isdigit()
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -463,6 +506,28 @@ def _server_load(client: Client, name: str) -> None:
 
 def _server_unload(client: Client, name: str) -> None:
     client.unload(name)
+
+
+def _model_control(client: Client) -> tuple[Callable[[str], None], Callable[[str], None]]:
+    """The server's load and unload, as the version scheme's switch takes them."""
+    return (lambda model: _server_load(client, model)), (lambda model: _server_unload(client, model))
+
+
+@contextmanager
+def _switch_errors() -> Iterator[None]:
+    """The version scheme's errors as the lifecycle's: a version that is not there or not
+    servable, a repository that cannot be written, a new version the server did not load."""
+    from mmserve.exporters import versions
+    from mmserve.exporters.staging import RepositoryError
+
+    try:
+        yield
+    except versions.VersionNotFoundError as error:
+        raise VersionError(str(error)) from error
+    except versions.VersionLoadError as error:
+        raise SwitchFailedError(str(error)) from error
+    except RepositoryError as error:  # read-only, full, or another writer's lock
+        raise LifecycleError(str(error)) from error
 
 
 def _server_ready(client: Client) -> None:
