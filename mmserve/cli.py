@@ -44,8 +44,17 @@ def _export_text(args: argparse.Namespace) -> int:
         max_length=args.max_length, keep=args.keep,
     )
     print(result.summary())
-    print(f"written to {args.repository.resolve()}; (re)load with `mmserve serve --repository {args.repository}`")
+    _written(args, result.pipeline)
     return 0
+
+
+def _written(args: argparse.Namespace, product: str) -> None:
+    """Where an export went and how a server starts serving it."""
+    print(
+        f"written to {args.repository.resolve()}; a running server serves it after "
+        f"`mmserve reload {product} --repository {args.repository}` (no request fails), "
+        f"a new one with `mmserve serve --repository {args.repository}`"
+    )
 
 
 def _train_speech(args: argparse.Namespace) -> int:
@@ -80,7 +89,7 @@ def _export_speech(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds, keep=args.keep,
     )
     print(result.summary())
-    print(f"written to {args.repository.resolve()}; (re)load with `mmserve serve --repository {args.repository}`")
+    _written(args, result.pipeline)
     return 0
 
 
@@ -113,7 +122,7 @@ def _export_clip(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels, max_labels=args.max_labels, keep=args.keep,
     )
     print(result.summary())
-    print(f"written to {args.repository.resolve()}; (re)load with `mmserve serve --repository {args.repository}`")
+    _written(args, result.pipelines[0])  # reloading one reloads the three: one version
     return 0
 
 

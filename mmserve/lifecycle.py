@@ -124,9 +124,18 @@ class AuditEntry:
         return self.result == "ok"
 
 
+# The held-out figure that says most about each CLIP product (one CLIP run, three products).
+_HEADLINE_BY_KIND = {
+    Kind.ZERO_SHOT_IMAGE.value: "zero_shot_top1",
+    Kind.IMAGE_EMBED.value: "image_to_text_r1",
+    Kind.CLIP_TEXT_EMBED.value: "text_to_image_r1",
+}
+
+
 def headline(card: Mapping[str, Any]) -> str:
     """A card's headline metric: the one training selected on (``metric``) on its held-out
-    split, else the first held-out figure; "" for a checkpoint exported as it was."""
+    split, or the kind's own, else the first held-out figure; "" for a checkpoint exported
+    as it was."""
     metrics = card.get("metrics") or {}
     if not isinstance(metrics, Mapping):
         return ""
@@ -134,8 +143,8 @@ def headline(card: Mapping[str, Any]) -> str:
         figures = metrics.get(key)
         if not isinstance(figures, Mapping):
             continue
-        chosen = metrics.get("metric")
-        name = chosen if chosen in figures else next(iter(figures), None)
+        wanted = [metrics.get("metric"), _HEADLINE_BY_KIND.get(str(card.get("kind")))]
+        name = next((n for n in wanted if n in figures), next(iter(figures), None))
         value = figures.get(name) if name is not None else None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return f"{split} {name} {value:.3f}"

@@ -320,7 +320,10 @@ def test_a_step_is_never_a_product_but_a_fused_pipeline_is():
 def test_the_headline_is_the_metric_training_selected_on():
     card = {"metrics": {"metric": "f1", "dev_metrics": {"loss": 0.3, "f1": 0.8123}}}
     assert headline(card) == "dev f1 0.812"
-    assert headline({"metrics": {"val_metrics": {"zero_shot_top1": 0.5}}}) == "val zero_shot_top1 0.500"
+    clip = {"val_metrics": {"image_to_text_r1": 0.25, "text_to_image_r1": 0.125, "zero_shot_top1": 0.5}}
+    assert headline({"kind": "zero_shot_image", "metrics": clip}) == "val zero_shot_top1 0.500"
+    assert headline({"kind": "clip_text_embed", "metrics": clip}) == "val text_to_image_r1 0.125"
+    assert headline({"metrics": clip}) == "val image_to_text_r1 0.250"
     assert headline({"metrics": None}) == headline({}) == ""
 
 
