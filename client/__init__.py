@@ -20,6 +20,7 @@ Usage::
         c.classify_audio(samples, sample_rate=16000)          # float32 [-1, 1] or int16; stereo ok
         c.embed_audio(["a.wav", "b.flac"])                    # files: decoded with soundfile
         c.models()                                            # [ModelInfo(name, version, state, reason)]
+        c.products()                                          # loaded pipelines only: [ProductInfo(name, kind, steps, state, ...)]
         c.embed_text("x", timeout=2.0)                        # one call's own deadline
 
     async with AsyncClient("localhost:8001") as ac:          # the same methods, awaited
@@ -71,6 +72,7 @@ from .errors import (
     ServerError,
     ServerUnavailableError,
 )
+from .products import ProductInfo
 from .results import Classification, Entity, ModelInfo, ZeroShotResult
 from .retry import RetryPolicy
 from .sync import Client
@@ -82,6 +84,7 @@ __all__ = [
     "Entity",
     "ZeroShotResult",
     "ModelInfo",
+    "ProductInfo",
     "RetryPolicy",
     "KeepAliveOptions",
     "MmserveError",
