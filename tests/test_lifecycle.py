@@ -275,6 +275,18 @@ def test_the_client_lists_loaded_products_without_their_steps(lc_client: Client,
     assert served["sentiment"].steps == tuple(s.name for s in lifecycle.product("sentiment").steps)
 
 
+def test_the_async_client_lists_the_same_products(own_server, lc_client: Client):
+    import asyncio
+
+    from mmserve.client import AsyncClient
+
+    async def listed() -> list:
+        async with AsyncClient(own_server.grpc_url, timeout=60.0) as client:
+            return await client.products()
+
+    assert asyncio.run(listed()) == lc_client.products()
+
+
 # --- pure functions: no server ------------------------------------------------------------
 
 
