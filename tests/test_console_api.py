@@ -92,7 +92,7 @@ def tone(seconds: float = 1.0, rate: int = 16000) -> bytes:
 
 
 def test_every_page_answers(web: TestClient, products: dict):
-    pages = ["/products", "/live", "/playground", "/audit", "/signin", "/healthz"]
+    pages = ["/products", "/live", "/live/overview", "/playground", "/audit", "/signin", "/healthz"]
     pages += [f"/products/{name}" for name in products] + [f"/playground/{name}" for name in products]
     pages += [f"/live?product={name}" for name in products]
     for page in pages:

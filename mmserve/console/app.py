@@ -228,18 +228,26 @@ def create_app(settings: ConsoleSettings, *, client_factory: Callable[[], Client
         product = _product_or_404(console, name)
         return page(request, "product.html", {"product": product, "actions": ACTIONS})
 
-    @app.get("/live", response_class=HTMLResponse)
-    def live_page(request: Request, product: str | None = None) -> HTMLResponse:
+    def live_context(product: str | None) -> dict[str, Any]:
         products, error = _products(console)
         samples = console.sampler.samples()
         overview = [(p, sampler.totals(samples, p.name, 60.0), sampler.totals(samples, p.name, 300.0)) for p in products]
         names = [p.name for p in products]
         chosen = product if product in names else _busiest(samples, names)
-        return page(request, "live.html", {
+        return {
             "overview": overview, "chosen": next((p for p in products if p.name == chosen), None),
             "error": error or console.sampler.last_error, "metrics_note": console.sampler.metrics_note,
             "interval_s": settings.sample_interval_s, "history_s": settings.history_s,
-        })
+        }
+
+    @app.get("/live", response_class=HTMLResponse)
+    def live_page(request: Request, product: str | None = None) -> HTMLResponse:
+        return page(request, "live.html", live_context(product))
+
+    @app.get("/live/overview", response_class=HTMLResponse)
+    def live_overview(request: Request, product: str | None = None) -> HTMLResponse:
+        """The all-products table alone: htmx polls it while the page is open."""
+        return page(request, "_live_overview.html", live_context(product))
 
     @app.get("/api/live")
     def live_data(product: str) -> JSONResponse:

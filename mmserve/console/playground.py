@@ -105,8 +105,14 @@ class Similarity:
     row_previews: tuple[str | None, ...] = ()  # thumbnails of the row images, if any
 
     def shade(self, value: float) -> int:
-        """0..10, for the cell's CSS class (no inline styles under our CSP)."""
-        return int(round(max(0.0, min(1.0, (value + 1) / 2)) * 10))
+        """0..10 for the cell's CSS class (no inline styles under our CSP), relative to this
+        table's range: embeddings of one model often all sit within a few tenths of each
+        other, and the contrast inside the table is what a reader looks for."""
+        flat = [v for row in self.values for v in row]
+        low, high = min(flat), max(flat)
+        if high - low < 1e-6:
+            return 10
+        return int(round((value - low) / (high - low) * 10))
 
 
 @dataclass(frozen=True)
