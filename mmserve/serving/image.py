@@ -31,6 +31,9 @@ from mmserve.serving.runtime import InputError
 # A 40-megapixel photo is about the largest a phone takes; a decoded RGB image that
 # size is 120 MB. Anything larger is refused before decoding (decompression bombs).
 DEFAULT_MAX_PIXELS = 40_000_000
+# Largest encoded IMAGE item (config parameter `max_image_bytes`): a 40-megapixel JPEG is
+# 10-20 MB. Checked before the header is read, so an over-size upload costs nothing more.
+DEFAULT_MAX_IMAGE_BYTES = 32 << 20
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
@@ -41,11 +44,22 @@ _WITH_ALPHA = {"RGBA", "LA", "PA", "RGBa", "La"}
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-def decode_image(data: bytes, index: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS, input_name: str = "IMAGE") -> Image.Image:
-    """Encoded bytes -> an upright RGB PIL image, or InputError naming `input_name[index]`."""
+def decode_image(
+    data: bytes, index: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS, input_name: str = "IMAGE",
+    max_bytes: int | None = None,
+) -> Image.Image:
+    """Encoded bytes -> an upright RGB PIL image, or InputError naming `input_name[index]`.
+
+    `max_bytes`: refuse a file larger than this (None: no limit, e.g. for training data;
+    the server's pre-processing passes its `max_image_bytes`)."""
     where = f"{input_name}[{index}]"
     if not data:
         raise InputError(f"{where} is empty; send the encoded image file (JPEG, PNG, WebP, BMP, GIF, TIFF)")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise InputError(
+            f"{where} is {len(data):,} bytes, above this server's limit of {max_bytes:,} bytes per image; "
+            "resize it or send it as JPEG/WebP (the model sees a small crop anyway)"
+        )
     try:
         image = _open_header(data)
     except UnidentifiedImageError:
@@ -228,7 +242,8 @@ def _center_crop_or_pad(pixels: np.ndarray, size: tuple[int, int], fill: int) ->
 
 
 def preprocess_images(
-    items: np.ndarray, transform: ImageTransform, max_pixels: int = DEFAULT_MAX_PIXELS, input_name: str = "IMAGE"
+    items: np.ndarray, transform: ImageTransform, max_pixels: int = DEFAULT_MAX_PIXELS, input_name: str = "IMAGE",
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> np.ndarray:
     """A BYTES [N, 1] (or [N]) array of encoded images -> float32 [N, 3, H, W]."""
     flat = np.asarray(items, dtype=np.object_).reshape(-1)
@@ -237,6 +252,7 @@ def preprocess_images(
     out = np.empty((flat.size, 3, *transform.size), dtype=np.float32)
     for index, item in enumerate(flat):
         data = item.encode("latin-1") if isinstance(item, str) else bytes(item)
-        out[index] = transform(decode_image(data, index, max_pixels, input_name), index, max_pixels, input_name)
+        image = decode_image(data, index, max_pixels, input_name, max_bytes)
+        out[index] = transform(image, index, max_pixels, input_name)
     return out
 

@@ -16,12 +16,26 @@ from mmserve.serving.runtime import InputError, bytes_array
 # A token is never longer than this many characters in practice; cutting the text
 # first keeps a 10 MB request from costing a full tokenisation it would truncate anyway.
 _CHARS_PER_TOKEN_BOUND = 64
+# Largest TEXT item a tokenizer step accepts (its config parameter `max_text_bytes`).
+# The encoders read a few hundred tokens (a few KB); up to this size a text is truncated
+# as the contract says, beyond it the request is refused before it is decoded: a
+# megabyte of text is a client sending the wrong thing, not a sentence.
+DEFAULT_MAX_TEXT_BYTES = 1 << 20
 
 
-def decode_texts(items: np.ndarray, input_name: str = "TEXT") -> list[str]:
-    """BYTES items -> str, refusing what no model can answer meaningfully."""
+def decode_texts(items: np.ndarray, input_name: str = "TEXT", max_bytes: int | None = None) -> list[str]:
+    """BYTES items -> str, refusing what no model can answer meaningfully.
+
+    `max_bytes`: refuse an item longer than this many bytes (None: no limit; the
+    pipeline's first step enforces it, later steps see only what it let through)."""
     texts = []
     for index, item in enumerate(np.asarray(items, dtype=np.object_).reshape(-1)):
+        size = len(item.encode("utf-8")) if isinstance(item, str) else len(item)
+        if max_bytes is not None and size > max_bytes:
+            raise InputError(
+                f"{input_name}[{index}] is {size:,} bytes, above this server's limit of {max_bytes:,} bytes "
+                "per text; the model reads only the first few hundred tokens: cut or split the text before sending"
+            )
         if isinstance(item, str):
             text = item
         else:
