@@ -161,6 +161,8 @@ def resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
         return x.copy()
     n_in = x.shape[0]
     n_out = -(-n_in * up // down)
+    if (down + len(lowpass_filter(up, down)) // up + 2) * up > _MATRIX_BUDGET:
+        return _resample_per_output(x, up, down, n_out)
     matrix, offset = _polyphase_matrix(up, down)
     width = matrix.shape[0]
     blocks = -(-n_out // up)
@@ -173,6 +175,28 @@ def resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
     for start in range(0, blocks, rows):
         out[start : start + rows] = np.ascontiguousarray(windows[start : start + rows]) @ matrix
     return out.reshape(-1)[:n_out]
+
+
+# Entries of the polyphase matrix (about down x up) kept per ratio. Coprime rates such as
+# 47999 -> 16000 Hz would need ~6 GB; those are computed output by output instead.
+_MATRIX_BUDGET = 1 << 22
+
+
+def _resample_per_output(x: np.ndarray, up: int, down: int, n_out: int, chunk: int = 8192) -> np.ndarray:
+    """The same sum as `resample_poly`, gathered per output sample (in chunks): memory is
+    O(chunk x taps per phase) for any ratio, at a few times the matrix product's time."""
+    h = lowpass_filter(up, down)
+    half_len = (len(h) - 1) // 2
+    n_taps = -(-len(h) // up) + 1
+    y = np.empty(n_out)
+    for start in range(0, n_out, chunk):
+        t = np.arange(start, min(n_out, start + chunk), dtype=np.int64) * down + half_len
+        n = -((len(h) - 1 - t) // up)[:, None] + np.arange(n_taps)  # the inputs each output touches
+        k = t[:, None] - n * up  # and the tap each one is weighted by
+        valid = (k >= 0) & (k < len(h)) & (n >= 0) & (n < x.shape[0])
+        taps = np.where(valid, h[np.clip(k, 0, len(h) - 1)], 0.0)
+        y[start : start + len(t)] = (taps * x[np.clip(n, 0, x.shape[0] - 1)]).sum(axis=1)
+    return y
 
 
 def resample(x: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
