@@ -198,6 +198,15 @@ def set_active_version(
     """
     repository = ensure_writable(repository)
     served = active_version(repository, product)
+    ensembles = _activate(repository, product, version)
+    if load is not None and unload is not None:
+        return serve_active(repository, product, served, load, unload)
+    return ensembles
+
+
+def _activate(repository: Path, product: str, version: int, standby: bool = True) -> list[str]:
+    """The disk side of set_active_version; `standby=False` never keeps the version it
+    replaces loaded (one that just failed to load)."""
     card = read_card(repository, product, version)
     if not (repository / product / str(version)).is_dir():
         raise VersionNotFoundError(
@@ -214,16 +223,21 @@ def set_active_version(
             "Export the checkpoint again to get a new version."
         )
     with staging(repository) as stage:
-        plan_activation(repository, stage, ensembles, private, version, lambda m: repository / m / str(version) / MODEL_ROOT)
+        plan_activation(
+            repository, stage, ensembles, private, version, lambda m: repository / m / str(version) / MODEL_ROOT, standby
+        )
         stage.commit()
-    if load is not None and unload is not None:
-        return serve_active(repository, product, served, load, unload)
     return ensembles
 
 
 # --- a running server ------------------------------------------------------------------------
 
-BRIDGE_MARK = "__v"  # <step>__v<U>: a step's version U under a name of its own, during a switch
+COPY_MARK = "__v"  # <model>__v<N>: a model's version N under a name of its own, during a switch
+
+
+class VersionLoadError(RepositoryError):
+    """The new version failed to load on the server; the server and the repository still name
+    the version served before."""
 
 
 def serve_active(
@@ -236,101 +250,161 @@ def serve_active(
     """Make a running server that serves version `served` of the product serve the version
     the disk names, without failing a request; returns the ensembles loaded.
 
-    A step whose new config cannot keep `served` loaded beside the new version (another
-    label set, INT8 on or off) would leave the ensemble still serving `served` pinned to a
-    version Triton has just unloaded (measured: 1,720 of 3,841 requests failed). Such steps
-    get a bridge first: their `served` version copied (hard links) under a name of their
-    own, `<step>__v<served>`, and the ensembles reloaded at `served` through the bridges;
-    then the steps and ensembles move to the new version and the bridges are unloaded.
-    Triton swaps a reloaded model only once the new one is ready, so each load is
-    failure-free (docs/architecture.md, "Versions").
+    1. Preflight: the new version is loaded under names of its own (`<model>__v<N>`, hard
+       links) and unloaded again. If it does not load, the disk is switched back to
+       `served` and VersionLoadError is raised: Triton unloads an ensemble whose new
+       step fails to load, so the real switch must not be tried.
+    2. Bridge: a step whose new config cannot keep `served` loaded beside the new version
+       (another label set, INT8 on or off) would leave the ensemble still serving `served`
+       pinned to a version Triton has just unloaded (measured: 1,720 of 3,841 requests
+       failed). Such steps are loaded under their own names at `served` and the ensembles
+       reloaded, still at `served`, calling them.
+    3. Switch: the ensembles are loaded as the disk names them; Triton reloads their changed
+       steps first and swaps each model only once its new version is ready.
+    4. The copies are unloaded and removed.
     """
     repository = Path(repository).resolve()
     active = active_version(repository, product)
     ensembles = pipelines_of(read_card(repository, product, active) if active is not None else {}, product)
-    bridges = _bridges_needed(repository, ensembles, served, active)
-    if bridges and served is not None:
-        with staging(repository) as stage:
-            _plan_bridges(repository, stage, ensembles, served, bridges)
-            stage.commit()
-        try:
-            for ensemble in ensembles:
-                load(ensemble)  # still `served`, now through the bridges
-        finally:
-            with staging(repository) as stage:  # the disk names the active version again
+    if served is not None and active is not None and served != active and _recorded(repository, ensembles, active):
+        _preflight(repository, product, ensembles, served, active, load, unload)
+        bridges = _bridges_needed(repository, ensembles, served)
+        if bridges:
+            with staging(repository) as stage:
+                _plan_copies(repository, stage, bridges, served)
                 for ensemble in ensembles:
-                    stage.write_file(repository / ensemble / CONFIG_FILE, _snapshot_bytes(repository, ensemble, active))
+                    stage.write_file(repository / ensemble / CONFIG_FILE, _renamed_ensemble(repository, ensemble, served, bridges))
                 stage.commit()
+            try:
+                for ensemble in ensembles:
+                    load(ensemble)  # still `served`, now through the bridges
+            finally:
+                with staging(repository) as stage:  # the disk names the active version again
+                    for ensemble in ensembles:
+                        stage.write_file(repository / ensemble / CONFIG_FILE, _snapshot_bytes(repository, ensemble, active))
+                    stage.commit()
     for ensemble in ensembles:
         load(ensemble)
-    # Only now is no ensemble calling a bridge (after a failed load one may still be: they stay).
-    leftovers = {*bridges.values(), *_bridge_folders(repository, ensembles, served, active)}
-    for bridge in sorted(leftovers):
-        try:
-            unload(bridge)
-        except Exception:  # noqa: BLE001 - one a killed switch left unloaded; its folder goes all the same
-            pass
-    if leftovers:
-        with staging(repository) as stage:
-            for bridge in sorted(leftovers):
-                stage.remove(repository / bridge)
-            stage.commit()
+    # Only now does no ensemble call a copy (after a failed load one may still: they stay).
+    _remove_copies(repository, _copy_folders(repository, ensembles, served, active), unload)
     return ensembles
 
 
-def _bridge_folders(repository: Path, ensembles: Sequence[str], *versions: int | None) -> set[str]:
-    """Bridge folders of the product's steps on disk (this switch's, or a killed one's)."""
-    steps = {
-        step
-        for version in versions if version is not None
-        for ensemble in ensembles
-        for step in private_steps(read_card(repository, ensemble, version))
-    }
-    return {
-        p.name for step in steps for p in repository.glob(f"{step}{BRIDGE_MARK}*")
-        if p.is_dir() and p.name[len(step) + len(BRIDGE_MARK):].isdigit()
-    }
+def _recorded(repository: Path, ensembles: Sequence[str], version: int) -> bool:
+    return all((repository / e / str(version) / MODEL_ROOT / CONFIG_FILE).is_file() for e in ensembles)
+
+
+def _preflight(
+    repository: Path,
+    product: str,
+    ensembles: Sequence[str],
+    served: int,
+    active: int,
+    load: Callable[[str], None],
+    unload: Callable[[str], None],
+) -> None:
+    """Load version `active` under names of its own; on failure name `served` on disk again."""
+    steps = {step: _copy_name(step, active) for e in ensembles for step in private_steps(read_card(repository, e, active))}
+    copies = {**steps, **{e: _copy_name(e, active) for e in ensembles}}
+    with staging(repository) as stage:
+        _plan_copies(repository, stage, steps, active)
+        for ensemble in ensembles:
+            folder = stage.stage(copies[ensemble])
+            (folder / str(active)).mkdir(parents=True)
+            (folder / CONFIG_FILE).write_bytes(_renamed_ensemble(repository, ensemble, active, copies))
+            stage.replace(folder, repository / copies[ensemble])
+        stage.commit()
+    try:
+        for ensemble in ensembles:
+            load(copies[ensemble])
+    except Exception as error:
+        _remove_copies(repository, set(copies.values()), unload)
+        try:
+            _activate(repository, product, served, standby=False)
+            disk = f"the repository names version {served} again"
+        except RepositoryError as restore_error:
+            disk = f"the repository still names version {active} ({restore_error})"
+        raise VersionLoadError(
+            f"version {active} of {product} failed to load on the server, so it was not switched: it "
+            f"still serves version {served}, and {disk}. Triton said: {error}"
+        ) from error
+    _remove_copies(repository, set(copies.values()), unload)
+
+
+def _copy_name(model: str, version: int) -> str:
+    return f"{model}{COPY_MARK}{version}"
 
 
 def _snapshot_bytes(repository: Path, model: str, version: int | None) -> bytes:
     return (repository / model / str(version) / MODEL_ROOT / CONFIG_FILE).read_bytes()
 
 
-def _bridges_needed(repository: Path, ensembles: Sequence[str], served: int | None, active: int | None) -> dict[str, str]:
+def _renamed_ensemble(repository: Path, ensemble: str, version: int, renames: Mapping[str, str]) -> bytes:
+    """The ensemble's config at `version`, under its own new name if renamed, calling the renamed steps."""
+    config = parse_config(_snapshot_bytes(repository, ensemble, version).decode("utf-8"))
+    config.name = renames.get(ensemble, ensemble)
+    for step in config.ensemble_scheduling.step:
+        step.model_name = renames.get(step.model_name, step.model_name)
+    return print_config(config).encode("utf-8")
+
+
+def _bridges_needed(repository: Path, ensembles: Sequence[str], served: int) -> dict[str, str]:
     """The private steps of `served` whose config on disk no longer loads `served`: step -> bridge name."""
-    if served is None or active is None or served == active:
-        return {}
+    if not _recorded(repository, ensembles, served):
+        return {}  # a version from before versions were kept: nothing to bridge with
     bridges = {}
     for ensemble in ensembles:
-        if not (repository / ensemble / str(served) / MODEL_ROOT / CONFIG_FILE).is_file():
-            return {}  # a version from before versions were kept: nothing to bridge with
         for step in private_steps(read_card(repository, ensemble, served)):
             config = read_config(repository / step / CONFIG_FILE)
             snapshot = repository / step / str(served) / MODEL_ROOT / CONFIG_FILE
             if config is not None and served not in policy_versions(config) and snapshot.is_file():
-                bridges[step] = f"{step}{BRIDGE_MARK}{served}"
+                bridges[step] = _copy_name(step, served)
     return bridges
 
 
-def _plan_bridges(repository: Path, stage: Staging, ensembles: Sequence[str], served: int, bridges: Mapping[str, str]) -> None:
-    """Bridge folders (hard links to the served version's files) and the ensembles' configs at
-    `served` calling them."""
-    for step, bridge in bridges.items():
-        source = repository / step / str(served)
-        folder = stage.stage(bridge)
-        _link_tree(source, folder / str(served))
+def _plan_copies(repository: Path, stage: Staging, steps: Mapping[str, str], version: int) -> None:
+    """Model folders serving each step's `version` under its new name (hard links to its files)."""
+    for step, name in steps.items():
+        source = repository / step / str(version)
+        folder = stage.stage(name)
+        _link_tree(source, folder / str(version))
         config = parse_config((source / MODEL_ROOT / CONFIG_FILE).read_text(encoding="utf-8"))
-        config.name = bridge
-        set_policy(config, [served])
+        config.name = name
+        set_policy(config, [version])
         (folder / CONFIG_FILE).write_text(print_config(config), encoding="utf-8")
-        for name, content in _root_files(source / MODEL_ROOT).items():
-            (folder / name).write_bytes(content)
-        stage.replace(folder, repository / bridge)
-    for ensemble in ensembles:
-        config = parse_config(_snapshot_bytes(repository, ensemble, served).decode("utf-8"))
-        for step in config.ensemble_scheduling.step:
-            step.model_name = bridges.get(step.model_name, step.model_name)
-        stage.write_file(repository / ensemble / CONFIG_FILE, print_config(config).encode("utf-8"))
+        for file_name, content in _root_files(source / MODEL_ROOT).items():
+            (folder / file_name).write_bytes(content)
+        stage.replace(folder, repository / name)
+
+
+def _remove_copies(repository: Path, copies: set[str], unload: Callable[[str], None]) -> None:
+    """Unload the copies (ensembles first) and remove their folders."""
+    def steps_last(name: str) -> bool:
+        config = read_config(repository / name / CONFIG_FILE)
+        return config is None or config.platform != ENSEMBLE
+
+    for name in sorted(copies, key=steps_last):
+        try:
+            unload(name)
+        except Exception:  # noqa: BLE001 - one that never loaded (a killed switch's); its folder goes all the same
+            pass
+    if copies:
+        with staging(repository) as stage:
+            for name in sorted(copies):
+                stage.remove(repository / name)
+            stage.commit()
+
+
+def _copy_folders(repository: Path, ensembles: Sequence[str], *versions: int | None) -> set[str]:
+    """Copies of the product's models on disk (this switch's, or a killed one's)."""
+    models = set(ensembles)
+    for version in versions:
+        if version is not None:
+            models.update(step for e in ensembles for step in private_steps(read_card(repository, e, version)))
+    return {
+        p.name for model in models for p in repository.glob(f"{model}{COPY_MARK}*")
+        if p.is_dir() and p.name[len(model) + len(COPY_MARK):].isdigit()
+    }
 
 
 def _link_tree(source: Path, target: Path) -> None:
@@ -352,11 +426,13 @@ def plan_activation(
     private: Sequence[str],
     version: int,
     snapshot: Callable[[str], Path],
+    standby: bool = True,
 ) -> None:
     """Plan the root files that make `version` served: private steps first, ensembles last.
 
     `snapshot(model)` is the folder holding that model's `model_root` files for `version`
-    (in the repository, or still in staging for an export).
+    (in the repository, or still in staging for an export). `standby`: keep the version
+    served until now loaded beside it where the step's config allows.
     """
     current = active_version(repository, ensembles[0]) if ensembles else None
     for model in private:
@@ -366,7 +442,8 @@ def plan_activation(
         old_root = folder / str(current) / MODEL_ROOT if current is not None and current != version else None
         if old_root is not None and not (old_root / CONFIG_FILE).is_file():
             old_root = None  # the product's served version did not have this step
-        set_policy(config, [version, current] if old_root is not None and co_loadable(old_root, new_root) else [version])
+        side_by_side = standby and old_root is not None and co_loadable(old_root, new_root)
+        set_policy(config, [version, current] if side_by_side else [version])
         new_files = _root_files(new_root)
         for name, content in new_files.items():
             existing = folder / name

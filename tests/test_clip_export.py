@@ -48,7 +48,7 @@ def test_failed_parity_gate_leaves_the_repository_untouched(workdir: Path, tmp_p
     with pytest.raises(ParityError, match="does not match torch"):
         clip_exporter.export_clip(tiny_clip_checkpoint(workdir), repo)
     assert sorted(p.name for p in repo.iterdir()) == ["keep.txt"]
-    assert not list(tmp_path.glob(".repo.staging-*"))
+    assert not list(repo.glob(".mmserve-staging-*"))  # staging lives inside the repository
 
 
 def test_unsupported_tokenizer_is_refused():
