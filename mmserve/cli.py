@@ -251,7 +251,7 @@ def _console(args: argparse.Namespace) -> int:
             tls=args.tls, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
             tls_server_name=args.tls_server_name, audit_log=args.audit_log, sample_interval_s=args.sample_interval,
         )
-        settings.check_bind()
+        settings.check()
         from mmserve.console.server import run_console
 
         if settings.sign_in_key:
