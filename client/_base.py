@@ -180,9 +180,9 @@ class ClientBase:
                 status=error.status,
                 server_message=error.server_message,
             )
-        if isinstance(error, (ServerUnavailableError, Resend)):
-            return error
-        return ServerError(
+        if not isinstance(error, (ServerError, InvalidInputError)):
+            return error  # unreachable, out of time: nothing to do with shared memory
+        return ServerError(  # the server answered, but could not open or map the region
             f"the server could not map a shared-memory region: {error}. {_shm.SHM_ADVICE}",
             status=error.status,
             server_message=error.server_message,
