@@ -365,6 +365,8 @@ def test_a_bind_beyond_loopback_needs_an_admin_key(repository: Path):
         ConsoleSettings(host="0.0.0.0", repository=repository).check_bind()
     ConsoleSettings(host="0.0.0.0", repository=repository, admin_key=ADMIN_KEY).check_bind()
     ConsoleSettings(host="localhost", repository=repository).check_bind()
+    with pytest.raises(ConsoleError, match="no repository at"):
+        ConsoleSettings(repository=repository / "missing").check()
 
     env = {"PATH": "/usr/bin:/bin", "HOME": str(repository.parent)}
     result = subprocess.run(
@@ -434,3 +436,26 @@ def test_console_against_a_server_with_tls_and_keys(repository: Path, tmp_path_f
             refused = post(browser, "text_classify", {"text": "where is my parcel?"})
             assert refused.status_code == 403
             assert "PermissionDeniedError" in refused.text and "api-key" in refused.text
+
+
+def test_a_server_that_is_down_is_shown_not_raised(repository: Path, tmp_path: Path):
+    """No Triton at the address: pages still answer, say so, and list the repository's
+    products from disk; a playground request shows the client's unavailable error."""
+    from mmserve.console.server import free_port
+
+    settings = ConsoleSettings(server=f"127.0.0.1:{free_port()}", repository=repository, admin_key=ADMIN_KEY,
+                               metrics_url=f"http://127.0.0.1:{free_port()}/metrics", audit_log=tmp_path / "audit.jsonl",
+                               sample_interval_s=0.2, request_timeout_s=5.0)
+    with TestClient(create_app(settings)) as browser:
+        products = browser.get("/products")
+        assert products.status_code == 200
+        assert 'role="status"' in products.text and settings.server in products.text
+        assert 'id="product-sentiment"' in products.text and "state-unknown" in products.text
+        assert browser.get("/healthz").json() == {"console": "ok", "server_ready": False}
+        refused = post(browser, "sentiment", {"text": "hello"})
+        assert refused.status_code == 503 and "ServerUnavailableError" in refused.text
+        deadline = time.monotonic() + 30
+        while browser.app.state.console.sampler.last_error is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        live = browser.get("/live").text
+        assert "statistics unavailable" in live

@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
@@ -66,10 +67,10 @@ SECURITY_HEADERS = {
 class Console:
     """The app's state: settings, the session signer, the clients and the sampler."""
 
-    def __init__(self, settings: ConsoleSettings, client_factory: Callable[[], Client] | None = None) -> None:
+    def __init__(self, settings: ConsoleSettings) -> None:
         self.settings = settings
         self.sessions = SessionCodec()
-        self.client = (client_factory or (lambda: make_client(settings)))()
+        self.client = make_client(settings)
         self.statistics = StatisticsReader(settings)
         self.sampler = sampler.StatsSampler(
             self.statistics, settings.default_metrics_url(),
@@ -133,9 +134,9 @@ class StatisticsReader:
             self._grpc = None
 
 
-def create_app(settings: ConsoleSettings, *, client_factory: Callable[[], Client] | None = None) -> FastAPI:
+def create_app(settings: ConsoleSettings) -> FastAPI:
     """The console app; the sampler runs while the app runs (lifespan)."""
-    console = Console(settings, client_factory)
+    console = Console(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -205,7 +206,12 @@ def create_app(settings: ConsoleSettings, *, client_factory: Callable[[], Client
     async def http_error(request: Request, error: HTTPException) -> Response:
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": error.detail}, status_code=error.status_code)
-        return page(request, "error.html", {"status": error.status_code, "message": error.detail},
+        # htmx puts the answer into a part of the page: a fragment there, a page for <main>.
+        fragment = _is_htmx(request) and request.headers.get("HX-Target", "").split("#")[0] != "main"
+        current = urlsplit(request.headers.get("HX-Current-URL", "")).path
+        next_path = _local(current) if current else request.url.path
+        return page(request, "_error.html" if fragment else "error.html",
+                    {"status": error.status_code, "message": error.detail, "next_path": next_path},
                     status_code=error.status_code)
 
     # --- pages ------------------------------------------------------------------------
@@ -236,7 +242,8 @@ def create_app(settings: ConsoleSettings, *, client_factory: Callable[[], Client
         chosen = product if product in names else _busiest(samples, names)
         return {
             "overview": overview, "chosen": next((p for p in products if p.name == chosen), None),
-            "error": error or console.sampler.last_error, "metrics_note": console.sampler.metrics_note,
+            "error": "; ".join(e for e in (error, console.sampler.last_error) if e) or None,
+            "metrics_note": console.sampler.metrics_note,
             "interval_s": settings.sample_interval_s, "history_s": settings.history_s,
         }
 

@@ -19,7 +19,7 @@ STARTUP_TIMEOUT_S = 30.0
 
 
 def _config(settings: ConsoleSettings) -> uvicorn.Config:
-    settings.check_bind()
+    settings.check()
     return uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, log_level="warning",
         access_log=False, server_header=False, proxy_headers=False, lifespan="on",

@@ -60,6 +60,14 @@ class ConsoleSettings:
         host = self.server.rsplit(":", 1)[0] if ":" in self.server else self.server
         return self.metrics_url or f"http://{host}:8002/metrics"
 
+    def check(self) -> None:
+        """Everything that would make the console useless, refused before it starts."""
+        self.check_bind()
+        if not self.repository.is_dir():
+            raise ConsoleError(
+                f"no repository at {self.repository}: pass --repository, the folder the server serves"
+            )
+
     def check_bind(self) -> None:
         """Refuse a bind beyond loopback without an admin key, as `mmserve serve` does."""
         if not is_loopback(self.host) and not self.admin_key:
