@@ -150,7 +150,7 @@ def write_models(
             model.write_version(folder, config)
             if model.is_ensemble:
                 card = build_card(release, model.name, version, ensembles, _card_steps(config, set(private), version))
-                (folder / CARD_FILE).write_text(json_text(card), encoding="utf-8")
+                (folder / CARD_FILE).write_text(_card_json(card), encoding="utf-8")
             snapshots[model.name] = folder / MODEL_ROOT
             stage.replace(folder, repository / model.name / str(version))
         for model in models:
@@ -161,10 +161,10 @@ def write_models(
         plan_activation(repository, stage, ensembles, private, version, snapshots.__getitem__)
         stage.commit()
         removed = _remove_old_versions(repository, stage, ensembles, keep)
-    return WrittenVersion(version, tuple(m.name for m in models), tuple(ensembles), removed)
+    return WrittenVersion(version if versioned else None, tuple(m.name for m in models), tuple(ensembles), removed)
 
 
-def json_text(card: Mapping[str, Any]) -> str:
+def _card_json(card: Mapping[str, Any]) -> str:
     return json.dumps(card, indent=2, ensure_ascii=False, default=str) + "\n"
 
 

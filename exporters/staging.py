@@ -184,9 +184,11 @@ class Staging:
                     step.created = _make_parents(move.target.parent, self.repository)
                     os.rename(move.staged, move.target)
                     step.placed = True
-        except OSError as error:
+        except BaseException as error:  # an OSError, or Ctrl-C between two renames
             self._undo(done)
-            raise repository_error(error, self.repository, f"moving {move.target.name} into place") from error
+            if isinstance(error, OSError):
+                raise repository_error(error, self.repository, f"moving {move.target.name} into place") from error
+            raise
 
     def _undo(self, done: list[_Done]) -> None:
         for step in reversed(done):

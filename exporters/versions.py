@@ -54,7 +54,6 @@ CARD_FILE = "card.json"
 MODEL_ROOT = "model_root"
 DEFAULT_KEEP = 3
 ENSEMBLE = "ensemble"
-LATEST = -1  # an ensemble step's model_version for "the loaded version" (shared steps)
 
 
 class VersionNotFoundError(RepositoryError, LookupError):
