@@ -219,6 +219,15 @@ def test_bad_input_shows_the_servers_message(web: TestClient, product, data, fil
         assert "InvalidInputError" in response.text
 
 
+def test_an_upload_over_the_limit_is_refused_before_reading(server, repository: Path, tmp_path: Path):
+    small = ConsoleSettings(server=server.grpc_url, repository=repository, audit_log=tmp_path / "audit.jsonl",
+                            max_upload_bytes=100_000)
+    with TestClient(create_app(small)) as browser:
+        response = post(browser, "zero_shot_image", {"labels": "a cat"},
+                        files=[("files", ("big.png", b"\0" * 200_000, "image/png"))])
+        assert response.status_code == 413 and "at most 0 MB" not in response.text and "MB per request" in response.text
+
+
 # --- live -----------------------------------------------------------------------------------
 
 

@@ -193,6 +193,10 @@ def create_app(settings: ConsoleSettings) -> FastAPI:
 
     async def checked_form(request: Request, *, admin: bool) -> Any:
         """The POST's form after the CSRF check (403) and, for admin routes, the sign-in check (401)."""
+        size = request.headers.get("content-length", "")
+        if size.isdigit() and int(size) > settings.max_upload_bytes:
+            raise HTTPException(413, f"the upload is {int(size) / 1e6:.1f} MB; the console takes at most "
+                                     f"{settings.max_upload_bytes / 1e6:.3g} MB per request")
         form = await request.form(max_files=playground.MAX_FILES, max_part_size=settings.max_upload_bytes)
         session: Session = request.state.session
         token = request.headers.get(CSRF_HEADER) or form.get(CSRF_FIELD)
