@@ -408,14 +408,8 @@ def parse_classifications(outputs: Outputs, n: int) -> list[Classification]:
     """``PROBS`` [n, C] and ``LABEL`` [n, 1] -> n :class:`Classification`."""
     probs = np.array(_rows(_output(outputs, PROBS.name), n, PROBS.name), dtype=np.float32)
     labels = _rows(_output(outputs, LABEL.name), n, LABEL.name)[:, 0]
-    return [
-        Classification(
-            label=_decode(labels[i], LABEL.name),
-            score=float(probs[i].max()) if probs.shape[1] else float("nan"),
-            probs=probs[i],
-        )
-        for i in range(n)
-    ]
+    scores = probs.max(axis=1).tolist() if probs.shape[1] else [float("nan")] * n  # one pass, not n
+    return [Classification(label=_decode(labels[i], LABEL.name), score=scores[i], probs=probs[i]) for i in range(n)]
 
 
 def _entity(item: object) -> Entity:

@@ -40,6 +40,8 @@ class Comparison:
     b_name: str
     a_us: list[float]  # per-call latencies, microseconds
     b_us: list[float]
+    a_cpu_us: float  # this process's CPU time per call (all its threads), microseconds:
+    b_cpu_us: float  # less sensitive than latency to other load on the machine
 
     @property
     def a_p50(self) -> float:
@@ -55,26 +57,35 @@ class Comparison:
         return (
             f"{self.what}: {self.a_name} p50 {a * scale:,.1f} {unit}, {self.b_name} p50 {b * scale:,.1f} {unit}; "
             f"{self.a_name} / {self.b_name} = {a / b:.3f} ({(a - b) * scale:+,.1f} {unit}); "
+            f"client CPU per call {self.a_cpu_us:,.0f} vs {self.b_cpu_us:,.0f} µs; "
             f"{len(self.a_us)} + {len(self.b_us)} calls"
         )
 
 
-def interleaved(a: Callable[[], object], b: Callable[[], object], calls: int, round_size: int, warmup: int) -> tuple[list[float], list[float]]:
-    """Alternate rounds of ``a`` and ``b`` (a first, then b first) until each made ``calls`` calls."""
+def interleaved(
+    a: Callable[[], object], b: Callable[[], object], calls: int, round_size: int, warmup: int
+) -> tuple[list[float], list[float], float, float]:
+    """Alternate rounds of ``a`` and ``b`` (a first, then b first) until each made ``calls`` calls.
+
+    Returns both sides' per-call latencies and their mean process CPU time per call (µs).
+    """
     for _ in range(warmup):
         a()
         b()
     times: tuple[list[float], list[float]] = ([], [])
+    cpu = [0.0, 0.0]
     rounds = max(1, calls // round_size)
     for r in range(rounds):
         order = ((0, a), (1, b)) if r % 2 == 0 else ((1, b), (0, a))
         for index, call in order:
             bucket = times[index]
+            cpu_start = time.process_time()
             for _ in range(round_size):
                 start = time.perf_counter_ns()
                 call()
                 bucket.append((time.perf_counter_ns() - start) / 1000)
-    return times
+            cpu[index] += time.process_time() - cpu_start
+    return times[0], times[1], cpu[0] / len(times[0]) * 1e6, cpu[1] / len(times[1]) * 1e6
 
 
 def client_overhead(url: str, calls: int = 3000, round_size: int = 100, text: str = "where is my parcel?") -> Comparison:
@@ -99,11 +110,11 @@ def client_overhead(url: str, calls: int = 3000, round_size: int = 100, text: st
 
         if ours.classify_text(text).label != raw_call()[1]:
             raise AssertionError("the client and raw tritonclient disagree; not measuring")
-        ours_us, raw_us = interleaved(lambda: ours.classify_text(text), raw_call, calls, round_size, warmup=100)
+        measured = interleaved(lambda: ours.classify_text(text), raw_call, calls, round_size, warmup=100)
     finally:
         ours.close()
         raw.close()
-    return Comparison("client overhead, text_classify b1", "mmserve.client", "raw tritonclient", ours_us, raw_us)
+    return Comparison("client overhead, text_classify b1", "mmserve.client", "raw tritonclient", *measured)
 
 
 def shared_memory_gain(url: str, calls: int = 200, round_size: int = 20, seed: int = 0) -> list[Comparison]:
@@ -127,8 +138,8 @@ def shared_memory_gain(url: str, calls: int = 200, round_size: int = 20, seed: i
             (f"audio_classify, 30 s clip at 16 kHz ({clip.nbytes / 1e6:.2f} MB)", lambda c: c.classify_audio(clip, sample_rate=16000)),
         )
         for what, call in cases:
-            grpc_us, shm_us = interleaved(lambda: call(grpc), lambda: call(shm), calls, round_size, warmup=10)
-            results.append(Comparison(what, "gRPC", "shared memory", grpc_us, shm_us))
+            measured = interleaved(lambda: call(grpc), lambda: call(shm), calls, round_size, warmup=10)
+            results.append(Comparison(what, "gRPC", "shared memory", *measured))
     finally:
         shm.close()
         grpc.close()
