@@ -178,7 +178,7 @@ _CHECKPOINT_SIGNS = (
 
 def existing_checkpoint(out: Path) -> list[str]:
     """The names in `out` that show a checkpoint or a resumable run is there (empty: none)."""
-    return [name for name in _CHECKPOINT_SIGNS if (out / name).exists()]
+    return [f"{name}/" if (out / name).is_dir() else name for name in _CHECKPOINT_SIGNS if (out / name).exists()]
 
 
 @dataclass

@@ -81,7 +81,7 @@ def describe_loading(info: dict[str, Any]) -> list[str]:
         lines.append(f"resized for this label set: {shapes} (re-initialised, trained below)")
     unused = sorted(info.get("unexpected_keys") or [])
     if unused:
-        lines.append(f"not used from the base: {tensor_names(unused)} (this task's model has no place for them)")
+        lines.append(f"not used from the base: {tensor_names(unused)}; this task's model has no place for them")
     return lines
 
 
