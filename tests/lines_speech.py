@@ -65,6 +65,7 @@ def build_speech_line(workdir: Path, repository: Path) -> None:
             continue
         train_speech(SpeechTrainConfig(
             base=str(base), data=str(data.train), out=str(out), epochs=1, batch_size=16, lr=1e-3, dev_fraction=0.3,
+            overwrite=True,  # a kept session folder (MMSERVE_TEST_CACHE) may hold an earlier build's
         ))
     export_speech(paths.whisper, repository, max_seconds=MAX_SECONDS)
     export_speech(paths.whisper, repository, task="embed", max_seconds=MAX_SECONDS)

@@ -229,7 +229,9 @@ def tiny_classifier(keywords, tiny_whisper, workdir):
     from mmserve.training.speech import SpeechTrainConfig, train_speech
 
     out = workdir / "speech-unit" / "classifier"
-    train_speech(SpeechTrainConfig(base=str(tiny_whisper), data=str(keywords.train), out=str(out), epochs=1, lr=1e-3))
+    train_speech(SpeechTrainConfig(  # overwrite: MMSERVE_TEST_CACHE keeps the session folder between runs
+        base=str(tiny_whisper), data=str(keywords.train), out=str(out), epochs=1, lr=1e-3, overwrite=True,
+    ))
     return out
 
 

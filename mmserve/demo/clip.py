@@ -40,7 +40,7 @@ def prepare(context: DemoContext) -> None:
             print(f"-- retraining {checkpoint}: {stale}")
         train_clip(ClipTrainConfig(
             arch=TINY_ARCH, data=str(data.train), val_data=str(data.val), classes=str(data.classes),
-            templates=str(data.templates), out=str(checkpoint), **TRAINING,
+            templates=str(data.templates), out=str(checkpoint), overwrite=True, **TRAINING,  # retraining decided above
         ))
     else:
         print(f"-- reusing {checkpoint} (pass --fresh to retrain)")

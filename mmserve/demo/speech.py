@@ -44,7 +44,9 @@ def prepare(context: DemoContext) -> None:
     print(f"base: {base} ({json.loads((base / 'mmserve_base.json').read_text())['source']})")
     checkpoint = context.checkpoint(CHECKPOINT)
     if context.needs_training(CHECKPOINT):
-        train_speech(SpeechTrainConfig(base=str(base), data=str(data.train), out=str(checkpoint), epochs=EPOCHS))
+        train_speech(SpeechTrainConfig(  # retraining is decided here: replace what is there
+            base=str(base), data=str(data.train), out=str(checkpoint), epochs=EPOCHS, overwrite=True,
+        ))
     else:
         print(f"-- reusing {checkpoint} (pass --fresh to retrain)")
     metrics = json.loads((checkpoint / "metrics.json").read_text())

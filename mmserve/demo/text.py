@@ -1,6 +1,7 @@
 """The text line of the demo: intents, NER, financial sentiment and sentence embeddings."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -50,7 +51,7 @@ def prepare(context: DemoContext) -> None:
     for name, config in jobs.items():
         if context.needs_training(name):
             print(f"-- training {name} ({config.task}) on {config.data}")
-            train_text(config)
+            train_text(dataclasses.replace(config, overwrite=True))  # retraining is decided above
         else:
             print(f"-- reusing {context.checkpoint(name)} (pass --fresh to retrain)")
 
