@@ -7,6 +7,11 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only; the commands import their modules when they run
+    from mmserve.console.server import ConsoleServer
+    from mmserve.server import TritonServer
 
 DEFAULT_REPOSITORY = Path("model_repository")
 _OVERWRITE_HELP = "train a new model in place of the checkpoint already in --out (without it training refuses)"
@@ -214,7 +219,44 @@ def _serve(args: argparse.Namespace) -> int:
         + f"; log {log}. Ctrl-C stops it.",
         flush=True,
     )
-    return server.wait()
+    if not args.console:
+        return server.wait()
+    try:
+        console = _console_beside(server, args, admin_key, api_key)
+    except BaseException:
+        server.stop()
+        raise
+    try:
+        return server.wait()
+    finally:
+        console.stop()
+
+
+def _console_beside(server: "TritonServer", args: argparse.Namespace, admin_key: str | None,
+                    api_key: str | None) -> "ConsoleServer":
+    """`serve --console`: the console on a thread of this process, talking to this server on loopback."""
+    from mmserve.console.server import ConsoleServer
+    from mmserve.console.settings import ADMIN_KEY_ENV, ConsoleError, ConsoleSettings, one_time_key
+    from mmserve.server import LaunchError
+
+    if args.tls_cert:
+        raise LaunchError(
+            "--console does not reach a TLS server from inside `mmserve serve`; start it on its own with "
+            "`mmserve console --tls-ca CA --tls-cert CERT --tls-key KEY` (docs/console.md)"
+        )
+    settings = ConsoleSettings(
+        server=server.grpc_url, repository=args.repository, port=args.console_port,
+        metrics_url=server.metrics_url, admin_key=admin_key, api_key=api_key,
+        sign_in_key=None if admin_key else one_time_key(),
+    )
+    try:
+        console = ConsoleServer(settings).start()
+    except ConsoleError as error:  # e.g. its port is taken: said like the server's own start-up errors
+        raise LaunchError(str(error)) from error
+    if settings.sign_in_key:
+        print(f"{ADMIN_KEY_ENV} is not set: sign in to the console with this one-time key: {settings.sign_in_key}")
+    print(f"console: {console.url}", flush=True)
+    return console
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -603,6 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--api-key-file", type=Path, help="read the API key from this file")
     keys.add_argument("--insecure", action="store_true",
                       help="listen beyond loopback without an admin key (a network you trust only)")
+    console = serve.add_argument_group("the web console beside the server (docs/console.md)")
+    console.add_argument("--console", action="store_true",
+                         help="also serve the management console (on loopback; the admin key signs people in)")
+    console.add_argument("--console-port", type=int, default=8080, help="the console's port")
     serve.set_defaults(handler=_serve)
 
     bench = commands.add_parser(

@@ -376,6 +376,8 @@ class TritonServer:
             f"--http-address={http_host}",
             f"--metrics-address={http_host}",
             f"--log-verbose={1 if self.verbose else 0}",
+            # p50/p99 per model on the metrics endpoint (the console's live charts, dashboards)
+            "--metrics-config=summary_latencies=true",
             *self._security_args(),
             *self.extra_args,
         ]

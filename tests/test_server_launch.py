@@ -216,3 +216,54 @@ def test_a_stopped_secure_supervised_server_leaves_no_process(repository: Path, 
     assert {s.model for s in python_stubs(pid).values()} >= {"text_tokenize", "text_classify_encoder"}
     assert server.stop() == 0
     assert _process_group(pid) == []
+
+
+# --- the console beside the server ------------------------------------------------------------
+
+
+def test_serve_with_console_serves_both_and_stops_both(repository: Path, tmp_path: Path):
+    """`mmserve serve --console`: the console answers with the products, Triton publishes p50/p99
+    summaries for the live charts, and one SIGTERM stops both, leaving no process behind."""
+    import urllib.request
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    ports = ServerPorts.free()
+    console_port = ServerPorts.free().grpc
+    process = subprocess.Popen([*MMSERVE, "serve", "--repository", str(repository), *_port_flags(ports),
+                                "--model", "text_classify", "--console", "--console-port", str(console_port),
+                                "--log", str(tmp_path / "triton.log")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines: list[str] = []
+        while not any(line.startswith("console: ") for line in lines):
+            line = process.stdout.readline()
+            assert line, f"mmserve serve ended before its console started: {process.stderr.read()}"
+            lines.append(line)
+        assert any("one-time key" in line for line in lines), "no admin key and no sign-in key was printed"
+        url = next(line for line in lines if line.startswith("console: ")).split(" ", 1)[1].strip()
+        with urllib.request.urlopen(url, timeout=30) as page:
+            assert page.status == 200 and "text_classify" in page.read().decode()
+
+        text = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
+        text.set_data_from_numpy(np.array([[b"where is my parcel"]], dtype=object))
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{ports.grpc}") as triton:
+            triton.infer("text_classify", [text])
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports.metrics}/metrics", timeout=10) as metrics:
+            body = metrics.read().decode()
+        summaries = [line for line in body.splitlines() if line.startswith("nv_inference_request_summary_us{")]
+        assert any('model="text_classify"' in line and 'quantile="0.99"' in line for line in summaries), \
+            "Triton publishes no p99 latency summary for the pipeline"
+
+        triton_pid = _children(process.pid, "tritonserver")[0]
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    assert _stat(triton_pid) is None and _process_group(triton_pid) == []
+    with socket.socket() as probe:  # nobody listens on the console's port any more (TIME_WAIT is fine)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", console_port))
