@@ -18,24 +18,20 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from mmserve.exporters.repository import ModelFolder
-from mmserve.exporters.triton_config import Step, Tensor, python_model_config
+from tritonclient.grpc.model_config_pb2 import ModelEnsembling
+
+from mmserve.exporters.repository import ModelFolder, labels_txt
+from mmserve.exporters.triton_config import LABELS_FILE, Tensor, ensemble_step, python_model_config
 from mmserve.pipelines import LABEL, PROBS
 
 TEMPLATE = "text_classify_postprocess"
-LABELS_FILE = "labels.txt"
 # The encoder's output (the ONNX graph's, softmax inside) and the internal tensor it fills.
 ENCODER_PROBS = "probs"
 
 
-def labels_txt(labels: list[str]) -> str:
-    """labels.txt in Triton's label_filename format: one name per line, in output order."""
-    return "".join(f"{label}\n" for label in labels)
-
-
 def classification_tail(
     pipeline: str, encoder: str, encoder_inputs: Mapping[str, str], probs: Tensor, labels: list[str]
-) -> tuple[ModelFolder, list[Step], list[Tensor]]:
+) -> tuple[ModelFolder, list[ModelEnsembling.Step], list[Tensor]]:
     """The post-processing model, the encoder and post-processing steps, and the ensemble's outputs.
 
     `probs` is the encoder's output as onnx_tensors reads it (its dims are the class count);
@@ -52,7 +48,7 @@ def classification_tail(
     )
     postprocess = ModelFolder(name, config, {LABELS_FILE: labels_txt(labels)}).add_template(TEMPLATE)
     steps = [
-        Step(encoder, encoder_inputs, {probs.name: ENCODER_PROBS}),
-        Step(name, {ENCODER_PROBS: ENCODER_PROBS}, {PROBS.name: PROBS.name, LABEL.name: LABEL.name}),
+        ensemble_step(encoder, encoder_inputs, {probs.name: ENCODER_PROBS}),
+        ensemble_step(name, {ENCODER_PROBS: ENCODER_PROBS}, {PROBS.name: PROBS.name, LABEL.name: LABEL.name}),
     ]
     return postprocess, steps, [Tensor.from_spec(PROBS, probs.dims), Tensor.from_spec(LABEL)]

@@ -26,34 +26,16 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Unpack
 
 import numpy as np
 
-from mmserve.exporters.onnx_export import (
-    ExportError,
-    OnnxSpec,
-    ParityReport,
-    check_parity,
-    export_onnx,
-    require_parity,
-)
-from mmserve.exporters.quantize import QuantizationReport, quantize_int8
-from mmserve.exporters.repository import ENCODER_MODEL_PY, VERSION, ModelFolder, shared_or_own, write_models
-from mmserve.exporters.staging import ensure_writable
-from mmserve.exporters.versions import DEFAULT_KEEP, Release
-from mmserve.exporters.triton_config import (
-    DECODER_INSTANCES,
-    EncoderTuning,
-    Step,
-    Tensor,
-    encoder_config,
-    ensemble_config,
-    onnx_tensors,
-    python_model_config,
-)
+from mmserve.exporters.driver import ExportOptions, ExportResult, Feeds, Graph, Product, export_product
+from mmserve.exporters.onnx_export import ExportError, OnnxSpec
+from mmserve.exporters.repository import VERSION, ModelFolder, encoder_model, shared_model
+from mmserve.exporters.triton_config import DECODER_INSTANCES, EncoderTuning, Tensor, ensemble_config, ensemble_step
+from mmserve.exporters.triton_config import onnx_tensors, python_model_config
 from mmserve.pipelines import EMBEDDING, IMAGE, LABELS, PROBS, TEXT, Kind
 
 # Real texts of varied length and script for the parity gates (tokenizer and text tower).
@@ -76,40 +58,6 @@ IMAGE_OUTPUT = "image_embeds"  # not "embedding": that name clashes inside dynam
 TEXT_OUTPUT = "text_embeds"
 SUPPORTED_TOKENIZERS = ("SimpleTokenizer",)
 
-
-@dataclass(frozen=True)
-class ClipExportResult:
-    pipelines: tuple[str, str, str]  # image embed, text embed, zero-shot
-    models: tuple[str, ...]
-    image_parity: ParityReport
-    text_parity: ParityReport
-    tokenizer_texts: int
-    image_quantization: QuantizationReport | None
-    text_quantization: QuantizationReport | None
-    image_onnx_bytes: int
-    text_onnx_bytes: int
-    logit_scale: float
-    embed_dim: int
-    seconds: float
-    version: int | None = None  # the product version written (exporters/versions.py)
-
-    def summary(self) -> str:
-        lines = [
-            f"pipelines {', '.join(self.pipelines)} version {self.version} (embedding width {self.embed_dim}, logit_scale {self.logit_scale:.2f})",
-            f"  models: {', '.join(self.models)}",
-            f"  image tower parity fp32: {self.image_parity}",
-            f"  text tower parity fp32:  {self.text_parity}",
-            f"  tokenizer: ids equal to open_clip's on {self.tokenizer_texts} texts",
-            f"  ONNX image tower {self.image_onnx_bytes / 1e6:.1f} MB, text tower {self.text_onnx_bytes / 1e6:.1f} MB, "
-            f"export {self.seconds:.1f} s",
-        ]
-        if self.image_quantization:
-            lines.append(f"  int8 image tower: {self.image_quantization}")
-        if self.text_quantization:
-            lines.append(f"  int8 text tower: {self.text_quantization}")
-        return "\n".join(lines)
-
-
 # The kinds of the three pipelines of one CLIP product, in pipeline_names' order.
 PIPELINE_KINDS = (Kind.IMAGE_EMBED, Kind.CLIP_TEXT_EMBED, Kind.ZERO_SHOT_IMAGE)
 
@@ -122,28 +70,20 @@ def pipeline_names(name: str | None) -> tuple[str, str, str]:
 # --- graphs -----------------------------------------------------------------------------------
 
 
-def tower_graphs(model):
-    """(image graph, text graph): encode + L2 normalise, in eval mode."""
+def serving_graphs(loaded: Any) -> dict[str, Any]:
+    """The graphs a CLIP product serves, by name: each tower encodes and L2-normalises."""
     import torch
-    import torch.nn.functional as F
 
-    class ImageTower(torch.nn.Module):
-        def __init__(self) -> None:
+    class Tower(torch.nn.Module):
+        def __init__(self, encode: str) -> None:
             super().__init__()
-            self.model = model
+            self.model = loaded.model
+            self.encode = encode  # open_clip's encode_image or encode_text
 
-        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-            return F.normalize(self.model.encode_image(pixel_values), dim=-1)
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.normalize(getattr(self.model, self.encode)(inputs), dim=-1)
 
-    class TextTower(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-            return F.normalize(self.model.encode_text(input_ids), dim=-1)
-
-    return ImageTower().eval(), TextTower().eval()
+    return {"image_tower": Tower("encode_image").eval(), "text_tower": Tower("encode_text").eval()}
 
 
 IMAGE_SPEC = OnnxSpec(
@@ -177,14 +117,16 @@ def parity_images(size: int = 224) -> list:
     return images
 
 
-def _image_feeds(preprocess, batch_size: int = 4) -> list[dict[str, np.ndarray]]:
+def image_feeds(preprocess: Any, batch_size: int = 4) -> list[Feeds]:
+    """The image tower's inputs for the parity images, through open_clip's own pre-processing."""
     import torch
 
     pixels = torch.stack([preprocess(image) for image in parity_images()]).numpy().astype(np.float32)
     return [{"pixel_values": pixels[i : i + batch_size]} for i in range(0, len(pixels), batch_size)]
 
 
-def _text_feeds(tokenizer, texts, batch_size: int = 4) -> list[dict[str, np.ndarray]]:
+def text_feeds(tokenizer: Any, texts: Any, batch_size: int = 4) -> list[Feeds]:
+    """The text tower's inputs for `texts`, through open_clip's own tokenizer."""
     ids = tokenizer(list(texts)).numpy().astype(np.int64)
     return [{"input_ids": ids[i : i + batch_size]} for i in range(0, len(ids), batch_size)]
 
@@ -254,125 +196,82 @@ def export_clip(
     checkpoint: Path,
     repository: Path,
     name: str | None = None,
-    int8: bool = False,
-    profile: str = "cpu",
-    tuning: EncoderTuning = EncoderTuning(),
     max_pixels: int | None = None,
     max_labels: int = DEFAULT_MAX_LABELS,
-    keep: int = DEFAULT_KEEP,
-) -> ClipExportResult:
-    """Checkpoint -> two parity-checked ONNX towers -> the three pipelines, written atomically."""
-    from mmserve.serving.image import DEFAULT_MAX_PIXELS, ImageTransform
-    from mmserve.training.clip_checkpoint import load_clip_checkpoint
+    **options: Unpack[ExportOptions],
+) -> ExportResult:
+    """Checkpoint -> two parity-checked ONNX towers -> the three pipelines (prefixed with
+    `name`), written atomically. Images above `max_pixels` and requests with more than
+    `max_labels` labels are refused; `options` are every line's (int8, profile, tuning, keep)."""
 
-    started = time.perf_counter()
-    repository = ensure_writable(repository)  # a read-only target fails before the slow work
-    loaded = load_clip_checkpoint(checkpoint)
-    tokenizer_json = clip_tokenizer_json(loaded.tokenizer)
-    prompt_texts = [t.format(c) for c in (loaded.classes or ["dog", "red circle"])[:16] for t in loaded.templates]
-    tokenizer_texts = check_tokenizer(loaded.tokenizer, tokenizer_json, list(PARITY_TEXTS) + prompt_texts)
-    transform = ImageTransform.from_config(loaded.preprocess_cfg)
-    image_graph, text_graph = tower_graphs(loaded.model)
-    image_feeds = _image_feeds(loaded.preprocess)
-    text_feeds = _text_feeds(loaded.tokenizer, list(PARITY_TEXTS) + prompt_texts)
-    pipelines = pipeline_names(name)
+    def plan() -> Product:
+        from mmserve.serving.image import DEFAULT_MAX_PIXELS, ImageTransform
+        from mmserve.training.clip_checkpoint import load_clip_checkpoint
 
-    with tempfile.TemporaryDirectory(prefix="mmserve-export-") as scratch:
-        scratch = Path(scratch)
-        image_onnx = export_onnx(image_graph, (_torch(image_feeds[0]["pixel_values"][:2]),), IMAGE_SPEC, scratch / "image" / "model.onnx")
-        image_parity = require_parity(check_parity(image_graph, image_onnx, image_feeds, IMAGE_OUTPUT), f"{pipelines[0]} image tower")
-        text_onnx = export_onnx(text_graph, (_torch(text_feeds[0]["input_ids"][:2]),), TEXT_SPEC, scratch / "text" / "model.onnx")
-        text_parity = require_parity(check_parity(text_graph, text_onnx, text_feeds, TEXT_OUTPUT), f"{pipelines[1]} text tower")
-        image_quantization = text_quantization = None
-        if int8:
-            image_onnx, image_quantization = quantize_int8(image_onnx, image_feeds, IMAGE_OUTPUT)
-            text_onnx, text_quantization = quantize_int8(text_onnx, text_feeds, TEXT_OUTPUT)
-        models = _pipeline_models(
-            repository, name, pipelines, image_onnx, text_onnx, tokenizer_json, loaded, transform,
-            max_pixels or DEFAULT_MAX_PIXELS, max_labels, profile, tuning,
-        )
-        quantized = {"image_tower": image_quantization, "text_tower": text_quantization}
-        release = Release(checkpoint, dict(zip(pipelines, PIPELINE_KINDS)), profile,
-                          {"image_tower": image_parity, "text_tower": text_parity},
-                          {tower: report for tower, report in quantized.items() if report})
-        written = write_models(repository, models, release, keep)
-        image_bytes, text_bytes = image_onnx.stat().st_size, text_onnx.stat().st_size
-        embed_dim = onnx_tensors(image_onnx)[1][0].dims[0]
+        loaded = load_clip_checkpoint(checkpoint)
+        tokenizer_json = clip_tokenizer_json(loaded.tokenizer)
+        texts = list(PARITY_TEXTS) + [t.format(c) for c in (loaded.classes or ["dog", "red circle"])[:16] for t in loaded.templates]
+        checked = check_tokenizer(loaded.tokenizer, tokenizer_json, texts)
+        transform = ImageTransform.from_config(loaded.preprocess_cfg)
+        graphs = serving_graphs(loaded)
+        towers = [
+            Graph("image_tower", graphs["image_tower"], IMAGE_SPEC, image_feeds(loaded.preprocess)),
+            Graph("text_tower", graphs["text_tower"], TEXT_SPEC, text_feeds(loaded.tokenizer, texts)),
+        ]
+        pipelines = pipeline_names(name)
 
-    return ClipExportResult(
-        pipelines=pipelines,
-        models=tuple(m.name for m in models),
-        image_parity=image_parity,
-        text_parity=text_parity,
-        tokenizer_texts=tokenizer_texts,
-        image_quantization=image_quantization,
-        text_quantization=text_quantization,
-        image_onnx_bytes=image_bytes,
-        text_onnx_bytes=text_bytes,
-        logit_scale=loaded.logit_scale,
-        embed_dim=embed_dim,
-        seconds=time.perf_counter() - started,
-        version=written.version,
-    )
+        def models(repository: Path, onnx: dict[str, Path], profile: str, tuning: EncoderTuning) -> list[ModelFolder]:
+            return pipeline_models(
+                repository, name, pipelines, onnx["image_tower"], onnx["text_tower"], tokenizer_json, loaded, transform,
+                max_pixels or DEFAULT_MAX_PIXELS, max_labels, profile, tuning,
+            )
+
+        details = [f"tokenizer: ids equal to open_clip's on {checked} texts", f"logit_scale {loaded.logit_scale:.2f}"]
+        return Product(Path(checkpoint), dict(zip(pipelines, PIPELINE_KINDS)), "CLIP towers", towers, models, details)
+
+    return export_product(repository, plan, **options)
 
 
-def _torch(array: np.ndarray):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def _pipeline_models(
+def pipeline_models(
     repository: Path,
     name: str | None,
     pipelines: tuple[str, str, str],
     image_onnx: Path,
     text_onnx: Path,
     tokenizer_json: str,
-    loaded,
-    transform,
+    loaded: Any,
+    transform: Any,
     max_pixels: int,
     max_labels: int,
     profile: str,
     tuning: EncoderTuning,
 ) -> list[ModelFolder]:
+    """The models of the three pipelines: pre-processing and tokenizer (shared with products
+    that decode and tokenise the same way), both towers, zero-shot classification, ensembles."""
     prefix = f"{name}_" if name else ""
     context_length = loaded.context_length
     clean = _clean_name(loaded.tokenizer)
     _, (image_embeds,) = onnx_tensors(image_onnx)
-    (input_ids,), (text_embeds,) = onnx_tensors(text_onnx)
+    (input_ids,), _ = onnx_tensors(text_onnx)
     pixel_values = Tensor("pixel_values", "TYPE_FP32", (3, *transform.size))
 
-    # image_preprocess: bytes -> normalised pixels, shared by products with the same transform
+    # image_preprocess: bytes -> normalised pixels
     preprocess_parameters = {"preprocess": json.dumps(transform.to_config()), "max_pixels": str(max_pixels)}
-    preprocess_name, preprocess_config = shared_or_own(
+    preprocess = shared_model(
         repository, PREPROCESS_MODEL, f"{prefix or 'clip_'}{PREPROCESS_MODEL}",
         lambda n: python_model_config(n, [Tensor.from_spec(IMAGE)], [pixel_values], preprocess_parameters,
                                       instances=DECODER_INSTANCES),
         {},
     )
-    preprocess = ModelFolder(preprocess_name, preprocess_config, shared=preprocess_name == PREPROCESS_MODEL)
-    preprocess.add_template(PREPROCESS_MODEL)
-
-    # clip_tokenize: text -> ids, shared by products with the same tokenizer
-    tokenizer_files = {f"{VERSION}/tokenizer.json": tokenizer_json}
+    # clip_tokenize: text -> ids
     tokenize_parameters = {"tokenizer_file": "tokenizer.json", "context_length": str(context_length), "clean": clean}
-    tokenize_name, tokenize_config = shared_or_own(
+    tokenize = shared_model(
         repository, TOKENIZE_MODEL, f"{prefix or 'clip_'}{TOKENIZE_MODEL}",
         lambda n: python_model_config(n, [Tensor.from_spec(TEXT)], [Tensor("input_ids", "TYPE_INT64", input_ids.dims)], tokenize_parameters),
-        tokenizer_files,
+        {f"{VERSION}/tokenizer.json": tokenizer_json},
     )
-    tokenize = ModelFolder(tokenize_name, tokenize_config, dict(tokenizer_files), shared=tokenize_name == TOKENIZE_MODEL)
-    tokenize.add_template(TOKENIZE_MODEL)
-
-    def encoder(model_name: str, onnx_path: Path) -> ModelFolder:
-        files: dict[str, Path | bytes | str] = {f"{VERSION}/{onnx_path.name}": onnx_path}
-        if profile == "cpu":
-            files[f"{VERSION}/model.py"] = ENCODER_MODEL_PY
-        return ModelFolder(model_name, encoder_config(model_name, onnx_path, profile, tuning=tuning), files)
-
-    image_encoder = encoder(f"{prefix}clip_image_encoder", image_onnx)
-    text_encoder = encoder(f"{prefix}clip_text_encoder", text_onnx)
+    image_encoder = encoder_model(f"{prefix}clip_image_encoder", image_onnx, profile, tuning)
+    text_encoder = encoder_model(f"{prefix}clip_text_encoder", text_onnx, profile, tuning)
 
     # zero_shot_classify: image embedding + label names -> probabilities (text tower + label cache inside)
     classify_name = f"{prefix}zero_shot_classify"
@@ -410,18 +309,16 @@ def _pipeline_models(
 
     image_pipeline, text_pipeline, zero_shot_pipeline = pipelines
     embedding = Tensor.from_spec(EMBEDDING, image_embeds.dims)
-    image_steps = [
-        Step(preprocess_name, {IMAGE.name: IMAGE.name}, {"pixel_values": "pixel_values"}),
-        Step(image_encoder.name, {"pixel_values": "pixel_values"}, {IMAGE_OUTPUT: EMBEDDING.name}),
-    ]
+    decode = ensemble_step(preprocess.name, {IMAGE.name: IMAGE.name}, {"pixel_values": "pixel_values"})
+    image_steps = [decode, ensemble_step(image_encoder.name, {"pixel_values": "pixel_values"}, {IMAGE_OUTPUT: EMBEDDING.name})]
     text_steps = [
-        Step(tokenize_name, {TEXT.name: TEXT.name}, {"input_ids": "input_ids"}),
-        Step(text_encoder.name, {"input_ids": "input_ids"}, {TEXT_OUTPUT: EMBEDDING.name}),
+        ensemble_step(tokenize.name, {TEXT.name: TEXT.name}, {"input_ids": "input_ids"}),
+        ensemble_step(text_encoder.name, {"input_ids": "input_ids"}, {TEXT_OUTPUT: EMBEDDING.name}),
     ]
     zero_shot_steps = [
-        Step(preprocess_name, {IMAGE.name: IMAGE.name}, {"pixel_values": "pixel_values"}),
-        Step(image_encoder.name, {"pixel_values": "pixel_values"}, {IMAGE_OUTPUT: IMAGE_OUTPUT}),
-        Step(classify_name, {IMAGE_OUTPUT: IMAGE_OUTPUT, LABELS.name: LABELS.name}, {PROBS.name: PROBS.name}),
+        decode,
+        ensemble_step(image_encoder.name, {"pixel_values": "pixel_values"}, {IMAGE_OUTPUT: IMAGE_OUTPUT}),
+        ensemble_step(classify_name, {IMAGE_OUTPUT: IMAGE_OUTPUT, LABELS.name: LABELS.name}, {PROBS.name: PROBS.name}),
     ]
     ensembles = [
         ModelFolder(image_pipeline, ensemble_config(image_pipeline, [Tensor.from_spec(IMAGE)], [embedding], image_steps)),

@@ -2,7 +2,7 @@
 
 The product's ensemble(s) and private steps (encoder, post-processing) get version
 V = newest + 1 beside the versions already there; shared pre-processing models stay one
-shared folder (`shared_or_own`). Everything is staged inside the repository (same
+shared folder (`shared_model`). Everything is staged inside the repository (same
 filesystem: a volume or tmpfs repository works) and committed by renames; a failed export
 leaves the repository, and the server reading it, as they were (exporters/staging.py).
 The version scheme, the card and switching versions are exporters/versions.py.
@@ -15,30 +15,36 @@ import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
+
+from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from mmserve.exporters.onnx_export import ExportError
 from mmserve.exporters.staging import RepositoryError, Staging, ensure_writable, staging
-from mmserve.exporters.triton_config import to_pbtxt
+from mmserve.exporters.triton_config import (
+    ENSEMBLE,
+    LABELS_FILE,
+    EncoderTuning,
+    copy_config,
+    encoder_config,
+    print_config,
+    read_config,
+)
 from mmserve.exporters.versions import (
     CARD_FILE,
     CONFIG_FILE,
     DEFAULT_KEEP,
-    ENSEMBLE,
     MODEL_ROOT,
     Release,
     active_version,
     build_card,
     next_version,
-    parse_config,
     pin_steps,
     plan_activation,
     policy_versions,
-    print_config,
     private_steps,
     product_versions,
     read_card,
-    read_config,
     set_policy,
     version_folders,
 )
@@ -65,7 +71,7 @@ class ModelFolder:
     """
 
     name: str
-    config: Mapping[str, Any]
+    config: ModelConfig
     files: dict[str, Path | bytes | str] = field(default_factory=dict)  # path in the folder -> content
     shared: bool = False
 
@@ -79,17 +85,17 @@ class ModelFolder:
 
     @property
     def is_ensemble(self) -> bool:
-        return self.config.get("platform") == ENSEMBLE
+        return self.config.platform == ENSEMBLE
 
     def write(self, folder: Path) -> None:
         """The whole model folder, as a shared model is kept (config at the root, version 1)."""
         folder.mkdir(parents=True, exist_ok=True)
         (folder / VERSION).mkdir(exist_ok=True)
-        (folder / CONFIG_FILE).write_text(to_pbtxt(self.config))
+        (folder / CONFIG_FILE).write_text(print_config(self.config))
         for relative, content in self.files.items():
             _put(content, folder / relative)
 
-    def write_version(self, folder: Path, config: Any) -> None:
+    def write_version(self, folder: Path, config: ModelConfig) -> None:
         """One version's folder: the version files renumbered into it, the model-root files
         (labels.txt) and `config` under model_root/, to be copied up when it is served."""
         folder.mkdir(parents=True, exist_ok=True)
@@ -142,7 +148,7 @@ def write_models(
         private = [m.name for m in versioned if not m.is_ensemble]
         snapshots: dict[str, Path] = {}
         for model in versioned:
-            config = parse_config(to_pbtxt(model.config))
+            config = copy_config(model.config)
             if model.is_ensemble:
                 pin_steps(config, set(private), version)
             set_policy(config, [version])
@@ -168,7 +174,7 @@ def _card_json(card: Mapping[str, Any]) -> str:
     return json.dumps(card, indent=2, ensure_ascii=False, default=str) + "\n"
 
 
-def _card_steps(ensemble: Any, private: set[str], version: int) -> list[dict[str, Any]]:
+def _card_steps(ensemble: ModelConfig, private: set[str], version: int) -> list[dict[str, Any]]:
     """The ensemble's steps in call order: private ones at `version`, shared ones unversioned."""
     steps: list[dict[str, Any]] = []
     for step in ensemble.ensemble_scheduling.step:
@@ -181,7 +187,7 @@ def _card_steps(ensemble: Any, private: set[str], version: int) -> list[dict[str
 def _unchanged(folder: Path, model: ModelFolder) -> bool:
     """A shared model already written exactly so: left alone, so a server need not reload it."""
     existing = read_config(folder / CONFIG_FILE)
-    return existing is not None and existing == parse_config(to_pbtxt(model.config)) and same_files(folder, model.files)
+    return existing is not None and existing == model.config and same_files(folder, model.files)
 
 
 def _remove_old_versions(repository: Path, stage: Staging, ensembles: list[str], keep: int) -> tuple[int, ...]:
@@ -249,39 +255,59 @@ def same_files(folder: Path, files: Mapping[str, Path | bytes | str]) -> bool:
     return True
 
 
-def shared_or_own(
+def shared_model(
     repository: Path,
     shared: str,
     own: str,
-    config_for: Callable[[str], Mapping[str, Any]],
+    config_for: Callable[[str], ModelConfig],
     files: Mapping[str, Path | bytes | str],
-) -> tuple[str, Mapping[str, Any]]:
-    """The shared pre-processing model's name and config when it is absent or identical,
-    else this product's own: products that tokenise/decode the same way share one model."""
-    existing = repository / shared / "config.pbtxt"
-    config = config_for(shared)
-    if not existing.is_file():  # absent, or only the checked-in template (the default repository)
-        return shared, config
-    if _same_computation(existing.read_text(), config) and same_files(repository / shared, files):
-        return shared, config  # rewritten with this export's scheduling (instances, batching delay)
-    return own, config_for(own)
+) -> ModelFolder:
+    """A pre-processing model (the checked-in template named `shared`, e.g. text_tokenize):
+    the shared one when it is absent or computes the same, else this product's own `own`.
+
+    Products that tokenise/decode the same way share one model; its files are `files`.
+    """
+    name = shared
+    if (repository / shared / CONFIG_FILE).is_file():  # else absent, or only the checked-in template
+        existing = read_config(repository / shared / CONFIG_FILE)  # None: not a config this tool wrote
+        if existing is None or not _shareable(repository / shared, existing, config_for(shared), files):
+            name = own
+    return ModelFolder(name, config_for(name), dict(files), shared=name == shared).add_template(shared)
 
 
 # How a model is scheduled, not what it computes: a newer export may retune these in place.
 _SCHEDULING_FIELDS = ("instance_group", "dynamic_batching")
 
 
-def _same_computation(existing_pbtxt: str, config: Mapping[str, Any]) -> bool:
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    def parse(text: str) -> Any:
-        message = text_format.Parse(text, model_config_pb2.ModelConfig())
+def _shareable(folder: Path, existing: ModelConfig, config: ModelConfig, files: Mapping[str, Path | bytes | str]) -> bool:
+    """The existing shared model computes what `config` and `files` describe (its scheduling
+    may differ: it is rewritten with this export's instances and batching delay)."""
+    existing, config = copy_config(existing), copy_config(config)
+    for message in (existing, config):
         for name in _SCHEDULING_FIELDS:
             message.ClearField(name)
-        return message
+    return existing == config and same_files(folder, files)
 
-    try:
-        return parse(existing_pbtxt) == parse(to_pbtxt(config))
-    except text_format.ParseError:
-        return False  # not a config this tool wrote: leave it alone
+
+def labels_txt(labels: Sequence[str]) -> str:
+    """labels.txt in Triton's label_filename format: one name per line, in output order."""
+    return "".join(f"{label}\n" for label in labels)
+
+
+def encoder_model(
+    name: str,
+    onnx_path: Path,
+    profile: str,
+    tuning: EncoderTuning,
+    labels: Sequence[str] = (),
+    labelled_output: str | None = None,
+) -> ModelFolder:
+    """An encoder's folder: the ONNX graph (and, on the cpu profile, the shared runner as its
+    model.py), labels.txt when the encoder's outputs index classes (`labelled_output` names
+    the output Triton labels from it)."""
+    files: dict[str, Path | bytes | str] = {f"{VERSION}/{onnx_path.name}": onnx_path}
+    if profile == "cpu":
+        files[f"{VERSION}/model.py"] = ENCODER_MODEL_PY
+    if labels:
+        files[LABELS_FILE] = labels_txt(labels)
+    return ModelFolder(name, encoder_config(name, onnx_path, profile, labelled_output, tuning), files)

@@ -3,61 +3,48 @@
 audio_preprocess (shared; validate, resample, features) -> encoder (ONNX, softmax or
 mean-pool + L2 norm inside the graph) -> post-processing (label names, classify only)
 -> ensemble named as the product, with DESIGN's tensor names (AUDIO, SAMPLE_RATE ->
-PROBS, LABEL | EMBEDDING).
+PROBS, LABEL | EMBEDDING). The export itself (parity gate, INT8, versioned atomic
+write) is exporters/driver.py.
 """
 from __future__ import annotations
 
 import csv
 import json
-import tempfile
-import time
 from pathlib import Path
+from typing import Any, Unpack
 
 import numpy as np
 
-from mmserve.exporters.classification import classification_tail, labels_txt
-from mmserve.exporters.onnx_export import (
-    ExportError,
-    OnnxSpec,
-    check_parity,
-    export_onnx,
-    require_parity,
-)
-from mmserve.exporters.quantize import quantize_int8
-from mmserve.exporters.repository import (
-    ENCODER_MODEL_PY,
-    VERSION,
-    ModelFolder,
-    shared_or_own,
-    write_models,
-)
-from mmserve.exporters.staging import ensure_writable
-from mmserve.exporters.versions import DEFAULT_KEEP, Release
-from mmserve.exporters.result import EncoderExportResult
-from mmserve.exporters.triton_config import (
-    DECODER_INSTANCES,
-    EncoderTuning,
-    Step,
-    Tensor,
-    encoder_config,
-    ensemble_config,
-    onnx_tensors,
-    python_model_config,
-)
+from mmserve.exporters.classification import classification_tail
+from mmserve.exporters.driver import ExportOptions, ExportResult, Feeds, Graph, Product, export_product
+from mmserve.exporters.onnx_export import ExportError, OnnxSpec
+from mmserve.exporters.repository import VERSION, ModelFolder, encoder_model, shared_model
+from mmserve.exporters.triton_config import DECODER_INSTANCES, EncoderTuning, Tensor, ensemble_config, ensemble_step
+from mmserve.exporters.triton_config import onnx_tensors, python_model_config
 from mmserve.pipelines import AUDIO, EMBEDDING, SAMPLE_RATE, Kind
 from mmserve.serving.audio import DEFAULT_MAX_SECONDS, FeatureConfig, FeatureExtractor
 
 PREPROCESS_MODEL = "audio_preprocess"
 PREPROCESSOR_FILE = "preprocessor_config.json"
-_TASK_KIND = {"classify": Kind.AUDIO_CLASSIFY, "embed": Kind.AUDIO_EMBED}
+TASK_KINDS = {"classify": Kind.AUDIO_CLASSIFY, "embed": Kind.AUDIO_EMBED}
 _ONNX_OUTPUT = {"classify": "probs", "embed": "audio_embedding"}
-PARITY_RATE = 16_000
 
 
-def _wrap(model, family: str, task: str, passes_mask: bool):
-    """The graph a pipeline serves: softmax, or masked mean-pool + L2 norm, inside ONNX."""
+def features(loaded: Any) -> tuple[dict, FeatureConfig]:
+    """The checkpoint's feature extractor as the server's pre-processing reads it: its
+    preprocessor_config.json (mel filters left out, recomputed on the server) and settings."""
+    fe_dict = loaded.feature_extractor.to_dict()
+    fe_dict.pop("mel_filters", None)
+    return fe_dict, FeatureConfig.from_preprocessor_config(fe_dict, min_samples=loaded.min_samples)
+
+
+def serving_graphs(loaded: Any, task: str) -> dict[str, Any]:
+    """The graphs a speech pipeline serves, by name: its encoder, with softmax (classify) or
+    masked mean-pool + L2 norm (embed) inside ONNX."""
     import torch
 
+    model, family = loaded.model, loaded.family
+    passes_mask = "attention_mask" in features(loaded)[1].output_names
     base = getattr(model, model.base_model_prefix, model) if family == "waveform" else model.encoder
 
     class WhisperGraph(torch.nn.Module):
@@ -89,7 +76,7 @@ def _wrap(model, family: str, task: str, passes_mask: bool):
                 pooled = (hidden * frames).sum(1) / frames.sum(1).clamp(min=1.0)
             return torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
 
-    return (WhisperGraph() if family == "whisper" else WaveformGraph()).eval()
+    return {"encoder": (WhisperGraph() if family == "whisper" else WaveformGraph()).eval()}
 
 
 def parity_clips(rate: int, seed: int = 0) -> list[np.ndarray]:
@@ -123,7 +110,8 @@ def _dev_clips(checkpoint: Path, rate: int, limit: int = 24) -> tuple[list[np.nd
     return [load_clip(Path(r["path"]), rate) for r in picked], [r["label"] for r in picked]
 
 
-def _feeds(extractor: FeatureExtractor, clips: list[np.ndarray], batch_size: int = 4) -> list[dict[str, np.ndarray]]:
+def feature_feeds(extractor: FeatureExtractor, clips: list[np.ndarray], batch_size: int = 4) -> list[Feeds]:
+    """The encoder's inputs for `clips`, as the server's pre-processing step makes them."""
     return [extractor(clips[start : start + batch_size]) for start in range(0, len(clips), batch_size)]
 
 
@@ -132,82 +120,56 @@ def export_speech(
     repository: Path,
     name: str | None = None,
     task: str | None = None,
-    int8: bool = False,
-    profile: str = "cpu",
-    tuning: EncoderTuning = EncoderTuning(),
     max_seconds: float = DEFAULT_MAX_SECONDS,
-    keep: int = DEFAULT_KEEP,
-) -> EncoderExportResult:
-    from mmserve.training.speech_checkpoint import load_speech_checkpoint
-
-    started = time.perf_counter()
+    **options: Unpack[ExportOptions],
+) -> ExportResult:
+    """A speech checkpoint as the pipeline `name` serving `task` (default: the checkpoint's);
+    clips longer than `max_seconds` are refused; `options` are every line's (int8, profile,
+    tuning, keep)."""
     checkpoint = Path(checkpoint)
-    repository = ensure_writable(repository)  # a read-only target fails before the slow work
-    loaded = load_speech_checkpoint(checkpoint)
-    task = task or loaded.task
-    if task not in _TASK_KIND:
-        raise ExportError(f"task must be 'classify' or 'embed', got {task!r}")
-    if task == "classify" and loaded.task != "classify":
-        raise ExportError(f"{checkpoint}: not a fine-tuned classifier (no training_config.json/labels.txt); export it with task 'embed'")
-    pipeline = name or _TASK_KIND[task].value
-    fe_dict = loaded.feature_extractor.to_dict()
-    fe_dict.pop("mel_filters", None)  # recomputed from the parameters on the server
-    feature_config = FeatureConfig.from_preprocessor_config(fe_dict, min_samples=loaded.min_samples)
-    passes_mask = "attention_mask" in feature_config.output_names
-    extractor = FeatureExtractor(feature_config)
-    graph = _wrap(loaded.model, loaded.family, task, passes_mask)
-    output_name = _ONNX_OUTPUT[task]
-    input_names = feature_config.output_names
-    if loaded.family == "whisper":  # the window is fixed by the positional table
-        axes = {"input_features": {0: "batch"}}
-    else:
-        axes = {n: {0: "batch", 1: "samples"} for n in input_names}
-    spec = OnnxSpec(input_names=input_names, output_names=(output_name,), dynamic_axes={**axes, output_name: {0: "batch"}})
 
-    rate = feature_config.sampling_rate
-    dev_clips, dev_labels = _dev_clips(checkpoint, rate)
-    parity_feeds = _feeds(extractor, parity_clips(rate) + dev_clips)
-    example = _to_torch(parity_feeds[0])
-    with tempfile.TemporaryDirectory(prefix="mmserve-export-") as scratch:
-        onnx_path = export_onnx(graph, tuple(example[n] for n in input_names), spec, Path(scratch) / "model.onnx")
-        parity = require_parity(check_parity(graph, onnx_path, parity_feeds, output_name), f"{pipeline} encoder")
-        quantization = None
-        if int8:
-            evaluation = None
-            if task == "classify":
-                all_clips, all_labels = _dev_clips(checkpoint, rate, limit=0)
-                evaluation = _accuracy(_feeds(extractor, all_clips, 16), [loaded.labels.index(l) for l in all_labels])
-            onnx_path, quantization = quantize_int8(onnx_path, parity_feeds, output_name, evaluation=evaluation)
-        models = _pipeline_models(
-            repository, pipeline, task, onnx_path, fe_dict, feature_config, max_seconds, loaded.labels, profile, tuning
+    def plan() -> Product:
+        from mmserve.training.speech_checkpoint import load_speech_checkpoint
+
+        loaded = load_speech_checkpoint(checkpoint)
+        chosen = task or loaded.task
+        if chosen not in TASK_KINDS:
+            raise ExportError(f"task must be 'classify' or 'embed', got {chosen!r}")
+        if chosen == "classify" and loaded.task != "classify":
+            raise ExportError(
+                f"{checkpoint}: not a fine-tuned classifier (no training_config.json/labels.txt); export it with task 'embed'"
+            )
+        pipeline = name or TASK_KINDS[chosen].value
+        fe_dict, feature_config = features(loaded)
+        extractor = FeatureExtractor(feature_config)
+        output = _ONNX_OUTPUT[chosen]
+        input_names = feature_config.output_names
+        if loaded.family == "whisper":  # the window is fixed by the positional table
+            axes = {"input_features": {0: "batch"}}
+        else:
+            axes = {n: {0: "batch", 1: "samples"} for n in input_names}
+        spec = OnnxSpec(input_names, (output,), {**axes, output: {0: "batch"}})
+        rate = feature_config.sampling_rate
+
+        def dev_set() -> tuple[list[Feeds], list[int]] | None:
+            clips, labels = _dev_clips(checkpoint, rate, limit=0)
+            return (feature_feeds(extractor, clips, 16), [loaded.labels.index(x) for x in labels]) if labels else None
+
+        encoder = Graph(
+            "encoder", serving_graphs(loaded, chosen)["encoder"], spec,
+            feature_feeds(extractor, parity_clips(rate) + _dev_clips(checkpoint, rate)[0]),
+            dev_set=dev_set if chosen == "classify" else None,
         )
-        release = Release(checkpoint, {pipeline: _TASK_KIND[task]}, profile, {"encoder": parity},
-                          {"encoder": quantization} if quantization else {})
-        written = write_models(repository, models, release, keep)
-        onnx_bytes = onnx_path.stat().st_size
 
-    return EncoderExportResult(
-        pipeline=pipeline, task=task, family=loaded.family, models=tuple(m.name for m in models),
-        parity=parity, quantization=quantization, onnx_bytes=onnx_bytes, seconds=time.perf_counter() - started,
-        version=written.version,
-    )
+        def models(repository: Path, onnx: dict[str, Path], profile: str, tuning: EncoderTuning) -> list[ModelFolder]:
+            return pipeline_models(
+                repository, pipeline, chosen, onnx["encoder"], fe_dict, feature_config, max_seconds, loaded.labels,
+                profile, tuning,
+            )
 
+        return Product(checkpoint, {pipeline: TASK_KINDS[chosen]}, f"{chosen}, {loaded.family}", [encoder], models)
 
-def _to_torch(feed: dict[str, np.ndarray]) -> dict:
-    import torch
-
-    return {k: torch.from_numpy(v) for k, v in feed.items()}
-
-
-def _accuracy(feeds: list[dict[str, np.ndarray]], gold: list[int]):
-    if not gold:
-        return None
-
-    def accuracy(session) -> float:
-        predictions = np.concatenate([session.run(["probs"], feed)[0].argmax(-1) for feed in feeds])
-        return float((predictions == np.array(gold)).mean())
-
-    return accuracy
+    return export_product(repository, plan, **options)
 
 
 def preprocess_model(
@@ -228,7 +190,7 @@ def preprocess_model(
         if "attention_mask" in feature_config.output_names:
             outputs.append(Tensor("attention_mask", "TYPE_INT64", (-1,)))
 
-    def build(name: str) -> dict:
+    def config_for(name: str):
         return python_model_config(
             name,
             [Tensor(AUDIO.name, AUDIO.config_dtype, AUDIO.dims, ragged=True), Tensor.from_spec(SAMPLE_RATE)],
@@ -237,11 +199,10 @@ def preprocess_model(
             instances=DECODER_INSTANCES,
         )
 
-    name, config = shared_or_own(repository, PREPROCESS_MODEL, f"{pipeline}_preprocess", build, files)
-    return ModelFolder(name, config, dict(files), shared=name == PREPROCESS_MODEL).add_template("audio_preprocess")
+    return shared_model(repository, PREPROCESS_MODEL, f"{pipeline}_preprocess", config_for, files)
 
 
-def _pipeline_models(
+def pipeline_models(
     repository: Path,
     pipeline: str,
     task: str,
@@ -253,29 +214,25 @@ def _pipeline_models(
     profile: str,
     tuning: EncoderTuning,
 ) -> list[ModelFolder]:
+    """The models of one speech pipeline: pre-processing, encoder, post-processing, ensemble."""
     preprocess = preprocess_model(repository, pipeline, fe_dict, feature_config, max_seconds)
-    encoder_name = f"{pipeline}_encoder"
-    output_name = _ONNX_OUTPUT[task]
-    encoder_files: dict[str, Path | bytes | str] = {f"{VERSION}/{onnx_path.name}": onnx_path}
-    if profile == "cpu":
-        encoder_files[f"{VERSION}/model.py"] = ENCODER_MODEL_PY
-    if task == "classify":
-        encoder_files["labels.txt"] = labels_txt(labels)
-    encoder = ModelFolder(
-        encoder_name,
-        encoder_config(encoder_name, onnx_path, profile, labels_output="probs" if task == "classify" else None, tuning=tuning),
-        encoder_files,
+    classify = task == "classify"
+    encoder = encoder_model(
+        f"{pipeline}_encoder", onnx_path, profile, tuning, labels if classify else (),
+        labelled_output="probs" if classify else None,
     )
     _, (encoder_output,) = onnx_tensors(onnx_path)
     feature_map = {n: n for n in feature_config.output_names}
-    preprocess_step = Step(preprocess.name, {AUDIO.name: AUDIO.name, SAMPLE_RATE.name: SAMPLE_RATE.name}, feature_map)
+    preprocess_step = ensemble_step(
+        preprocess.name, {AUDIO.name: AUDIO.name, SAMPLE_RATE.name: SAMPLE_RATE.name}, feature_map
+    )
     inputs = [Tensor.from_spec(AUDIO), Tensor.from_spec(SAMPLE_RATE)]
 
-    if task == "embed":
-        steps = [preprocess_step, Step(encoder_name, feature_map, {output_name: EMBEDDING.name})]
+    if not classify:
+        steps = [preprocess_step, ensemble_step(encoder.name, feature_map, {_ONNX_OUTPUT[task]: EMBEDDING.name})]
         ensemble = ensemble_config(pipeline, inputs, [Tensor.from_spec(EMBEDDING, encoder_output.dims)], steps)
         return [preprocess, encoder, ModelFolder(pipeline, ensemble)]
 
-    post, classify_steps, outputs = classification_tail(pipeline, encoder_name, feature_map, encoder_output, labels)
+    post, classify_steps, outputs = classification_tail(pipeline, encoder.name, feature_map, encoder_output, labels)
     ensemble = ensemble_config(pipeline, inputs, outputs, [preprocess_step, *classify_steps])
     return [preprocess, encoder, post, ModelFolder(pipeline, ensemble)]

@@ -2,32 +2,22 @@
 
 tokenize (shared) -> encoder (ONNX, with pooling / softmax inside the graph) ->
 post-processing (label names, entity spans) -> ensemble named as the product.
+The export itself (parity gate, INT8, versioned atomic write) is exporters/driver.py.
 """
 from __future__ import annotations
 
 import json
-import tempfile
-import time
 from pathlib import Path
+from typing import Any, Unpack
 
 import numpy as np
 
-from mmserve.exporters.classification import classification_tail, labels_txt
-from mmserve.exporters.onnx_export import OnnxSpec, check_parity, export_onnx, require_parity
-from mmserve.exporters.quantize import quantize_int8
-from mmserve.exporters.repository import ENCODER_MODEL_PY, VERSION, ModelFolder, shared_or_own, write_models
-from mmserve.exporters.staging import ensure_writable
-from mmserve.exporters.versions import DEFAULT_KEEP, Release
-from mmserve.exporters.result import EncoderExportResult
-from mmserve.exporters.triton_config import (
-    EncoderTuning,
-    Step,
-    Tensor,
-    encoder_config,
-    ensemble_config,
-    onnx_tensors,
-    python_model_config,
-)
+from mmserve.exporters.classification import classification_tail
+from mmserve.exporters.driver import DevSet, ExportOptions, ExportResult, Feeds, Graph, Product, export_product
+from mmserve.exporters.onnx_export import OnnxSpec
+from mmserve.exporters.repository import VERSION, ModelFolder, encoder_model, labels_txt, shared_model
+from mmserve.exporters.triton_config import LABELS_FILE, EncoderTuning, Tensor, ensemble_config, ensemble_step
+from mmserve.exporters.triton_config import onnx_tensors, python_model_config
 from mmserve.pipelines import EMBEDDING, ENTITIES, TEXT, Kind
 
 # Real sentences of varied length and script for the parity gate.
@@ -42,20 +32,23 @@ PARITY_TEXTS = (
     " ".join(["A deliberately long text that exceeds the usual length of a request."] * 12),
 )
 
-TOKENIZER_MODEL = "text_tokenize"
+TOKENIZE_MODEL = "text_tokenize"
 # One truncation length for every text product, so they can share one tokenizer
 # model; models fine-tuned on shorter inputs still read 256 positions (MiniLM's
 # sentence-transformers limit), and customer messages rarely need more.
 SERVING_MAX_LENGTH = 256
 
-_TASK_KIND = {"embed": Kind.TEXT_EMBED, "classify": Kind.TEXT_CLASSIFY, "ner": Kind.TEXT_NER}
+TASK_KINDS = {"embed": Kind.TEXT_EMBED, "classify": Kind.TEXT_CLASSIFY, "ner": Kind.TEXT_NER}
 _ONNX_OUTPUT = {"embed": "sentence_embedding", "classify": "probs", "ner": "token_probs"}
-_ONNX_SPEC_AXES = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
+_TOKEN_INPUTS = ("input_ids", "attention_mask")
 
 
-def _wrap(model, task: str):
-    """The graph a pipeline serves: pooling + L2 norm or softmax live inside ONNX (one hop fewer)."""
+def serving_graphs(loaded: Any) -> dict[str, Any]:
+    """The graphs a text pipeline serves, by name: its encoder, with pooling + L2 norm
+    (embed) or softmax (classify, NER) inside ONNX (one hop fewer)."""
     import torch
+
+    model, task = loaded.model, loaded.task
 
     class TextEncoderGraph(torch.nn.Module):
         def __init__(self) -> None:
@@ -73,10 +66,11 @@ def _wrap(model, task: str):
                 return torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
             return torch.softmax(outputs.logits, dim=-1)
 
-    return TextEncoderGraph().eval()
+    return {"encoder": TextEncoderGraph().eval()}
 
 
-def _feeds(tokenizer, texts, max_length: int, batch_size: int = 4) -> list[dict[str, np.ndarray]]:
+def token_feeds(tokenizer: Any, texts: Any, max_length: int, batch_size: int = 4) -> list[Feeds]:
+    """The encoder's inputs for `texts`, as the server's tokenizer step makes them."""
     feeds = []
     for start in range(0, len(texts), batch_size):
         encoded = tokenizer(
@@ -86,12 +80,7 @@ def _feeds(tokenizer, texts, max_length: int, batch_size: int = 4) -> list[dict[
             max_length=max_length,
             return_tensors="np",
         )
-        feeds.append(
-            {
-                "input_ids": encoded["input_ids"].astype(np.int64),
-                "attention_mask": encoded["attention_mask"].astype(np.int64),
-            }
-        )
+        feeds.append({name: encoded[name].astype(np.int64) for name in _TOKEN_INPUTS})
     return feeds
 
 
@@ -99,68 +88,41 @@ def export_text(
     checkpoint: Path,
     repository: Path,
     name: str | None = None,
-    int8: bool = False,
-    profile: str = "cpu",
-    tuning: EncoderTuning = EncoderTuning(),
     max_length: int = SERVING_MAX_LENGTH,
-    keep: int = DEFAULT_KEEP,
-) -> EncoderExportResult:
-    from mmserve.training.checkpoint import load_text_checkpoint
+    **options: Unpack[ExportOptions],
+) -> ExportResult:
+    """A text checkpoint as the pipeline `name` (default: its task's contract name); texts are
+    truncated to `max_length` tokens; `options` are every line's (int8, profile, tuning, keep)."""
 
-    started = time.perf_counter()
-    repository = ensure_writable(repository)  # a read-only target fails before the slow work
-    loaded = load_text_checkpoint(checkpoint)
-    task = loaded.task
-    max_length = min(max_length, int(getattr(loaded.model.config, "max_position_embeddings", max_length)))
-    pipeline = name or _TASK_KIND[task].value
-    graph = _wrap(loaded.model, task)
-    output_name = _ONNX_OUTPUT[task]
-    spec = OnnxSpec(
-        input_names=("input_ids", "attention_mask"),
-        output_names=(output_name,),
-        dynamic_axes={**_ONNX_SPEC_AXES, output_name: {0: "batch", **({1: "sequence"} if task == "ner" else {})}},
-    )
-    dev_texts = _dev_texts(checkpoint)
-    parity_feeds = _feeds(loaded.tokenizer, PARITY_TEXTS + tuple(dev_texts[:24]), max_length)
+    def plan() -> Product:
+        from mmserve.training.checkpoint import load_text_checkpoint
 
-    with tempfile.TemporaryDirectory(prefix="mmserve-export-") as scratch:
-        onnx_path = export_onnx(graph, tuple(_to_torch(parity_feeds[0]).values()), spec, Path(scratch) / "model.onnx")
-        parity = require_parity(check_parity(graph, onnx_path, parity_feeds, output_name), f"{pipeline} encoder")
-        quantization = None
-        if int8:
-            onnx_path, quantization = quantize_int8(
-                onnx_path, parity_feeds, output_name, evaluation=_int8_evaluation(loaded, checkpoint, max_length)
-            )
-        models = _pipeline_models(
-            repository, pipeline, task, onnx_path, _tokenizer_json(loaded.tokenizer), max_length, loaded.labels,
-            profile, tuning,
+        loaded = load_text_checkpoint(checkpoint)
+        task = loaded.task
+        length = min(max_length, int(getattr(loaded.model.config, "max_position_embeddings", max_length)))
+        pipeline = name or TASK_KINDS[task].value
+        output = _ONNX_OUTPUT[task]
+        axes = {n: {0: "batch", 1: "sequence"} for n in _TOKEN_INPUTS}
+        spec = OnnxSpec(_TOKEN_INPUTS, (output,), {**axes, output: {0: "batch", **({1: "sequence"} if task == "ner" else {})}})
+        texts = PARITY_TEXTS + tuple(_dev_texts(checkpoint)[:24])
+        encoder = Graph(
+            "encoder", serving_graphs(loaded)["encoder"], spec, token_feeds(loaded.tokenizer, texts, length),
+            dev_set=lambda: _classify_dev_set(loaded, checkpoint, length),
         )
-        release = Release(checkpoint, {pipeline: _TASK_KIND[task]}, profile, {"encoder": parity},
-                          {"encoder": quantization} if quantization else {})
-        written = write_models(repository, models, release, keep)
-        onnx_bytes = onnx_path.stat().st_size
+        tokenizer_json = _tokenizer_json(loaded.tokenizer)
 
-    return EncoderExportResult(
-        pipeline=pipeline,
-        task=task,
-        models=tuple(m.name for m in models),
-        parity=parity,
-        quantization=quantization,
-        onnx_bytes=onnx_bytes,
-        seconds=time.perf_counter() - started,
-        version=written.version,
-    )
+        def models(repository: Path, onnx: dict[str, Path], profile: str, tuning: EncoderTuning) -> list[ModelFolder]:
+            encoder = onnx["encoder"]
+            return pipeline_models(repository, pipeline, task, encoder, tokenizer_json, length, loaded.labels, profile, tuning)
 
+        return Product(Path(checkpoint), {pipeline: TASK_KINDS[task]}, task, [encoder], models)
 
-def _to_torch(feed: dict[str, np.ndarray]) -> dict:
-    import torch
-
-    return {k: torch.from_numpy(v) for k, v in feed.items()}
+    return export_product(repository, plan, **options)
 
 
 def _dev_texts(checkpoint: Path) -> list[str]:
     """Texts of the checkpoint's own dev split, when training left it (dev.jsonl)."""
-    dev = checkpoint / "dev.jsonl"
+    dev = Path(checkpoint) / "dev.jsonl"
     if not dev.exists():
         return []
     texts = []
@@ -171,7 +133,7 @@ def _dev_texts(checkpoint: Path) -> list[str]:
     return texts
 
 
-def _tokenizer_json(tokenizer) -> str:
+def _tokenizer_json(tokenizer: Any) -> str:
     """tokenizer.json without the call-time truncation/padding state HF leaves in it."""
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     state["truncation"] = None
@@ -179,27 +141,20 @@ def _tokenizer_json(tokenizer) -> str:
     return json.dumps(state, ensure_ascii=False, sort_keys=True)
 
 
-def _int8_evaluation(loaded, checkpoint: Path, max_length: int):
-    """Dev accuracy of an ONNX classifier, to report what INT8 costs (classify only)."""
-    dev = checkpoint / "dev.jsonl"
+def _classify_dev_set(loaded: Any, checkpoint: Path, max_length: int) -> DevSet | None:
+    """A classifier's dev split (dev.jsonl), to score what INT8 costs; None for other tasks."""
+    dev = Path(checkpoint) / "dev.jsonl"
     if loaded.task != "classify" or not dev.exists():
         return None
     records = [json.loads(line) for line in dev.read_text(encoding="utf-8").splitlines() if line.strip()]
-    feeds = _feeds(loaded.tokenizer, [r["text"] for r in records], max_length, batch_size=32)
-    gold = np.array([loaded.labels.index(r["label"]) for r in records])
-
-    def accuracy(session) -> float:
-        predictions = np.concatenate([session.run(["probs"], feed)[0].argmax(-1) for feed in feeds])
-        return float((predictions == gold).mean())
-
-    return accuracy
+    feeds = token_feeds(loaded.tokenizer, [r["text"] for r in records], max_length, batch_size=32)
+    return feeds, [loaded.labels.index(r["label"]) for r in records]
 
 
-def _tokenizer_model(repository: Path, pipeline: str, tokenizer_json: str, max_length: int) -> ModelFolder:
+def _tokenize_model(repository: Path, pipeline: str, tokenizer_json: str, max_length: int) -> ModelFolder:
     """The shared tokenizer when this checkpoint tokenises the same way, else the pipeline's own."""
-    files = {f"{VERSION}/tokenizer.json": tokenizer_json}
 
-    def config_for(name: str) -> dict:
+    def config_for(name: str):
         return python_model_config(
             name,
             [Tensor.from_spec(TEXT)],
@@ -212,11 +167,11 @@ def _tokenizer_model(repository: Path, pipeline: str, tokenizer_json: str, max_l
             {"tokenizer_file": "tokenizer.json", "max_length": str(max_length)},
         )
 
-    name, config = shared_or_own(repository, TOKENIZER_MODEL, f"{pipeline}_tokenize", config_for, files)
-    return ModelFolder(name, config, dict(files), shared=name == TOKENIZER_MODEL).add_template("text_tokenize")
+    files = {f"{VERSION}/tokenizer.json": tokenizer_json}
+    return shared_model(repository, TOKENIZE_MODEL, f"{pipeline}_tokenize", config_for, files)
 
 
-def _pipeline_models(
+def pipeline_models(
     repository: Path,
     pipeline: str,
     task: str,
@@ -227,33 +182,25 @@ def _pipeline_models(
     profile: str,
     tuning: EncoderTuning,
 ) -> list[ModelFolder]:
-    tokenize = _tokenizer_model(repository, pipeline, tokenizer_json, max_length)
-    encoder_name = f"{pipeline}_encoder"
-    output_name = _ONNX_OUTPUT[task]
-    labels_file = labels_txt(labels)
-    encoder_files: dict[str, Path | bytes | str] = {f"{VERSION}/{onnx_path.name}": onnx_path}
-    if profile == "cpu":
-        encoder_files[f"{VERSION}/model.py"] = ENCODER_MODEL_PY
-    if labels:
-        encoder_files["labels.txt"] = labels_file
-    encoder = ModelFolder(
-        encoder_name,
-        encoder_config(encoder_name, onnx_path, profile, labels_output="probs" if task == "classify" else None, tuning=tuning),
-        encoder_files,
+    """The models of one text pipeline: tokenizer, encoder, post-processing, ensemble."""
+    tokenize = _tokenize_model(repository, pipeline, tokenizer_json, max_length)
+    encoder = encoder_model(
+        f"{pipeline}_encoder", onnx_path, profile, tuning, labels, labelled_output="probs" if task == "classify" else None
     )
+    output_name = _ONNX_OUTPUT[task]
     _, (encoder_output,) = onnx_tensors(onnx_path)
-    token_inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask"}
-    tokenize_step = Step(tokenize.name, {"TEXT": "TEXT"}, token_inputs)
+    token_inputs = {n: n for n in _TOKEN_INPUTS}
+    tokenize_step = ensemble_step(tokenize.name, {TEXT.name: TEXT.name}, token_inputs)
 
     if task == "embed":
-        steps = [tokenize_step, Step(encoder_name, token_inputs, {output_name: "EMBEDDING"})]
+        steps = [tokenize_step, ensemble_step(encoder.name, token_inputs, {output_name: EMBEDDING.name})]
         ensemble = ensemble_config(
             pipeline, [Tensor.from_spec(TEXT)], [Tensor.from_spec(EMBEDDING, encoder_output.dims)], steps
         )
         return [tokenize, encoder, ModelFolder(pipeline, ensemble)]
 
     if task == "classify":
-        post, classify_steps, outputs = classification_tail(pipeline, encoder_name, token_inputs, encoder_output, labels)
+        post, classify_steps, outputs = classification_tail(pipeline, encoder.name, token_inputs, encoder_output, labels)
         ensemble = ensemble_config(pipeline, [Tensor.from_spec(TEXT)], outputs, [tokenize_step, *classify_steps])
         return [tokenize, encoder, post, ModelFolder(pipeline, ensemble)]
 
@@ -270,19 +217,13 @@ def _pipeline_models(
             ],
             [Tensor.from_spec(ENTITIES)],
         ),
-        {"labels.txt": labels_file},
+        {LABELS_FILE: labels_txt(labels)},
     ).add_template("text_ner_postprocess")
-    tokenize_step = Step(
-        tokenize.name, {"TEXT": "TEXT"}, {**token_inputs, "offsets": "offsets", "word_ids": "word_ids"}
-    )
+    spans = {"offsets": "offsets", "word_ids": "word_ids"}
     steps = [
-        tokenize_step,
-        Step(encoder_name, token_inputs, {output_name: "token_probs"}),
-        Step(
-            post_name,
-            {"TEXT": "TEXT", "offsets": "offsets", "word_ids": "word_ids", "token_probs": "token_probs"},
-            {"ENTITIES": "ENTITIES"},
-        ),
+        ensemble_step(tokenize.name, {TEXT.name: TEXT.name}, {**token_inputs, **spans}),
+        ensemble_step(encoder.name, token_inputs, {output_name: "token_probs"}),
+        ensemble_step(post_name, {TEXT.name: TEXT.name, **spans, "token_probs": "token_probs"}, {ENTITIES.name: ENTITIES.name}),
     ]
     ensemble = ensemble_config(pipeline, [Tensor.from_spec(TEXT)], [Tensor.from_spec(ENTITIES)], steps)
     return [tokenize, encoder, post, ModelFolder(pipeline, ensemble)]

@@ -1,24 +1,60 @@
-"""config.pbtxt for every model we write: derived from ONNX graphs and the contract.
+"""config.pbtxt for every model we write, as Triton's own `ModelConfig` messages.
 
-Configs are built as plain dicts and printed as protobuf text, so each kind of
-model has one builder and the output is deterministic (checked-in configs can
-be compared byte for byte).
+Configs are built as `tritonclient.grpc.model_config_pb2.ModelConfig` and printed with
+protobuf's `text_format`, so a config that names a field Triton does not have fails here,
+not at load time; and everything that reads a config back (versions, lifecycle, the bench)
+gets the same message type from `read_config`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
+
+from google.protobuf import text_format
+from tritonclient.grpc.model_config_pb2 import (
+    DataType,
+    ModelConfig,
+    ModelDynamicBatching,
+    ModelEnsembling,
+    ModelInput,
+    ModelInstanceGroup,
+    ModelOutput,
+)
 
 from mmserve.pipelines import MAX_BATCH_SIZE, TensorSpec
 
+ENSEMBLE = "ensemble"  # an ensemble's `platform`
+LABELS_FILE = "labels.txt"  # the `label_filename` of an output whose values index classes
 
-class Enum(str):
-    """A protobuf enum value: printed bare, not quoted."""
+
+def parse_config(text: str) -> ModelConfig:
+    return text_format.Parse(text, ModelConfig())
+
+
+def print_config(config: ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def read_config(path: Path) -> ModelConfig | None:
+    """A config.pbtxt as a message; None when absent or not a config Triton could read."""
+    try:
+        return parse_config(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, text_format.ParseError):
+        return None
+
+
+def copy_config(config: ModelConfig) -> ModelConfig:
+    """An independent copy, to change without touching the original."""
+    copy = ModelConfig()
+    copy.CopyFrom(config)
+    return copy
 
 
 @dataclass(frozen=True)
 class Tensor:
+    """One input or output as the exporters describe it, before it becomes a config entry."""
+
     name: str
     data_type: str  # config spelling, e.g. TYPE_FP32
     dims: tuple[int, ...]
@@ -29,17 +65,16 @@ class Tensor:
     def from_spec(cls, spec: TensorSpec, dims: tuple[int, ...] | None = None) -> "Tensor":
         return cls(spec.name, spec.config_dtype, dims if dims is not None else spec.dims)
 
-    def as_input(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"name": self.name, "data_type": Enum(self.data_type), "dims": list(self.dims)}
-        if self.ragged:
-            entry["allow_ragged_batch"] = True
-        return entry
+    def as_input(self) -> ModelInput:
+        return ModelInput(
+            name=self.name, data_type=DataType.Value(self.data_type), dims=self.dims, allow_ragged_batch=self.ragged
+        )
 
-    def as_output(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"name": self.name, "data_type": Enum(self.data_type), "dims": list(self.dims)}
-        if self.label_filename:
-            entry["label_filename"] = self.label_filename
-        return entry
+    def as_output(self) -> ModelOutput:
+        return ModelOutput(
+            name=self.name, data_type=DataType.Value(self.data_type), dims=self.dims,
+            label_filename=self.label_filename or "",
+        )
 
 
 _ORT_TO_TRITON = {
@@ -61,13 +96,27 @@ def onnx_tensors(onnx_path: Path) -> tuple[list[Tensor], list[Tensor]]:
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
 
-    def convert(values: Iterable[Any]) -> list[Tensor]:
+    def convert(values: Iterable) -> list[Tensor]:
         return [
             Tensor(v.name, _ORT_TO_TRITON[v.type], tuple(d if isinstance(d, int) else -1 for d in v.shape[1:]))
             for v in values
         ]
 
     return convert(session.get_inputs()), convert(session.get_outputs())
+
+
+def _batched_model(
+    name: str, inputs: Sequence[Tensor], outputs: Sequence[Tensor], instances: int, kind: str, max_queue_delay_us: int
+) -> ModelConfig:
+    """What every non-ensemble model shares: dynamic batching up to the contract's batch size."""
+    return ModelConfig(
+        name=name,
+        max_batch_size=MAX_BATCH_SIZE,
+        dynamic_batching=ModelDynamicBatching(max_queue_delay_microseconds=max_queue_delay_us),
+        input=[t.as_input() for t in inputs],
+        output=[t.as_output() for t in outputs],
+        instance_group=[ModelInstanceGroup(count=instances, kind=ModelInstanceGroup.Kind.Value(kind))],
+    )
 
 
 def python_model_config(
@@ -77,20 +126,11 @@ def python_model_config(
     parameters: Mapping[str, str] | None = None,
     instances: int = 1,
     max_queue_delay_us: int = 0,
-) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "name": name,
-        "backend": "python",
-        "max_batch_size": MAX_BATCH_SIZE,
-        "dynamic_batching": {"max_queue_delay_microseconds": max_queue_delay_us},
-        "input": [t.as_input() for t in inputs],
-        "output": [t.as_output() for t in outputs],
-        "instance_group": [{"count": instances, "kind": Enum("KIND_CPU")}],
-    }
-    if parameters:
-        config["parameters"] = [
-            {"key": key, "value": {"string_value": str(value)}} for key, value in sorted(parameters.items())
-        ]
+) -> ModelConfig:
+    config = _batched_model(name, inputs, outputs, instances, "KIND_CPU", max_queue_delay_us)
+    config.backend = "python"
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = str(value)
     return config
 
 
@@ -111,17 +151,22 @@ class EncoderTuning:
     intra_op_threads: int | None = None  # None: cores / instances
 
 
+# TensorRT through onnxruntime on the gpu profile: FP16, a 4 GiB workspace, engines cached
+# so a restart does not rebuild them.
+_TENSORRT = {"precision_mode": "FP16", "max_workspace_size_bytes": "4294967296", "trt_engine_cache_enable": "true"}
+
+
 def encoder_config(
     name: str,
     onnx_path: Path,
     profile: str,
     labels_output: str | None = None,
     tuning: EncoderTuning = EncoderTuning(),
-) -> dict[str, Any]:
+) -> ModelConfig:
     """cpu: the shared ONNX runner in the Python backend; gpu: Triton's onnxruntime + TensorRT FP16."""
     inputs, outputs = onnx_tensors(onnx_path)
     outputs = [
-        Tensor(t.name, t.data_type, t.dims, label_filename="labels.txt" if t.name == labels_output else None)
+        Tensor(t.name, t.data_type, t.dims, label_filename=LABELS_FILE if t.name == labels_output else None)
         for t in outputs
     ]
     if profile == "cpu":
@@ -137,64 +182,39 @@ def encoder_config(
             max_queue_delay_us=tuning.max_queue_delay_us,
         )
     if profile == "gpu":
-        return {
-            "name": name,
-            "backend": "onnxruntime",
-            "default_model_filename": onnx_path.name,
-            "max_batch_size": MAX_BATCH_SIZE,
-            "dynamic_batching": {"max_queue_delay_microseconds": tuning.max_queue_delay_us},
-            "input": [t.as_input() for t in inputs],
-            "output": [t.as_output() for t in outputs],
-            "instance_group": [{"count": tuning.instances, "kind": Enum("KIND_GPU")}],
-            "optimization": {
-                "execution_accelerators": {
-                    "gpu_execution_accelerator": [
-                        {
-                            "name": "tensorrt",
-                            "parameters": [
-                                {"key": "precision_mode", "value": "FP16"},
-                                {"key": "max_workspace_size_bytes", "value": "4294967296"},
-                                {"key": "trt_engine_cache_enable", "value": "true"},
-                            ],
-                        }
-                    ]
-                }
-            },
-        }
+        config = _batched_model(name, inputs, outputs, tuning.instances, "KIND_GPU", tuning.max_queue_delay_us)
+        config.backend = "onnxruntime"
+        config.default_model_filename = onnx_path.name
+        config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt", parameters=_TENSORRT)
+        return config
     raise ValueError(f"unknown profile {profile!r}: use 'cpu' or 'gpu'")
 
 
-@dataclass(frozen=True)
-class Step:
-    model: str
-    inputs: Mapping[str, str]  # the step model's input name -> ensemble tensor
-    outputs: Mapping[str, str]  # the step model's output name -> ensemble tensor
+def ensemble_step(model: str, inputs: Mapping[str, str], outputs: Mapping[str, str]) -> ModelEnsembling.Step:
+    """A step calling `model`: its input name -> ensemble tensor, its output name -> ensemble tensor.
+
+    `model_version: -1` (the model's served version) until the repository writer pins the
+    product's own steps to the version it writes.
+    """
+    return ModelEnsembling.Step(model_name=model, model_version=-1, input_map=inputs, output_map=outputs)
 
 
-def ensemble_config(name: str, inputs: Sequence[Tensor], outputs: Sequence[Tensor], steps: Sequence[Step]) -> dict[str, Any]:
+def ensemble_config(
+    name: str, inputs: Sequence[Tensor], outputs: Sequence[Tensor], steps: Sequence[ModelEnsembling.Step]
+) -> ModelConfig:
     """An ensemble whose every output a caller may ask for alone (see require_terminal_outputs)."""
     require_terminal_outputs(name, [t.name for t in outputs], steps)
-    return {
-        "name": name,
-        "platform": "ensemble",
-        "max_batch_size": MAX_BATCH_SIZE,
-        "input": [t.as_input() for t in inputs],
-        "output": [t.as_output() for t in outputs],
-        "ensemble_scheduling": {
-            "step": [
-                {
-                    "model_name": step.model,
-                    "model_version": -1,
-                    "input_map": [{"key": k, "value": v} for k, v in step.inputs.items()],
-                    "output_map": [{"key": k, "value": v} for k, v in step.outputs.items()],
-                }
-                for step in steps
-            ]
-        },
-    }
+    return ModelConfig(
+        name=name,
+        platform=ENSEMBLE,
+        max_batch_size=MAX_BATCH_SIZE,
+        input=[t.as_input() for t in inputs],
+        output=[t.as_output() for t in outputs],
+        ensemble_scheduling=ModelEnsembling(step=steps),
+    )
 
 
-def require_terminal_outputs(name: str, outputs: Sequence[str], steps: Sequence[Step]) -> None:
+def require_terminal_outputs(name: str, outputs: Sequence[str], steps: Sequence[ModelEnsembling.Step]) -> None:
     """Each ensemble output is produced by exactly one step and fed to none.
 
     Triton prunes the steps that no requested output needs, and its pruning takes every
@@ -204,41 +224,13 @@ def require_terminal_outputs(name: str, outputs: Sequence[str], steps: Sequence[
     (mmserve.exporters.classification does so for PROBS).
     """
     for output in outputs:
-        producers = [step.model for step in steps if output in step.outputs.values()]
+        producers = [step.model_name for step in steps if output in step.output_map.values()]
         if len(producers) != 1:
             raise ValueError(f"ensemble {name}: output {output} must come from exactly one step, not {producers or 'none'}")
-        consumers = [step.model for step in steps if output in step.inputs.values()]
+        consumers = [step.model_name for step in steps if output in step.input_map.values()]
         if consumers:
             raise ValueError(
                 f"ensemble {name}: output {output} also feeds step {consumers[0]}, so a request for a subset of "
                 f"the outputs would deadlock in Triton; feed {consumers[0]} an internal tensor and let the last "
                 f"step pass {output} through"
             )
-
-
-def to_pbtxt(message: Mapping[str, Any], indent: int = 0) -> str:
-    """Protobuf text format for a config dict; lists of messages print as `key [ {...}, ... ]`."""
-    pad = "  " * indent
-    lines = []
-    for key, value in message.items():
-        if isinstance(value, Mapping):
-            lines.append(f"{pad}{key} {{\n{to_pbtxt(value, indent + 1)}{pad}}}")
-        elif isinstance(value, list) and value and isinstance(value[0], Mapping):
-            items = ",\n".join(f"{pad}  {{\n{to_pbtxt(v, indent + 2)}{pad}  }}" for v in value)
-            lines.append(f"{pad}{key} [\n{items}\n{pad}]")
-        elif isinstance(value, list):
-            lines.append(f"{pad}{key}: [ {', '.join(_scalar(v) for v in value)} ]")
-        else:
-            lines.append(f"{pad}{key}: {_scalar(value)}")
-    return "".join(line + "\n" for line in lines)
-
-
-def _scalar(value: Any) -> str:
-    if isinstance(value, Enum):
-        return str(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'

@@ -41,10 +41,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from mmserve.exporters.staging import RepositoryError, Staging, ensure_writable, staging
+from mmserve.exporters.triton_config import ENSEMBLE, parse_config, print_config, read_config
 from mmserve.pipelines import Kind
 
 if TYPE_CHECKING:
-    from tritonclient.grpc import model_config_pb2
+    from tritonclient.grpc.model_config_pb2 import ModelConfig, ModelEnsembling
 
     from mmserve.exporters.onnx_export import ParityReport
     from mmserve.exporters.quantize import QuantizationReport
@@ -53,52 +54,28 @@ CONFIG_FILE = "config.pbtxt"
 CARD_FILE = "card.json"
 MODEL_ROOT = "model_root"
 DEFAULT_KEEP = 3
-ENSEMBLE = "ensemble"
 
 
 class VersionNotFoundError(RepositoryError, LookupError):
     """The product has no such version on disk, or it cannot be made active."""
 
 
-# --- configs as protobuf messages ------------------------------------------------------
+# --- version policies --------------------------------------------------------------------
 
 
-def parse_config(text: str) -> model_config_pb2.ModelConfig:
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    return text_format.Parse(text, model_config_pb2.ModelConfig())
-
-
-def print_config(config: model_config_pb2.ModelConfig) -> str:
-    from google.protobuf import text_format
-
-    return text_format.MessageToString(config)
-
-
-def read_config(path: Path) -> model_config_pb2.ModelConfig | None:
-    """A config.pbtxt as a message; None when absent or not a config Triton could read."""
-    from google.protobuf import text_format
-
-    try:
-        return parse_config(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, text_format.ParseError):
-        return None
-
-
-def policy_versions(config: model_config_pb2.ModelConfig) -> list[int]:
+def policy_versions(config: ModelConfig) -> list[int]:
     """The versions a `specific` version policy names ([] for latest/all/none)."""
     if config.version_policy.WhichOneof("policy_choice") != "specific":
         return []
     return sorted(config.version_policy.specific.versions)
 
 
-def set_policy(config: model_config_pb2.ModelConfig, versions: Iterable[int]) -> None:
+def set_policy(config: ModelConfig, versions: Iterable[int]) -> None:
     config.version_policy.Clear()
     config.version_policy.specific.versions.extend(sorted(set(versions)))
 
 
-def pin_steps(ensemble: model_config_pb2.ModelConfig, models: set[str], version: int) -> None:
+def pin_steps(ensemble: ModelConfig, models: set[str], version: int) -> None:
     """Name `version` in every step of the ensemble that calls one of `models`."""
     for step in ensemble.ensemble_scheduling.step:
         if step.model_name in models:
@@ -139,6 +116,14 @@ def active_version(repository: Path, product: str) -> int | None:
         return max(named)
     on_disk = version_folders(folder)  # Triton's default policy: the newest folder
     return on_disk[-1] if on_disk else None
+
+
+def step_version(repository: Path, step: ModelEnsembling.Step) -> int | None:
+    """The version of a step's model that its ensemble runs: the version the ensemble pins
+    (a product's own steps), else the model's served one (shared pre-processing)."""
+    if step.model_version > 0:
+        return step.model_version
+    return active_version(repository, step.model_name)
 
 
 def read_card(repository: Path, product: str, version: int) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import pytest
 
 from lines_clip import tiny_clip_checkpoint
 from mmserve.exporters.onnx_export import ExportError, ParityError, ParityReport
+from mmserve.exporters.triton_config import read_config
 
 
 def test_session_export_wrote_configs_logit_scale_and_templates(repository: Path, workdir: Path):
@@ -20,8 +21,8 @@ def test_session_export_wrote_configs_logit_scale_and_templates(repository: Path
     assert (classify / "1" / "model.onnx").is_file() and (classify / "1" / "tokenizer.json").is_file()
     ensemble = (repository / "zero_shot_image" / "config.pbtxt").read_text()
     assert ensemble.count("model_name") == 3 and 'platform: "ensemble"' in ensemble
-    preprocess = (repository / "image_preprocess" / "config.pbtxt").read_text()
-    assert "dims: [ 3, 32, 32 ]" in preprocess and 'key: "max_pixels"' in preprocess
+    preprocess = read_config(repository / "image_preprocess" / "config.pbtxt")
+    assert list(preprocess.output[0].dims) == [3, 32, 32] and "max_pixels" in preprocess.parameters
     summary = (workdir / "clip-export.txt").read_text()
     assert "image tower parity fp32" in summary and "ids equal to open_clip's" in summary
 
@@ -31,8 +32,9 @@ def test_int8_export_reports_its_cost(workdir: Path, tmp_path: Path):
 
     result = export_clip(tiny_clip_checkpoint(workdir), tmp_path / "repo", int8=True, name="small")
     assert result.pipelines == ("small_image_embed", "small_clip_text_embed", "small_zero_shot_image")
-    assert result.image_quantization is not None and result.text_quantization is not None
-    assert result.text_quantization.min_cosine > 0.9
+    image_quantization, text_quantization = (result.graphs[g].quantization for g in ("image_tower", "text_tower"))
+    assert image_quantization is not None and text_quantization is not None
+    assert text_quantization.min_cosine > 0.9
     encoder = tmp_path / "repo" / "small_clip_text_encoder"
     assert (encoder / "1" / "model.int8.onnx").is_file() and 'string_value: "model.int8.onnx"' in (encoder / "config.pbtxt").read_text()
     assert (tmp_path / "repo" / "small_zero_shot_classify" / "1" / "model.int8.onnx").is_file()
@@ -40,11 +42,12 @@ def test_int8_export_reports_its_cost(workdir: Path, tmp_path: Path):
 
 def test_failed_parity_gate_leaves_the_repository_untouched(workdir: Path, tmp_path: Path, monkeypatch):
     import mmserve.exporters.clip as clip_exporter
+    import mmserve.exporters.driver as export_driver
 
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "keep.txt").write_text("untouched")
-    monkeypatch.setattr(clip_exporter, "check_parity", lambda *a, **k: ParityReport(0.5, 0.7, 4, 1e-4, 0.9999))
+    monkeypatch.setattr(export_driver, "check_parity", lambda *a, **k: ParityReport(0.5, 0.7, 4, 1e-4, 0.9999))
     with pytest.raises(ParityError, match="does not match torch"):
         clip_exporter.export_clip(tiny_clip_checkpoint(workdir), repo)
     assert sorted(p.name for p in repo.iterdir()) == ["keep.txt"]

@@ -242,11 +242,11 @@ def test_class_count_on_zero_shot_probs_indexes_the_request_labels(triton, all_o
 
 
 def test_an_ensemble_output_that_feeds_a_later_step_is_refused():
-    from mmserve.exporters.triton_config import Step, Tensor, ensemble_config
+    from mmserve.exporters.triton_config import Tensor, ensemble_config, ensemble_step
 
     steps = [
-        Step("enc", {"input_ids": "input_ids"}, {"probs": "PROBS"}),
-        Step("post", {"probs": "PROBS"}, {"LABEL": "LABEL"}),
+        ensemble_step("enc", {"input_ids": "input_ids"}, {"probs": "PROBS"}),
+        ensemble_step("post", {"probs": "PROBS"}, {"LABEL": "LABEL"}),
     ]
     outputs = [Tensor.from_spec(PROBS, (3,)), Tensor("LABEL", "TYPE_STRING", (1,))]
     with pytest.raises(ValueError, match="output PROBS also feeds step post.*pass PROBS through"):
@@ -261,10 +261,10 @@ def test_the_classification_tail_produces_every_output_from_its_last_step():
 
     post, steps, outputs = classification_tail("shop", "shop_encoder", {"x": "x"}, Tensor("probs", "TYPE_FP32", (3,)), ["a", "b", "c"])
     assert [t.name for t in outputs] == [t.name for t in spec(Kind.TEXT_CLASSIFY).outputs]
-    assert set(steps[-1].outputs.values()) == {t.name for t in outputs}
-    assert not {t.name for t in outputs} & set(steps[0].outputs.values())
-    probs_output = next(o for o in post.config["output"] if o["name"] == PROBS.name)
-    assert probs_output["label_filename"] == "labels.txt" and post.files["labels.txt"] == "a\nb\nc\n"
+    assert set(steps[-1].output_map.values()) == {t.name for t in outputs}
+    assert not {t.name for t in outputs} & set(steps[0].output_map.values())
+    probs_output = next(o for o in post.config.output if o.name == PROBS.name)
+    assert probs_output.label_filename == "labels.txt" and post.files["labels.txt"] == "a\nb\nc\n"
 
 
 def test_the_post_processing_step_answers_what_is_named():

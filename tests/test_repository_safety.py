@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from mmserve.exporters import versions
 from mmserve.exporters.onnx_export import ParityError, check_parity
@@ -170,13 +171,13 @@ def test_a_full_disk_leaves_the_repository_and_the_server_as_they_were(served_re
 def test_a_failed_parity_gate_leaves_the_repository_and_the_server_as_they_were(
     served_repository, text_checkpoints, monkeypatch
 ):
-    import mmserve.exporters.text as text_exporter
+    import mmserve.exporters.driver as export_driver
 
     repository, server = served_repository
     classes = answers(server)
     before = snapshot(repository)
     # A gate no real export passes: any difference, even 0, is above a negative tolerance.
-    monkeypatch.setattr(text_exporter, "check_parity", functools.partial(check_parity, tolerance=-1.0))
+    monkeypatch.setattr(export_driver, "check_parity", functools.partial(check_parity, tolerance=-1.0))
     with pytest.raises(ParityError, match="Nothing was written"):
         export_text(text_checkpoints["classify"], repository)
     assert snapshot(repository) == before
@@ -210,6 +211,6 @@ def test_what_a_killed_export_left_is_removed_by_the_next_one(tmp_path: Path):
     leftover.mkdir(parents=True)
     (leftover / "config.pbtxt").write_text('name: "m"')
     assert repository_models(repository) == []
-    write_models(repository, [ModelFolder("m", {"name": "m"}, {"1/weights.bin": b"w"})])
+    write_models(repository, [ModelFolder("m", ModelConfig(name="m"), {"1/weights.bin": b"w"})])
     assert sorted(p.name for p in repository.iterdir()) == [".mmserve.lock", "m"]
     assert repository_models(repository) == ["m"]

@@ -239,8 +239,9 @@ def test_int8_export_writes_the_quantized_graph_and_reports_its_cost(tiny_classi
     from mmserve.exporters.speech import export_speech
 
     result = export_speech(tiny_classifier, tmp_path / "repo", name="kws_int8", int8=True)
-    assert result.quantization is not None and result.quantization.min_cosine > 0.9
-    assert result.quantization.fp32_accuracy is not None  # measured on the checkpoint's dev split
+    quantization = result.graphs["encoder"].quantization
+    assert quantization is not None and quantization.min_cosine > 0.9
+    assert quantization.fp32_accuracy is not None  # measured on the checkpoint's dev split
     encoder = tmp_path / "repo" / "kws_int8_encoder"
     assert (encoder / "1" / "model.int8.onnx").is_file()
     assert 'string_value: "model.int8.onnx"' in (encoder / "config.pbtxt").read_text()

@@ -21,8 +21,9 @@ def test_exporting_into_the_checked_in_layout_uses_the_shared_tokenizer(tmp_path
 
 def test_int8_export_reports_its_drift(tmp_path: Path, tiny_bert: Path, text_checkpoints):
     result = export_text(text_checkpoints["classify"], tmp_path / "repo", int8=True)
-    assert result.quantization is not None and 0.5 < result.quantization.min_cosine <= 1.0001
+    quantization = result.graphs["encoder"].quantization
+    assert quantization is not None and 0.5 < quantization.min_cosine <= 1.0001
     # scored on the split training held out (dev.jsonl beside the checkpoint)
-    assert 0 <= result.quantization.fp32_accuracy <= 1 and 0 <= result.quantization.int8_accuracy <= 1
+    assert 0 <= quantization.fp32_accuracy <= 1 and 0 <= quantization.int8_accuracy <= 1
     assert (tmp_path / "repo" / "text_classify_encoder" / "1" / "model.int8.onnx").exists()
     assert 'string_value: "model.int8.onnx"' in (tmp_path / "repo" / "text_classify_encoder" / "config.pbtxt").read_text()

@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 from mmserve.exporters import versions
 from mmserve.exporters.repository import ModelFolder, write_models
 from mmserve.exporters.text import export_text
-from mmserve.exporters.triton_config import Step, Tensor, ensemble_config, python_model_config
+from mmserve.exporters.triton_config import Tensor, ensemble_config, ensemble_step, python_model_config
 from mmserve.exporters.versions import VersionNotFoundError, read_config
 from mmserve.pipelines import EMBEDDING, TEXT
 
@@ -203,7 +203,10 @@ def _config_only_product(prefix: str) -> list[ModelFolder]:
     """Two ensembles sharing a private step and a shared one, like one CLIP export's pipelines."""
     pre = python_model_config("pre", [Tensor.from_spec(TEXT)], [Tensor("ids", "TYPE_INT64", (-1,))])
     encoder = python_model_config(f"{prefix}_encoder", [Tensor("ids", "TYPE_INT64", (-1,))], [Tensor("vec", "TYPE_FP32", (4,))])
-    steps = [Step("pre", {"TEXT": "TEXT"}, {"ids": "ids"}), Step(f"{prefix}_encoder", {"ids": "ids"}, {"vec": "EMBEDDING"})]
+    steps = [
+        ensemble_step("pre", {"TEXT": "TEXT"}, {"ids": "ids"}),
+        ensemble_step(f"{prefix}_encoder", {"ids": "ids"}, {"vec": "EMBEDDING"}),
+    ]
     return [
         ModelFolder("pre", pre, {"1/model.py": "# shared\n"}, shared=True),
         ModelFolder(f"{prefix}_encoder", encoder, {"1/model.py": "# encoder\n", "labels.txt": "a\nb\n"}),

@@ -1,0 +1,183 @@
+"""The one export sequence every product line runs: torch graphs -> ONNX -> parity gate ->
+INT8 (with --int8) -> the line's repository models -> a new product version, written atomically.
+
+A product line (exporters/text.py, speech.py, clip.py) loads its checkpoint and describes
+its export as a `Product`: the graphs it serves, wrapped as served, with real inputs for the
+parity gate, and a function that turns the exported ONNX files into the repository's models
+(pre-processing, encoders, post-processing, ensembles). Everything else happens here, so
+every line gets the same gate, the same INT8 report, the same product card and the same
+atomic write. docs/adding-a-product-line.md walks through adding a line.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, TypedDict
+
+import numpy as np
+
+from mmserve.exporters.onnx_export import OnnxSpec, ParityReport, check_parity, export_onnx, require_parity
+from mmserve.exporters.quantize import QuantizationReport, quantize_int8
+from mmserve.exporters.repository import ModelFolder, write_models
+from mmserve.exporters.staging import ensure_writable
+from mmserve.exporters.triton_config import EncoderTuning, onnx_tensors
+from mmserve.exporters.versions import DEFAULT_KEEP, Release
+from mmserve.pipelines import Kind
+
+Feeds = dict[str, np.ndarray]  # one batch of a graph's inputs, by input name
+DevSet = tuple[Sequence[Feeds], Sequence[int]]  # a classifier's dev inputs and gold class indices
+
+
+class ExportOptions(TypedDict, total=False):
+    """What every product line's export takes besides its own settings (`export_product`'s
+    defaults): `--int8`, `--profile cpu|gpu`, the encoders' scheduling, `--keep N`."""
+
+    int8: bool
+    profile: str
+    tuning: EncoderTuning
+    keep: int
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One torch module a product serves as an ONNX graph."""
+
+    name: str  # "encoder", "image_tower", ...: the key of its figures on the product card
+    module: Any  # a torch.nn.Module in eval mode, wrapped exactly as served (the line's serving_graphs)
+    spec: OnnxSpec
+    parity_feeds: Sequence[Feeds]  # real inputs in batches: the parity gate's, and INT8's comparison
+    # A classifier's dev split, read only with --int8, to report what INT8 costs in accuracy.
+    dev_set: Callable[[], DevSet | None] | None = None
+
+    @property
+    def output(self) -> str:
+        """The output the gates compare (the graph's first)."""
+        return self.spec.output_names[0]
+
+    @property
+    def title(self) -> str:
+        return self.name.replace("_", " ")
+
+
+@dataclass(frozen=True)
+class Product:
+    """What one export of a product line writes; `export_product` does the rest."""
+
+    checkpoint: Path
+    kinds: Mapping[str, Kind]  # each pipeline (ensemble) written -> its kind; the first names the product
+    description: str  # what the summary calls it: the task, the model family
+    graphs: Sequence[Graph]
+    # (repository, each graph's ONNX file by graph name, profile, tuning) -> every model of the export
+    models: Callable[[Path, Mapping[str, Path], str, EncoderTuning], list[ModelFolder]]
+    details: Sequence[str] = ()  # the line's own facts for the summary
+
+
+@dataclass(frozen=True)
+class GraphExport:
+    """What became of one graph."""
+
+    parity: ParityReport
+    quantization: QuantizationReport | None  # with --int8: drift (and accuracy) against fp32
+    onnx_bytes: int  # the file served (the INT8 one with --int8)
+    output_dims: tuple[int, ...]  # per item, as the repository's config states them
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What one export did, for every product line."""
+
+    pipelines: tuple[str, ...]
+    description: str
+    models: tuple[str, ...]  # every model written or reused, in the export's order
+    graphs: Mapping[str, GraphExport]
+    seconds: float
+    version: int | None  # the product version written (exporters/versions.py)
+    details: tuple[str, ...] = ()
+
+    @property
+    def pipeline(self) -> str:
+        """The product: its first pipeline (`mmserve reload` takes it; the others follow)."""
+        return self.pipelines[0]
+
+    def summary(self) -> str:
+        plural = "s" if len(self.pipelines) > 1 else ""
+        lines = [
+            f"pipeline{plural} {', '.join(self.pipelines)} ({self.description}) version {self.version}",
+            f"  models: {', '.join(self.models)}",
+        ]
+        for name, graph in self.graphs.items():
+            title = name.replace("_", " ")
+            lines.append(f"  {title} parity fp32: {graph.parity}")
+            if graph.quantization:
+                lines.append(f"  {title} int8: {graph.quantization}")
+        lines += [f"  {detail}" for detail in self.details]
+        sizes = ", ".join(
+            f"{name.replace('_', ' ')} {graph.onnx_bytes / 1e6:.1f} MB (output dims {list(graph.output_dims)})"
+            for name, graph in self.graphs.items()
+        )
+        lines.append(f"  ONNX {sizes}; export {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def export_product(
+    repository: Path,
+    plan: Callable[[], Product],
+    int8: bool = False,
+    profile: str = "cpu",
+    tuning: EncoderTuning = EncoderTuning(),
+    keep: int = DEFAULT_KEEP,
+) -> ExportResult:
+    """Export what `plan` describes and write it as the product's new version.
+
+    `plan` loads the checkpoint; it runs once the repository has proved writable, so a
+    read-only target fails in a second, not after the slow work. Nothing reaches the
+    repository unless every graph passes its parity gate.
+    """
+    started = time.perf_counter()
+    repository = ensure_writable(repository)
+    product = plan()
+    name = next(iter(product.kinds))
+    with tempfile.TemporaryDirectory(prefix="mmserve-export-") as scratch:
+        onnx: dict[str, Path] = {}
+        exported: dict[str, GraphExport] = {}
+        for graph in product.graphs:
+            onnx[graph.name], exported[graph.name] = _export_graph(graph, Path(scratch) / graph.name, name, int8)
+        models = product.models(repository, onnx, profile, tuning)
+        release = Release(
+            product.checkpoint, product.kinds, profile,
+            {graph: result.parity for graph, result in exported.items()},
+            {graph: result.quantization for graph, result in exported.items() if result.quantization},
+        )
+        written = write_models(repository, models, release, keep)
+    return ExportResult(
+        tuple(product.kinds), product.description, tuple(m.name for m in models), exported,
+        time.perf_counter() - started, written.version, tuple(product.details),
+    )
+
+
+def _export_graph(graph: Graph, folder: Path, product: str, int8: bool) -> tuple[Path, GraphExport]:
+    import torch
+
+    example = tuple(torch.from_numpy(np.ascontiguousarray(graph.parity_feeds[0][n])) for n in graph.spec.input_names)
+    path = export_onnx(graph.module, example, graph.spec, folder / "model.onnx")
+    parity = require_parity(check_parity(graph.module, path, graph.parity_feeds, graph.output), f"{product} {graph.title}")
+    quantization = None
+    if int8:
+        dev = graph.dev_set() if graph.dev_set else None
+        evaluation = dev_accuracy(*dev, output=graph.output) if dev else None
+        path, quantization = quantize_int8(path, graph.parity_feeds, graph.output, evaluation=evaluation)
+    _, outputs = onnx_tensors(path)
+    return path, GraphExport(parity, quantization, path.stat().st_size, outputs[0].dims)
+
+
+def dev_accuracy(feeds: Sequence[Feeds], gold: Sequence[int], output: str) -> Callable[[Any], float]:
+    """Accuracy of an onnxruntime session's argmax of `output` against the gold class indices."""
+    expected = np.asarray(gold)
+
+    def accuracy(session: Any) -> float:
+        predictions = np.concatenate([session.run([output], feed)[0].argmax(-1) for feed in feeds])
+        return float((predictions == expected).mean())
+
+    return accuracy
