@@ -278,7 +278,7 @@ def _soak(args: argparse.Namespace) -> int:
         config = SoakConfig(
             minutes=args.minutes, concurrency=args.concurrency, out=args.out or default_out(), url=args.url,
             repository=None if args.url else args.repository, window_s=args.window,
-            max_rss_growth_pct=args.max_rss_growth, request_timeout_s=args.request_timeout, server_pid=args.server_pid,
+            max_rss_growth_pct=args.max_rss_growth, min_rss_growth_mib=args.min_rss_growth, request_timeout_s=args.request_timeout, server_pid=args.server_pid,
             admin_key=args.admin_key or None, api_key=args.api_key or None, tls=args.tls, tls_ca=args.tls_ca,
             tls_cert=args.tls_cert, tls_key=args.tls_key, tls_server_name=args.tls_server_name,
         )
@@ -297,7 +297,8 @@ def _add_soak_command(commands) -> None:
         "soak", help="a long mixed load over every product: errors, p50/p99 per window and product, RSS growth",
         description="Drive every READY product with realistic inputs at a fixed concurrency for a while, "
         "sampling the server's and each Python stub's memory; write results.json, summary.md and soak.png.",
-        epilog="exit codes: 0 pass, 1 a request failed, 2 cannot run, 3 RSS grew more than --max-rss-growth",
+        epilog="exit codes: 0 pass, 1 a request failed, 2 cannot run, "
+        "3 RSS grew more than --max-rss-growth and --min-rss-growth",
     )
     soak.add_argument("--minutes", type=float, default=10.0, help="how long the load runs")
     soak.add_argument("--concurrency", type=int, default=16, help="client threads, each with one request in flight")
@@ -309,6 +310,8 @@ def _add_soak_command(commands) -> None:
     soak.add_argument("--window", type=float, default=30.0, help="seconds per latency window")
     soak.add_argument("--max-rss-growth", type=float, default=5.0,
                       help="percent a process's RSS may grow after warm-up (the first 20%% of the run)")
+    soak.add_argument("--min-rss-growth", type=float, default=8.0,
+                      help="MiB a process may grow whatever the percentage (allocator and arena steps)")
     soak.add_argument("--request-timeout", type=float, default=30.0, help="seconds one request may take")
     soak.add_argument("--server-pid", type=int, help="with --url: the tritonserver to sample (default: found by port)")
     soak.add_argument("--admin-key", default=os.environ.get("MMSERVE_ADMIN_KEY"),

@@ -69,16 +69,22 @@ def test_a_restarted_stub_is_reported_without_a_growth_figure():
     assert growth["a_0_0"]["growth_pct"] is None and "replaced" in growth["a_0_0"]["note"]
 
 
+MIB = 1024  # the samples are in KiB
+
+
 @pytest.mark.parametrize(
-    "errors, stub, code",
-    [(0, [100] * 10, EXIT_PASS), (1, [100] * 10, EXIT_ERRORS), (0, [100] * 9 + [110], EXIT_RSS_GROWTH),
-     (3, [100] * 9 + [110], EXIT_ERRORS)],
-    ids=["pass", "a-failed-request", "rss-grew", "both"],
+    "errors, stub_mib, code",
+    [(0, [50] * 10, EXIT_PASS), (1, [50] * 10, EXIT_ERRORS), (0, [50] * 9 + [60], EXIT_RSS_GROWTH),
+     (0, [50] * 9 + [54], EXIT_PASS), (3, [50] * 9 + [60], EXIT_ERRORS)],
+    ids=["pass", "a-failed-request", "rss-grew", "a-step-below-the-mib-floor", "both"],
 )
-def test_the_verdict_fails_on_any_error_or_growth_above_the_limit(tmp_path: Path, errors: int, stub: list[int], code: int):
+def test_the_verdict_fails_on_any_error_or_growth_above_the_limits(
+    tmp_path: Path, errors: int, stub_mib: list[int], code: int
+):
     records = [Record(i * 0.5, "p", 0.01, "ServerError" if i < errors else None) for i in range(200)]
-    results = summarise(records, _samples([1000] * 10, stub), {}, _config(tmp_path, max_rss_growth_pct=5.0),
-                        {"p": "text_embed"}, {}, 100.0, "test")
+    config = _config(tmp_path, max_rss_growth_pct=5.0, min_rss_growth_mib=8.0)
+    samples = _samples([1000 * MIB] * 10, [m * MIB for m in stub_mib])
+    results = summarise(records, samples, {}, config, {"p": "text_embed"}, {}, 100.0, "test")
     assert results["exit_code"] == code
     assert results["errors"] == ({"ServerError": errors} if errors else {})
     assert [w["requests"] for w in results["windows"]] == [60, 60, 60, 20]
