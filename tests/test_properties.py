@@ -28,7 +28,6 @@ from mmserve.serving.audio import (
     lowpass_filter,
     mel_filter_bank,
     resample,
-    resample_poly,
     zero_mean_unit_var,
 )
 from mmserve.serving.clip_text import ClipTokenizer, LabelEmbeddings, decode_labels, zero_shot_probs
@@ -295,8 +294,7 @@ def test_loudest_window_has_the_window_length_and_the_most_energy(x, length):
         return
     energy = [float(np.sum(np.square(x[s : s + length], dtype=np.float64))) for s in range(len(x) - length + 1)]
     assert float(np.sum(np.square(window, dtype=np.float64))) >= max(energy) - 1e-6
-    start = next(s for s in range(len(x) - length + 1) if np.array_equal(x[s : s + length], window))
-    assert start >= 0  # a contiguous slice of the clip
+    assert any(np.array_equal(x[s : s + length], window) for s in range(len(x) - length + 1))  # a slice of the clip
 
 
 @PROPERTY
