@@ -129,7 +129,8 @@ def finish_interrupted(target: Path, swapped: Sequence[str] = ()) -> None:
     """Complete a staged update that reached its commit point; discard one that did not.
 
     Also repairs the folders named in `swapped` (see `replace_folder`): one killed between
-    its two renames gets its old version back, an unfinished replacement is removed.
+    its two renames gets its old version back, an unfinished replacement is removed; and
+    removes the temporary files of single-file writes killed before their rename.
     """
     target = Path(target)
     staging = target / STAGING_DIR
@@ -138,6 +139,9 @@ def finish_interrupted(target: Path, swapped: Sequence[str] = ()) -> None:
             _move_in(staging, target)
         else:
             shutil.rmtree(staging, ignore_errors=True)
+    for temporary in target.glob(".*.partial"):  # a `write_bytes_atomic` killed before its rename
+        if temporary.is_file():
+            temporary.unlink(missing_ok=True)
     for name in swapped:
         current = target / name
         old = current.with_name(name + _OLD_SUFFIX)
