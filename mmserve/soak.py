@@ -446,7 +446,13 @@ def run_soak(config: SoakConfig, log: Callable[[str], None] = print) -> dict[str
         server.start()
     try:
         url = server.grpc_url if server is not None else config.url
-        server_pid = server.pid if server is not None else config.server_pid or find_server_pid(int(url.rsplit(":", 1)[1]))
+        if server is not None:
+            server_pid = server.pid
+        else:
+            port = url.rsplit(":", 1)[-1]
+            server_pid = config.server_pid or (find_server_pid(int(port)) if port.isdigit() else None)
+            if server_pid is None:
+                log(f"RSS not sampled: no tritonserver serving gRPC on port {port} on this host (--server-pid names one)")
         where = f"{url} (started over {config.repository})" if server is not None else url
         return _soak(config, url, server_pid, where, log)
     finally:
