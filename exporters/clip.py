@@ -104,7 +104,7 @@ def parity_images(size: int = 224) -> list:
 
     from PIL import Image
 
-    from mmserve.training.shapes import all_scenes, render
+    from mmserve.training.clip_shapes import all_scenes, render
 
     rng = random.Random(0)
     nprng = np.random.default_rng(0)

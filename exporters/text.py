@@ -95,7 +95,7 @@ def export_text(
     truncated to `max_length` tokens; `options` are every line's (int8, profile, tuning, keep)."""
 
     def plan() -> Product:
-        from mmserve.training.checkpoint import load_text_checkpoint
+        from mmserve.training.text_checkpoint import load_text_checkpoint
 
         loaded = load_text_checkpoint(checkpoint)
         task = loaded.task

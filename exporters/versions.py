@@ -520,7 +520,7 @@ def build_card(
 
 def checkpoint_facts(checkpoint: Path) -> dict[str, Any]:
     """Base model, training data and held-out metrics, as the checkpoint recorded them."""
-    from mmserve.training.checkpoint import METRICS_FILE, TRAINING_CONFIG_FILE
+    from mmserve.training.text_checkpoint import METRICS_FILE, TRAINING_CONFIG_FILE
     from mmserve.training.clip_checkpoint import SETTINGS_FILE as CLIP_SETTINGS_FILE
 
     checkpoint = checkpoint.resolve()

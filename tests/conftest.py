@@ -55,7 +55,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bert(workdir: Path) -> Path:
-    from mmserve.training.tiny import make_tiny_bert
+    from mmserve.training.text_tiny import make_tiny_bert
 
     return make_tiny_bert(workdir / "tiny-bert")
 

@@ -21,7 +21,7 @@ PRODUCT = "catalog"
 def tiny_clip_checkpoint(workdir: Path) -> Path:
     """Train (once per session folder) and return the tiny checkpoint."""
     from mmserve.training.clip import ClipTrainConfig, train_clip
-    from mmserve.training.shapes import write_dataset
+    from mmserve.training.clip_shapes import write_dataset
 
     out = workdir / "ckpt" / "tiny-clip"
     if (out / "metrics.json").exists():

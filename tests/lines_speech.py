@@ -38,7 +38,7 @@ def speech_paths(workdir: Path) -> SpeechPaths:
 
 
 def tiny_keyword_spec():
-    from mmserve.training.keywords import KeywordSpec
+    from mmserve.training.speech_keywords import KeywordSpec
 
     return KeywordSpec(
         commands=("yes", "no", "stop"),
@@ -50,7 +50,7 @@ def tiny_keyword_spec():
 
 def build_speech_line(workdir: Path, repository: Path) -> None:
     from mmserve.exporters.speech import export_speech
-    from mmserve.training.keywords import synthesise_keywords
+    from mmserve.training.speech_keywords import synthesise_keywords
     from mmserve.training.speech import SpeechTrainConfig, train_speech
     from mmserve.training.speech_tiny import make_tiny_wav2vec2, make_tiny_whisper
 

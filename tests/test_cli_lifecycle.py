@@ -213,7 +213,7 @@ def embedding(url: str, text: str) -> np.ndarray:
 
 def test_reload_and_rollback_under_load_fail_no_request(own_server, repo: Path, tmp_path: Path):
     from mmserve.exporters.text import export_text
-    from mmserve.training.tiny import make_tiny_bert
+    from mmserve.training.text_tiny import make_tiny_bert
 
     text = "the same words before and after the new version"
     url = own_server.grpc_url

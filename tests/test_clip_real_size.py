@@ -24,7 +24,7 @@ def test_vit_b_32_fine_tunes_from_a_weights_file_and_exports(tmp_path: Path):
 
     from mmserve.exporters.clip import export_clip
     from mmserve.training.clip import ClipTrainConfig, train_clip
-    from mmserve.training.shapes import write_dataset
+    from mmserve.training.clip_shapes import write_dataset
 
     weights = tmp_path / "open_clip_pytorch_model.bin"
     torch.save(open_clip.create_model("ViT-B-32").state_dict(), weights)

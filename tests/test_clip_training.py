@@ -14,7 +14,7 @@ from mmserve.training.errors import DataError, ResumeError, TrainingError
 
 @pytest.fixture(scope="module")
 def shapes(workdir: Path):
-    from mmserve.training.shapes import write_dataset
+    from mmserve.training.clip_shapes import write_dataset
 
     tiny_clip_checkpoint(workdir)  # writes workdir/shapes as a side effect, once per session
     return write_dataset(workdir / "shapes", n_train=64, n_val=24, n_test=24, n_unseen=12, image_size=40)

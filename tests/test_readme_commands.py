@@ -76,7 +76,7 @@ def _clip_stand_ins(folder: Path) -> dict[tuple[str, str], str]:
     from lines_clip import TINY_CLIP_CONFIG
 
     from mmserve.training.clip import resolve_arch
-    from mmserve.training.shapes import write_dataset
+    from mmserve.training.clip_shapes import write_dataset
 
     folder.mkdir(parents=True)
     arch = folder / "tiny-clip.json"
@@ -98,7 +98,7 @@ def _speech_stand_ins(folder: Path) -> dict[tuple[str, str], str]:
     from lines_speech import tiny_keyword_spec
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
-    from mmserve.training.keywords import synthesise_keywords
+    from mmserve.training.speech_keywords import synthesise_keywords
     from mmserve.training.speech_tiny import make_tiny_whisper
 
     config_folder = make_tiny_whisper(folder / "tiny-whisper-config")
@@ -180,7 +180,7 @@ def test_a_readme_train_command_runs(command, placeholders, tmp_path, capfd, mon
 
 def load_checkpoint(modality: str, folder: Path) -> None:
     if modality == "text":
-        from mmserve.training.checkpoint import load_text_checkpoint
+        from mmserve.training.text_checkpoint import load_text_checkpoint
 
         assert load_text_checkpoint(folder).labels
     elif modality == "speech":

@@ -24,7 +24,7 @@ from mmserve.training.speech_data import (
 
 @pytest.fixture(scope="module")
 def keywords(workdir):
-    from mmserve.training.keywords import synthesise_keywords
+    from mmserve.training.speech_keywords import synthesise_keywords
 
     return synthesise_keywords(speech_paths(workdir).data, tiny_keyword_spec())
 

@@ -23,7 +23,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from mmserve.training.checkpoint import load_text_checkpoint
+from mmserve.training.text_checkpoint import load_text_checkpoint
 from mmserve.training.files import STAGING_DIR, finish_interrupted
 
 MMSERVE = [sys.executable, "-m", "mmserve.cli"]

@@ -85,7 +85,7 @@ def test_the_cli_says_what_to_do(tiny_bert, topics, tmp_path, capsys):
 
 
 def test_speech_refuses_an_existing_checkpoint(workdir, tmp_path):
-    from mmserve.training.keywords import synthesise_keywords
+    from mmserve.training.speech_keywords import synthesise_keywords
     from mmserve.training.speech import SpeechTrainConfig, train_speech
     from mmserve.training.speech_tiny import make_tiny_whisper
 
@@ -102,7 +102,7 @@ def test_speech_refuses_an_existing_checkpoint(workdir, tmp_path):
 
 def test_clip_refuses_an_existing_checkpoint(workdir, tmp_path):
     from mmserve.training.clip import ClipTrainConfig, train_clip
-    from mmserve.training.shapes import write_dataset
+    from mmserve.training.clip_shapes import write_dataset
 
     data = write_dataset(tmp_path / "shapes", n_train=40, n_val=8, n_test=4, n_unseen=4, image_size=40)
     arch = tmp_path / "tiny-clip.json"

@@ -23,7 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from mmserve.training.checkpoint import ADAPTER_DIR, METRICS_FILE, TRAINING_CONFIG_FILE
+from mmserve.training.text_checkpoint import ADAPTER_DIR, METRICS_FILE, TRAINING_CONFIG_FILE
 from mmserve.training.clip_checkpoint import SETTINGS_FILE as CLIP_SETTINGS_FILE
 from mmserve.training.clip_checkpoint import WEIGHTS_FILE as CLIP_WEIGHTS_FILE
 from mmserve.training.errors import OutputExistsError, ResumeError

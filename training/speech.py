@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mmserve.training.checkpoint import save_hf_checkpoint
+from mmserve.training.text_checkpoint import save_hf_checkpoint
 from mmserve.training.errors import DataError, TrainingError
 from mmserve.training.files import write_text_atomic
 from mmserve.training.loop import (

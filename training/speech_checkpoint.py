@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from mmserve.training.checkpoint import LABELS_FILE, TRAINING_CONFIG_FILE, read_labels
+from mmserve.training.text_checkpoint import LABELS_FILE, TRAINING_CONFIG_FILE, read_labels
 from mmserve.training.errors import CheckpointError, TrainingError
 from mmserve.training.quiet import load_pretrained
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
-from mmserve.training.checkpoint import (
+from mmserve.training.text_checkpoint import (
     TEXT_TASKS,
     load_text_checkpoint,
     save_hf_checkpoint,

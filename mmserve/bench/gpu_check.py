@@ -273,7 +273,7 @@ def _clip_checkpoint(config: GpuCheckConfig, log: Path) -> Path:
     """A CLIP checkpoint of the real architecture: one short epoch on generated shapes."""
     if config.clip_checkpoint is not None:
         return config.clip_checkpoint
-    from mmserve.training.shapes import write_dataset
+    from mmserve.training.clip_shapes import write_dataset
 
     out = config.workdir / "checkpoints" / f"clip-{config.clip_arch}"
     if (out / "open_clip_config.json").is_file():

@@ -60,7 +60,7 @@ def _text_torch(checkpoint: Path, kind: Kind, input_names: Sequence[str]) -> For
     import torch
 
     from mmserve.exporters.text import _wrap  # the exact graph the exporter traces
-    from mmserve.training.checkpoint import load_text_checkpoint
+    from mmserve.training.text_checkpoint import load_text_checkpoint
 
     loaded = load_text_checkpoint(checkpoint)
     graph = _wrap(loaded.model, loaded.task)

@@ -2,7 +2,7 @@
 image_embed, clip_text_embed and zero_shot_image.
 
 No CLIP weights are reachable offline, so the demo trains its own small model from
-scratch (a few minutes on a CPU) on pictures `mmserve.training.shapes` draws, and
+scratch (a few minutes on a CPU) on pictures `mmserve.training.clip_shapes` draws, and
 measures zero-shot accuracy on held-out pictures of attribute combinations that
 training never saw, first with open_clip in-process, then through the server.
 """
@@ -21,7 +21,7 @@ TRAINING = {"epochs": 20, "batch_size": 64, "lr": 1e-3}
 
 
 def _data(context: DemoContext):
-    from mmserve.training.shapes import write_dataset
+    from mmserve.training.clip_shapes import write_dataset
 
     return write_dataset(context.workdir / "data" / "shapes")
 

@@ -30,7 +30,7 @@ LIVE = (
 
 def prepare(context: DemoContext) -> None:
     from mmserve.exporters.speech import export_speech
-    from mmserve.training.keywords import synthesise_keywords
+    from mmserve.training.speech_keywords import synthesise_keywords
     from mmserve.training.speech import SpeechTrainConfig, evaluate_speech, train_speech
     from mmserve.training.speech_whisper import default_speech_base
 
@@ -70,7 +70,7 @@ def prepare(context: DemoContext) -> None:
 
 def show(context: DemoContext, client) -> None:
     from mmserve.serving.audio import resample
-    from mmserve.training.keywords import ESPEAK_RATE, speak
+    from mmserve.training.speech_keywords import ESPEAK_RATE, speak
 
     banner("Speech: audio_classify (commands spoken live by voices unseen in training)")
     clips = [speak(text, voice, speed, pitch) for text, voice, speed, pitch in LIVE]
