@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from mmserve.exporters.similarity import drift
+
 
 class ExportError(RuntimeError):
     """The checkpoint could not be exported; the message says what to do."""
@@ -94,21 +96,14 @@ def check_parity(
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     output_index = [o.name for o in session.get_outputs()].index(output_name)
-    worst_diff, worst_cosine, samples = 0.0, 1.0, 0
+    actual, expected = [], []
     with torch.no_grad():
         for feed in batches:
-            expected = module(*(torch.from_numpy(feed[name]) for name in feed))
-            expected = (expected[output_index] if isinstance(expected, (tuple, list)) else expected).numpy()
-            actual = session.run([output_name], feed)[0]
-            worst_diff = max(worst_diff, float(np.abs(actual - expected).max()))
-            flat_a = actual.reshape(len(actual), -1).astype(np.float64)
-            flat_e = expected.reshape(len(expected), -1).astype(np.float64)
-            cosine = (flat_a * flat_e).sum(1) / (
-                np.linalg.norm(flat_a, axis=1) * np.linalg.norm(flat_e, axis=1) + 1e-12
-            )
-            worst_cosine = min(worst_cosine, float(cosine.min()))
-            samples += len(actual)
-    return ParityReport(worst_diff, worst_cosine, samples, tolerance, min_cosine)
+            outputs = module(*(torch.from_numpy(feed[name]) for name in feed))
+            expected.append((outputs[output_index] if isinstance(outputs, (tuple, list)) else outputs).numpy())
+            actual.append(session.run([output_name], feed)[0])
+    worst_diff, worst_cosine = drift(actual, expected)
+    return ParityReport(worst_diff, worst_cosine, sum(len(a) for a in actual), tolerance, min_cosine)
 
 
 def require_parity(report: ParityReport, what: str) -> ParityReport:

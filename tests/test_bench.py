@@ -272,3 +272,33 @@ def test_tuning_variants_differ_from_the_repository_only_as_described(server, re
     assert encoder == original
     weights = next((copy / "text_embed_encoder").glob("*/*.onnx"))
     assert weights.is_symlink()  # weights are linked, not copied
+
+
+def test_the_bench_runs_the_served_version_not_the_newest_folder(text_checkpoints, tmp_path: Path):
+    """After a rollback the newest version folders hold another label set: the in-process
+    pipeline, the runtime table and the tuning sweep must use what the configs serve."""
+    from mmserve.bench.inprocess import InProcessPipeline
+    from mmserve.bench.tune import Variant, variant_repository
+    from mmserve.exporters import versions
+    from mmserve.exporters.text import export_text
+
+    repo = tmp_path / "repo"
+    for checkpoint in ("sentiment", "classify", "classify"):  # versions 1 (3 classes), 2 and 3 (4 classes)
+        export_text(text_checkpoints[checkpoint], repo, name="shop")
+    batch = inputs.stack(inputs.requests_for(Kind.TEXT_CLASSIFY, 2))
+
+    versions.set_active_version(repo, "shop", 2)  # the encoder keeps 3 loaded beside 2: its config lists both
+    assert versions.policy_versions(versions.read_config(repo / "shop_encoder" / "config.pbtxt")) == [2, 3]
+    pipeline = InProcessPipeline(repo, "shop")
+    assert pipeline.versions == {"text_tokenize": 1, "shop_encoder": 2, "shop_postprocess": 2}
+    assert pipeline.onnx_path("shop_encoder") == repo.resolve() / "shop_encoder" / "2" / "model.onnx"
+
+    versions.set_active_version(repo, "shop", 1)
+    pipeline = InProcessPipeline(repo, "shop")
+    assert pipeline.versions["shop_encoder"] == 1 and pipeline(batch)["PROBS"].shape == (2, 3)  # not version 3's 4
+    quantized = tmp_path / "int8.onnx"
+    quantized.write_bytes(b"stand-in: only where it is linked is checked")
+    copy = variant_repository(repo, pipeline, Variant("q", "int8", {"int8": True}), tmp_path / "variant", {"shop_encoder": quantized})
+    assert (copy / "shop_encoder" / "1" / "model.int8.onnx").is_symlink()
+    assert not (copy / "shop_encoder" / "3" / "model.int8.onnx").exists()
+    assert versions.read_config(copy / "shop_encoder" / "config.pbtxt").parameters["onnx_file"].string_value == "model.int8.onnx"

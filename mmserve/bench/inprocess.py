@@ -24,9 +24,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from google.protobuf import json_format
+from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from mmserve.bench.inputs import Request, stack
 from mmserve.bench.perf import BenchError
+from mmserve.exporters import triton_config
+from mmserve.exporters.triton_config import ENSEMBLE, ensemble_step
+from mmserve.exporters.versions import CONFIG_FILE, active_version, step_version
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 
@@ -115,42 +120,38 @@ def _install_stand_in() -> None:
 
 
 # ---- the repository, read as Triton reads it ----
-def read_config(folder: Path) -> dict[str, Any]:
-    """config.pbtxt as the JSON a Python model's initialize() receives (proto field names)."""
-    from google.protobuf import json_format, text_format
-    from tritonclient.grpc import model_config_pb2
-
-    message = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-    if not message.name:
-        message.name = folder.name
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
-
-
-def _latest_version(folder: Path) -> str:
-    versions = sorted((p.name for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
-    if not versions:
-        raise BenchError(f"{folder} has no numbered version folder")
-    return versions[-1]
+def model_config(repository: Path, name: str) -> ModelConfig:
+    """A model's config.pbtxt; a clear error when it has none Triton could read."""
+    config = triton_config.read_config(repository / name / CONFIG_FILE)
+    if config is None:
+        raise BenchError(f"{repository / name} has no config.pbtxt Triton could read; export the pipeline first")
+    if not config.name:
+        config.name = name
+    return config
 
 
-def load_python_model(repository: Path, name: str) -> tuple[Any, dict[str, Any]]:
-    """Import a model's model.py and initialise it the way the Python backend does."""
+def load_python_model(repository: Path, name: str, version: int | None = None) -> tuple[Any, ModelConfig]:
+    """Import a model's model.py and initialise it the way the Python backend does, at
+    `version` (default: the version the model's config serves)."""
     _install_stand_in()
     folder = repository / name
-    config = read_config(folder)
-    if config.get("backend") != "python":
-        raise BenchError(f"{name} uses backend {config.get('backend') or config.get('platform')!r}; "
+    config = model_config(repository, name)
+    if config.backend != "python":
+        raise BenchError(f"{name} uses backend {config.backend or config.platform!r}; "
                          "the in-process baseline runs Python-backend models (the cpu profile)")
-    version = _latest_version(folder)
-    source = folder / version / "model.py"
+    version = version if version is not None else active_version(repository, name)
+    if version is None:
+        raise BenchError(f"{folder} has no numbered version folder")
+    source = folder / str(version) / "model.py"
     module_spec = importlib.util.spec_from_file_location(f"mmserve_bench_model_{name}", source)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     model = module.TritonPythonModel()
     args = {
-        "model_config": json.dumps(config),
+        # what the Python backend hands initialize(): the config as JSON with proto field names
+        "model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
         "model_repository": str(folder),
-        "model_version": version,
+        "model_version": str(version),
         "model_name": name,
         "model_instance_name": f"{name}_0",
         "model_instance_kind": "CPU",
@@ -161,11 +162,15 @@ def load_python_model(repository: Path, name: str) -> tuple[Any, dict[str, Any]]
     return model, config
 
 
-@dataclass(frozen=True)
-class _Step:
-    model: str
-    inputs: dict[str, str]  # model input -> pipeline tensor
-    outputs: dict[str, str]  # model output -> pipeline tensor
+# ---- kept for mmserve/bench/gpu_check.py until it reads ModelConfig messages: then remove ----
+def read_config(folder: Path) -> dict[str, Any]:
+    """config.pbtxt as proto JSON (dicts); new code reads `model_config` messages."""
+    return json_format.MessageToDict(model_config(folder.parent, folder.name), preserving_proto_field_name=True)
+
+
+def _map_entries(entries: Any) -> list[dict[str, str]]:
+    """input_map/output_map of proto JSON as {key, value} entries."""
+    return [{"key": k, "value": v} for k, v in (entries or {}).items()]
 
 
 class InProcessPipeline:
@@ -174,23 +179,22 @@ class InProcessPipeline:
     def __init__(self, repository: Path, pipeline: str) -> None:
         self.repository = repository.resolve()
         self.pipeline = pipeline
-        config = read_config(self.repository / pipeline)
-        self.output_names = [o["name"] for o in config.get("output", [])]
-        if config.get("platform") == "ensemble":
-            self.steps = [
-                _Step(
-                    s["model_name"],
-                    {m["key"]: m["value"] for m in _map_entries(s.get("input_map"))},
-                    {m["key"]: m["value"] for m in _map_entries(s.get("output_map"))},
-                )
-                for s in config["ensemble_scheduling"]["step"]
-            ]
-        else:
-            names = [i["name"] for i in config.get("input", [])]
-            self.steps = [_Step(pipeline, {n: n for n in names}, {n: n for n in self.output_names})]
-        self.models = {step.model: load_python_model(self.repository, step.model)[0] for step in self.steps}
+        config = model_config(self.repository, pipeline)
+        self.output_names = [o.name for o in config.output]
+        if config.platform == ENSEMBLE:
+            self.steps = list(config.ensemble_scheduling.step)
+        else:  # one model served on its own: a pipeline of one step
+            self.steps = [ensemble_step(pipeline, {i.name: i.name for i in config.input}, {n: n for n in self.output_names})]
+        # the version of each step the ensemble runs: the product version it pins, not the newest folder
+        self.versions = {step.model_name: step_version(self.repository, step) for step in self.steps}
+        self.models: dict[str, Any] = {}
+        self.configs: dict[str, ModelConfig] = {}
+        for step in self.steps:
+            self.models[step.model_name], self.configs[step.model_name] = load_python_model(
+                self.repository, step.model_name, self.versions[step.model_name]
+            )
         self.captured: dict[str, dict[str, np.ndarray]] = {}  # the last inputs each step saw
-        self.step_times: dict[str, list[float]] = {step.model: [] for step in self.steps}  # s per execute()
+        self.step_times: dict[str, list[float]] = {step.model_name: [] for step in self.steps}  # s per execute()
 
     def encoder_steps(self) -> list[str]:
         """Steps that are an ONNX file through the shared runner: the step's inputs are the graph's inputs.
@@ -199,40 +203,40 @@ class InProcessPipeline:
         """
         found = []
         for step in self.steps:
-            runner = getattr(self.models[step.model], "runner", None)
-            if hasattr(runner, "session") and set(runner.input_names) <= set(step.inputs):
-                found.append(step.model)
+            runner = getattr(self.models[step.model_name], "runner", None)
+            if hasattr(runner, "session") and set(runner.input_names) <= set(step.input_map):
+                found.append(step.model_name)
         return found
+
+    def onnx_path(self, encoder: str) -> Path:
+        """The ONNX file an encoder step serves: its `onnx_file` in the version the ensemble runs."""
+        parameters = self.configs[encoder].parameters
+        onnx_file = parameters["onnx_file"].string_value if "onnx_file" in parameters else "model.onnx"
+        return self.repository / encoder / str(self.versions[encoder]) / onnx_file
 
     def __call__(self, batch: Request) -> dict[str, np.ndarray]:
         tensors = dict(batch)
         pending = list(self.steps)
         while pending:
-            ready = [s for s in pending if all(v in tensors for v in s.inputs.values())]
+            ready = [s for s in pending if all(v in tensors for v in s.input_map.values())]
             if not ready:
-                raise BenchError(f"{self.pipeline}: steps {[s.model for s in pending]} wait for missing tensors")
+                raise BenchError(f"{self.pipeline}: steps {[s.model_name for s in pending]} wait for missing tensors")
             for step in ready:
-                feeds = {key: tensors[value] for key, value in step.inputs.items()}
-                self.captured[step.model] = feeds
+                model = step.model_name
+                feeds = {key: tensors[value] for key, value in step.input_map.items()}
+                self.captured[model] = feeds
                 started = time.perf_counter()
-                (response,) = self.models[step.model].execute([_Request(feeds, list(step.outputs))])
-                self.step_times[step.model].append(time.perf_counter() - started)
+                (response,) = self.models[model].execute([_Request(feeds, list(step.output_map))])
+                self.step_times[model].append(time.perf_counter() - started)
                 if response.has_error():
-                    raise BenchError(f"{self.pipeline}: step {step.model} failed: {response.error().message()}")
+                    raise BenchError(f"{self.pipeline}: step {model} failed: {response.error().message()}")
                 produced = {t.name(): t.as_numpy() for t in response.output_tensors()}
-                for key, value in step.outputs.items():
+                for key, value in step.output_map.items():
                     if key not in produced:
-                        raise BenchError(f"{self.pipeline}: step {step.model} did not produce {key}")
+                        raise BenchError(f"{self.pipeline}: step {model} did not produce {key}")
                     tensors[value] = produced[key]
                 pending.remove(step)
         return {name: tensors[name] for name in self.output_names}
-
-
-def _map_entries(entries: Any) -> list[dict[str, str]]:
-    """input_map/output_map: a list of {key, value} in our configs, a dict in proto JSON."""
-    if isinstance(entries, dict):
-        return [{"key": k, "value": v} for k, v in entries.items()]
-    return list(entries or [])
 
 
 @dataclass

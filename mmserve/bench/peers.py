@@ -198,8 +198,3 @@ def reference_vectors(python: Path, model: Path, texts: Sequence[str], workdir: 
         raise BenchError(f"sentence-transformers reference failed:\n{done.stderr[-2000:]}")
     return np.load(out)
 
-
-def min_cosine(vectors: np.ndarray, reference: np.ndarray) -> float:
-    a = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    b = reference / np.linalg.norm(reference, axis=1, keepdims=True)
-    return float((a * b).sum(1).min())

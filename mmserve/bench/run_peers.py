@@ -14,9 +14,10 @@ import numpy as np
 
 from mmserve.bench.inputs import openai_json, perf_json, texts_of
 from mmserve.bench.peers import (
-    SERVED_NAME, embed_http, ensure_peer_env, infinity_peer, min_cosine, naive_peer, reference_vectors,
+    SERVED_NAME, embed_http, ensure_peer_env, infinity_peer, naive_peer, reference_vectors,
 )
 from mmserve.bench.perf import BenchError, Load, run_level
+from mmserve.exporters.similarity import row_cosines
 from mmserve.pipelines import PIPELINES, Kind
 
 if TYPE_CHECKING:  # the config type only; run.py imports this module, not the reverse
@@ -52,7 +53,7 @@ def run_peers(config: "BenchConfig", client: Any, url: str, http_url: str | None
     progress.step("peers: environment + reference vectors")
     python = ensure_peer_env(config.peers_venv.resolve(), progress.write)
     reference = reference_vectors(python, model, texts[:REFERENCE_SENTENCES], workdir)
-    result["ours_min_cosine"] = min_cosine(_embed_triton(client, pipeline, texts[:REFERENCE_SENTENCES]), reference)
+    result["ours_min_cosine"] = float(row_cosines(_embed_triton(client, pipeline, texts[:REFERENCE_SENTENCES]), reference).min())
     progress.advance()
     loads = [Load("concurrency", c) for c in config.concurrency]
 
@@ -79,7 +80,7 @@ def run_peers(config: "BenchConfig", client: Any, url: str, http_url: str | None
             target["name"] = peer.name
             progress.step(f"{peer.name}: starting")
             with peer:
-                target["min_cosine"] = min_cosine(embed_http(peer, texts[:REFERENCE_SENTENCES]), reference)
+                target["min_cosine"] = float(row_cosines(embed_http(peer, texts[:REFERENCE_SENTENCES]), reference).min())
                 if target["min_cosine"] < MIN_COSINE:
                     target["error"] = (f"vectors differ from sentence-transformers (min cosine "
                                        f"{target['min_cosine']:.4f}): not timed")

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mmserve.bench.inprocess import InProcessPipeline, read_config, time_calls
+from mmserve.bench.inprocess import InProcessPipeline, time_calls
 from mmserve.bench.inputs import Request, stack
+from mmserve.exporters.similarity import drift
 from mmserve.pipelines import Kind
 
 Feeds = dict[str, np.ndarray]
@@ -57,30 +57,23 @@ class RuntimeTable:
 
 # ---- torch sources per kind: (checkpoint, kind, encoder input names) -> forward on encoder feeds ----
 def _text_torch(checkpoint: Path, kind: Kind, input_names: Sequence[str]) -> Forward:
-    import torch
-
-    from mmserve.exporters.text import _wrap  # the exact graph the exporter traces
+    from mmserve.exporters.text import serving_graphs  # the exact graph the exporter traces
     from mmserve.training.text_checkpoint import load_text_checkpoint
 
-    loaded = load_text_checkpoint(checkpoint)
-    graph = _wrap(loaded.model, loaded.task)
-
-    def forward(feeds: Feeds) -> np.ndarray:
-        with torch.inference_mode():
-            return graph(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])).numpy()
-
-    return forward
+    return _torch_forward(serving_graphs(load_text_checkpoint(checkpoint))["encoder"], input_names)
 
 
 def _speech_torch(checkpoint: Path, kind: Kind, input_names: Sequence[str]) -> Forward:
-    import torch
-
-    from mmserve.exporters.speech import _wrap  # the exact graph the exporter traces
+    from mmserve.exporters.speech import serving_graphs  # the exact graph the exporter traces
     from mmserve.training.speech_checkpoint import load_speech_checkpoint
 
-    loaded = load_speech_checkpoint(checkpoint)
     task = "classify" if kind == Kind.AUDIO_CLASSIFY else "embed"
-    graph = _wrap(loaded.model, loaded.family, task, "attention_mask" in input_names)
+    return _torch_forward(serving_graphs(load_speech_checkpoint(checkpoint), task)["encoder"], input_names)
+
+
+def _torch_forward(graph: Any, input_names: Sequence[str]) -> Forward:
+    """The graph called on encoder feeds, positionally in the ONNX graph's input order."""
+    import torch
 
     def forward(feeds: Feeds) -> np.ndarray:
         with torch.inference_mode():
@@ -127,17 +120,6 @@ def _ort_forward(onnx_path: Path, output: str) -> Forward:
     return lambda feeds: session.run([output], {n: feeds[n] for n in names})[0]
 
 
-def _drift(outputs: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> tuple[float, float]:
-    worst, cosine = 0.0, 1.0
-    for out, ref in zip(outputs, references):
-        worst = max(worst, float(np.abs(out - ref).max()))
-        a = out.reshape(len(out), -1).astype(np.float64)
-        b = ref.reshape(len(ref), -1).astype(np.float64)
-        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-        cosine = min(cosine, float(cos.min()))
-    return worst, cosine
-
-
 def _feeds(pipeline: InProcessPipeline, encoder: str, requests: Sequence[Request], batch: int, count: int) -> list[Feeds]:
     feeds = []
     for start in range(0, batch * count, batch):
@@ -158,7 +140,7 @@ def measure_runtimes(
     min_calls: int = 10,
 ) -> RuntimeTable:
     """One block of rows per encoder (an encoder shared by two pipelines is measured once)."""
-    from mmserve.exporters.quantize import quantize_int8
+    from mmserve.exporters.quantize import INT8_FILE, quantize_int8
 
     try:
         import torch
@@ -177,9 +159,7 @@ def measure_runtimes(
             seen.add(encoder)
             if progress:
                 progress(f"runtimes {encoder}")
-            folder = repository / encoder
-            parameters = {k: v["string_value"] for k, v in read_config(folder).get("parameters", {}).items()}
-            onnx_path = next(folder.glob(f"*/{parameters.get('onnx_file', 'model.onnx')}"))
+            onnx_path = pipeline.onnx_path(encoder)  # the served version's
             output = pipeline.models[encoder].runner.output_names[0]
             b1 = _feeds(pipeline, encoder, requests[name], 1, batches[0])  # batches of 1 and of 8 items
             b8 = _feeds(pipeline, encoder, requests[name], 8, batches[1])
@@ -194,12 +174,7 @@ def measure_runtimes(
             else:
                 table.notes.append(f"{encoder}: checkpoint unknown (--checkpoint {name}=PATH); ORT rows only")
             forwards["ORT fp32"] = _ort_forward(onnx_path, output)
-            scratch = workdir / "int8" / encoder
-            scratch.mkdir(parents=True, exist_ok=True)
-            fp32_copy = scratch / "model.onnx"
-            if not fp32_copy.exists() or fp32_copy.stat().st_size != onnx_path.stat().st_size:
-                shutil.copy2(onnx_path, fp32_copy)
-            int8_path, _ = quantize_int8(fp32_copy, b8, output)
+            int8_path, _ = quantize_int8(onnx_path, b8, output, target=workdir / "int8" / encoder / INT8_FILE)
             forwards["ORT INT8"] = _ort_forward(int8_path, output)
 
             reference_name = next(iter(forwards))
@@ -210,7 +185,7 @@ def measure_runtimes(
             for runtime, forward in forwards.items():
                 t1 = time_calls(forward, b1, seconds / 2, min_calls=min_calls)
                 t8 = time_calls(forward, b8, seconds / 2, min_calls=max(1, min_calls // 2))
-                drift = _drift([forward(f) for f in b8 + b1], references) if runtime != reference_name else (0.0, 1.0)
+                errors = drift([forward(f) for f in b8 + b1], references) if runtime != reference_name else (0.0, 1.0)
                 accuracy = None
                 if gold is not None:
                     predictions = np.concatenate([forward(f).argmax(-1) for f in dev_feeds])
@@ -220,7 +195,7 @@ def measure_runtimes(
                         encoder=encoder, pipeline=name, runtime=runtime,
                         b1_ms=1e3 * statistics.median(t1), b8_ms=1e3 * statistics.median(t8),
                         b8_items_per_s=8 * len(t8) / sum(t8),
-                        max_abs_diff=drift[0], min_cosine=drift[1], reference=reference_name,
+                        max_abs_diff=errors[0], min_cosine=errors[1], reference=reference_name,
                         accuracy=accuracy, accuracy_items=len(gold) if gold is not None else None,
                     )
                 )

@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from mmserve.bench.inprocess import InProcessPipeline, read_config
+from mmserve.bench.inprocess import InProcessPipeline
 from mmserve.bench.inputs import Request, perf_json, stack
-from mmserve.bench.perf import Load, run_level
+from mmserve.bench.perf import BenchError, Load, run_level
+from mmserve.exporters.quantize import INT8_FILE, quantize_int8
+from mmserve.exporters.triton_config import print_config, read_config
+from mmserve.exporters.versions import CONFIG_FILE
 from mmserve.pipelines import PIPELINES, Kind
 
 LATENCY_SLACK = 1.10  # a variant may cost up to 10% of c=1 p50 against the best c=1 p50
@@ -65,10 +68,9 @@ SWEEPS = {Kind.TEXT_EMBED: VARIANTS, Kind.IMAGE_EMBED: DECODER_VARIANTS, Kind.AU
 
 
 def _rewrite(folder: Path, changes: dict[str, Any], int8_file: str | None = None) -> None:
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    config = read_config(folder / CONFIG_FILE)
+    if config is None:
+        raise BenchError(f"{folder} has no config.pbtxt Triton could read")
     if "delay_us" in changes:
         config.dynamic_batching.max_queue_delay_microseconds = int(changes["delay_us"])
     if "preferred" in changes:
@@ -82,7 +84,7 @@ def _rewrite(folder: Path, changes: dict[str, Any], int8_file: str | None = None
         config.parameters["allow_spinning"].string_value = "1" if changes["spinning"] else "0"
     if int8_file:
         config.parameters["onnx_file"].string_value = int8_file
-    (folder / "config.pbtxt").write_text(text_format.MessageToString(config))
+    (folder / CONFIG_FILE).write_text(print_config(config))
 
 
 def _link_model(source: Path, target: Path) -> None:
@@ -91,7 +93,7 @@ def _link_model(source: Path, target: Path) -> None:
         relative = path.relative_to(source)
         if path.is_dir():
             (target / relative).mkdir(parents=True, exist_ok=True)
-        elif relative.name == "config.pbtxt":
+        elif relative.name == CONFIG_FILE:
             (target / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target / relative)
         else:
@@ -102,17 +104,17 @@ def _link_model(source: Path, target: Path) -> None:
 def variant_repository(repository: Path, pipeline: InProcessPipeline, variant: Variant, target: Path,
                        int8: dict[str, Path]) -> Path:
     for step in pipeline.steps:
-        _link_model(repository / step.model, target / step.model)
+        _link_model(repository / step.model_name, target / step.model_name)
     _link_model(repository / pipeline.pipeline, target / pipeline.pipeline)
     encoders = pipeline.encoder_steps()
-    others = [s.model for s in pipeline.steps if s.model not in encoders]
+    others = [s.model_name for s in pipeline.steps if s.model_name not in encoders]
     for encoder in encoders:
         int8_file = None
-        if variant.encoder.get("int8"):
-            version = sorted(p for p in (target / encoder).iterdir() if p.is_dir())[-1]
-            (version / "model.int8.onnx").unlink(missing_ok=True)
-            (version / "model.int8.onnx").symlink_to(int8[encoder].resolve())
-            int8_file = "model.int8.onnx"
+        if variant.encoder.get("int8"):  # beside the served version's fp32 graph
+            served = target / encoder / pipeline.onnx_path(encoder).parent.name
+            (served / INT8_FILE).unlink(missing_ok=True)
+            (served / INT8_FILE).symlink_to(int8[encoder].resolve())
+            int8_file = INT8_FILE
         _rewrite(target / encoder, {k: v for k, v in variant.encoder.items() if k != "int8"}, int8_file)
     for model in others[:1]:  # the pre-processing step (tokenizer, image or audio decoder)
         if variant.preprocess:
@@ -120,23 +122,17 @@ def variant_repository(repository: Path, pipeline: InProcessPipeline, variant: V
     return target
 
 
-def _int8_models(repository: Path, pipeline: InProcessPipeline, requests: Sequence[Request], workdir: Path) -> dict[str, Path]:
-    from mmserve.exporters.quantize import quantize_int8
-
+def _int8_models(pipeline: InProcessPipeline, requests: Sequence[Request], workdir: Path) -> dict[str, Path]:
+    """Each encoder's served graph quantized as `mmserve export --int8` would, fed real requests."""
     made = {}
     for encoder in pipeline.encoder_steps():
         feeds = []
         for start in range(0, 32, 8):
             pipeline(stack([requests[(start + k) % len(requests)] for k in range(8)]))
             feeds.append(dict(pipeline.captured[encoder]))
-        parameters = {k: v["string_value"] for k, v in read_config(repository / encoder).get("parameters", {}).items()}
-        source = next((repository / encoder).glob(f"*/{parameters.get('onnx_file', 'model.onnx')}"))
-        scratch = workdir / "int8" / encoder
-        scratch.mkdir(parents=True, exist_ok=True)
-        if not (scratch / "model.onnx").exists():
-            shutil.copy2(source, scratch / "model.onnx")
         output = pipeline.models[encoder].runner.output_names[0]
-        made[encoder], _ = quantize_int8(scratch / "model.onnx", feeds, output)
+        target = workdir / "int8" / encoder / INT8_FILE
+        made[encoder], _ = quantize_int8(pipeline.onnx_path(encoder), feeds, output, target=target)
     return made
 
 
@@ -147,7 +143,7 @@ def tune_pipeline(repository: Path, name: str, kind: Kind, requests: Sequence[Re
 
     rounds = rounds or (1 if config.quick else 2)
     pipeline = InProcessPipeline(repository, name)
-    int8 = _int8_models(repository, pipeline, requests, out) if any(v.encoder.get("int8") for v in variants) else {}
+    int8 = _int8_models(pipeline, requests, out) if any(v.encoder.get("int8") for v in variants) else {}
     data = perf_json(requests, PIPELINES[kind], out / "raw" / f"{name}.input.json")
     measured: dict[str, dict[int, list[dict]]] = {v.name: {c: [] for c in loads} for v in variants}
     errors: dict[str, str] = {}
