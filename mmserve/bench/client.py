@@ -6,7 +6,8 @@ against one server:
 - overhead: ``Client.classify_text`` vs the same request built and parsed with raw
   ``tritonclient.grpc`` (text_classify, batch 1, sequential calls), in interleaved
   rounds so that machine drift hits both alike; prints both p50s, their ratio and
-  the difference in microseconds;
+  the difference in microseconds, then the same against raw tritonclient given the
+  client's deadline (a gRPC deadline has a cost of its own);
 - shared memory: ``Client(..., shared_memory="system")`` vs plain gRPC on 1080p JPEGs
   (image_embed) and 30 s clips (audio_classify), batch 1, interleaved likewise.
 
@@ -53,7 +54,7 @@ class Comparison:
 
     def line(self) -> str:
         a, b = self.a_p50, self.b_p50
-        unit, scale = ("ms", 1e-3) if min(a, b) > 2000 else ("µs", 1.0)
+        unit, scale = ("ms", 1e-3) if min(a, b) > 10_000 else ("µs", 1.0)
         return (
             f"{self.what}: {self.a_name} p50 {a * scale:,.1f} {unit}, {self.b_name} p50 {b * scale:,.1f} {unit}; "
             f"{self.a_name} / {self.b_name} = {a / b:.3f} ({(a - b) * scale:+,.1f} {unit}); "
@@ -63,33 +64,35 @@ class Comparison:
 
 
 def interleaved(
-    a: Callable[[], object], b: Callable[[], object], calls: int, round_size: int, warmup: int
-) -> tuple[list[float], list[float], float, float]:
-    """Alternate rounds of ``a`` and ``b`` (a first, then b first) until each made ``calls`` calls.
-
-    Returns both sides' per-call latencies and their mean process CPU time per call (µs).
-    """
+    calls_: Sequence[Callable[[], object]], calls: int, round_size: int, warmup: int
+) -> list[tuple[list[float], float]]:
+    """Rounds of each callable in turn (the order reversed every other round) until each
+    made ``calls`` calls. Per callable: its per-call latencies (µs) and its mean process
+    CPU time per call (µs)."""
     for _ in range(warmup):
-        a()
-        b()
-    times: tuple[list[float], list[float]] = ([], [])
-    cpu = [0.0, 0.0]
-    rounds = max(1, calls // round_size)
-    for r in range(rounds):
-        order = ((0, a), (1, b)) if r % 2 == 0 else ((1, b), (0, a))
-        for index, call in order:
-            bucket = times[index]
+        for call in calls_:
+            call()
+    times: list[list[float]] = [[] for _ in calls_]
+    cpu = [0.0] * len(calls_)
+    order = list(range(len(calls_)))
+    for r in range(max(1, calls // round_size)):
+        for index in order if r % 2 == 0 else order[::-1]:
+            call, bucket = calls_[index], times[index]
             cpu_start = time.process_time()
             for _ in range(round_size):
                 start = time.perf_counter_ns()
                 call()
                 bucket.append((time.perf_counter_ns() - start) / 1000)
             cpu[index] += time.process_time() - cpu_start
-    return times[0], times[1], cpu[0] / len(times[0]) * 1e6, cpu[1] / len(times[1]) * 1e6
+    return [(bucket, spent / len(bucket) * 1e6) for bucket, spent in zip(times, cpu)]
 
 
-def client_overhead(url: str, calls: int = 3000, round_size: int = 100, text: str = "where is my parcel?") -> Comparison:
-    """Our Client vs raw tritonclient on text_classify, batch 1, the same text each call."""
+def client_overhead(
+    url: str, calls: int = 3000, round_size: int = 100, text: str = "where is my parcel?"
+) -> list[Comparison]:
+    """Our Client (default options) vs raw tritonclient on text_classify, batch 1, the same
+    text each call; and vs raw tritonclient given the same 10 s deadline, which gRPC makes
+    cost something of its own."""
     import tritonclient.grpc as grpcclient
 
     from mmserve.client import Client
@@ -100,21 +103,30 @@ def client_overhead(url: str, calls: int = 3000, round_size: int = 100, text: st
         item = np.array([[text.encode("utf-8")]], dtype=np.object_)
         pipeline = Kind.TEXT_CLASSIFY.value
 
-        def raw_call() -> tuple[np.ndarray, str]:
+        def raw_call(**options: float) -> tuple[np.ndarray, str]:
             # What an app writes by hand for the same answer: inputs, outputs, parse.
             infer_input = grpcclient.InferInput(TEXT.name, [1, 1], TEXT.triton_dtype)
             infer_input.set_data_from_numpy(item)
             outputs = [grpcclient.InferRequestedOutput(PROBS.name), grpcclient.InferRequestedOutput(LABEL.name)]
-            result = raw.infer(pipeline, [infer_input], outputs=outputs)
+            result = raw.infer(pipeline, [infer_input], outputs=outputs, **options)
             return result.as_numpy(PROBS.name)[0], result.as_numpy(LABEL.name)[0, 0].decode("utf-8")
 
         if ours.classify_text(text).label != raw_call()[1]:
             raise AssertionError("the client and raw tritonclient disagree; not measuring")
-        measured = interleaved(lambda: ours.classify_text(text), raw_call, calls, round_size, warmup=100)
+        (ours_us, ours_cpu), (raw_us, raw_cpu), (dl_us, dl_cpu) = interleaved(
+            [lambda: ours.classify_text(text), raw_call, lambda: raw_call(client_timeout=ours.timeout)],
+            calls,
+            round_size,
+            warmup=100,
+        )
     finally:
         ours.close()
         raw.close()
-    return Comparison("client overhead, text_classify b1", "mmserve.client", "raw tritonclient", *measured)
+    what = "client overhead, text_classify b1"
+    return [
+        Comparison(what, "mmserve.client", "raw tritonclient", ours_us, raw_us, ours_cpu, raw_cpu),
+        Comparison(what, "mmserve.client", "raw tritonclient with the same deadline", ours_us, dl_us, ours_cpu, dl_cpu),
+    ]
 
 
 def shared_memory_gain(url: str, calls: int = 200, round_size: int = 20, seed: int = 0) -> list[Comparison]:
@@ -138,8 +150,10 @@ def shared_memory_gain(url: str, calls: int = 200, round_size: int = 20, seed: i
             (f"audio_classify, 30 s clip at 16 kHz ({clip.nbytes / 1e6:.2f} MB)", lambda c: c.classify_audio(clip, sample_rate=16000)),
         )
         for what, call in cases:
-            measured = interleaved(lambda: call(grpc), lambda: call(shm), calls, round_size, warmup=10)
-            results.append(Comparison(what, "gRPC", "shared memory", *measured))
+            (grpc_us, grpc_cpu), (shm_us, shm_cpu) = interleaved(
+                [lambda: call(grpc), lambda: call(shm)], calls, round_size, warmup=10
+            )
+            results.append(Comparison(what, "gRPC", "shared memory", grpc_us, shm_us, grpc_cpu, shm_cpu))
     finally:
         shm.close()
         grpc.close()
@@ -177,8 +191,9 @@ def client_command(repository: Path, url: str | None, calls: int, quick: bool = 
         server = TritonServer(repository, ServerPorts.free(), models=_pipeline_models(repository, PIPELINES)).start()
         url = server.grpc_url
     try:
-        comparisons = [client_overhead(url, calls=calls)]
-        log(comparisons[0].line())
+        comparisons = client_overhead(url, calls=calls)
+        for comparison in comparisons:
+            log(comparison.line())
         for comparison in shared_memory_gain(url, calls=max(40, calls // 15)):
             comparisons.append(comparison)
             log(comparison.line())
