@@ -22,11 +22,9 @@ from tritonclient.grpc.model_config_pb2 import ModelEnsembling
 
 from mmserve.exporters.repository import ModelFolder, labels_txt
 from mmserve.exporters.triton_config import LABELS_FILE, Tensor, ensemble_step, python_model_config
-from mmserve.pipelines import LABEL, PROBS
+from mmserve.pipelines import ENCODER_PROBS, LABEL, PROBS
 
-TEMPLATE = "text_classify_postprocess"
-# The encoder's output (the ONNX graph's, softmax inside) and the internal tensor it fills.
-ENCODER_PROBS = "probs"
+POSTPROCESS_STEP = "text_classify_postprocess"  # its model.py: exporters.repository.PYTHON_MODELS
 
 
 def classification_tail(
@@ -46,7 +44,7 @@ def classification_tail(
             Tensor.from_spec(LABEL),
         ],
     )
-    postprocess = ModelFolder(name, config, {LABELS_FILE: labels_txt(labels)}).add_template(TEMPLATE)
+    postprocess = ModelFolder(name, config, {LABELS_FILE: labels_txt(labels)}).add_python_model(POSTPROCESS_STEP)
     steps = [
         ensemble_step(encoder, encoder_inputs, {probs.name: ENCODER_PROBS}),
         ensemble_step(name, {ENCODER_PROBS: ENCODER_PROBS}, {PROBS.name: PROBS.name, LABEL.name: LABEL.name}),

@@ -36,7 +36,7 @@ from mmserve.exporters.onnx_export import ExportError, OnnxSpec
 from mmserve.exporters.repository import VERSION, ModelFolder, encoder_model, shared_model
 from mmserve.exporters.triton_config import DECODER_INSTANCES, EncoderTuning, Tensor, ensemble_config, ensemble_step
 from mmserve.exporters.triton_config import onnx_tensors, python_model_config
-from mmserve.pipelines import EMBEDDING, IMAGE, LABELS, PROBS, TEXT, Kind
+from mmserve.pipelines import EMBEDDING, IMAGE, IMAGE_EMBEDS, INPUT_IDS, LABELS, PIXEL_VALUES, PROBS, TEXT, TEXT_EMBEDS, Kind
 
 # Real texts of varied length and script for the parity gates (tokenizer and text tower).
 PARITY_TEXTS = (
@@ -54,8 +54,6 @@ PREPROCESS_MODEL = "image_preprocess"
 TOKENIZE_MODEL = "clip_tokenize"
 DEFAULT_MAX_LABELS = 256
 LABEL_CACHE_SIZE = 4096
-IMAGE_OUTPUT = "image_embeds"  # not "embedding": that name clashes inside dynamo exports
-TEXT_OUTPUT = "text_embeds"
 SUPPORTED_TOKENIZERS = ("SimpleTokenizer",)
 
 # The kinds of the three pipelines of one CLIP product, in pipeline_names' order.
@@ -87,14 +85,14 @@ def serving_graphs(loaded: Any) -> dict[str, Any]:
 
 
 IMAGE_SPEC = OnnxSpec(
-    input_names=("pixel_values",),
-    output_names=(IMAGE_OUTPUT,),
-    dynamic_axes={"pixel_values": {0: "batch"}, IMAGE_OUTPUT: {0: "batch"}},
+    input_names=(PIXEL_VALUES,),
+    output_names=(IMAGE_EMBEDS,),
+    dynamic_axes={PIXEL_VALUES: {0: "batch"}, IMAGE_EMBEDS: {0: "batch"}},
 )
 TEXT_SPEC = OnnxSpec(
-    input_names=("input_ids",),
-    output_names=(TEXT_OUTPUT,),
-    dynamic_axes={"input_ids": {0: "batch"}, TEXT_OUTPUT: {0: "batch"}},
+    input_names=(INPUT_IDS,),
+    output_names=(TEXT_EMBEDS,),
+    dynamic_axes={INPUT_IDS: {0: "batch"}, TEXT_EMBEDS: {0: "batch"}},
 )
 
 
@@ -122,13 +120,13 @@ def image_feeds(preprocess: Any, batch_size: int = 4) -> list[Feeds]:
     import torch
 
     pixels = torch.stack([preprocess(image) for image in parity_images()]).numpy().astype(np.float32)
-    return [{"pixel_values": pixels[i : i + batch_size]} for i in range(0, len(pixels), batch_size)]
+    return [{PIXEL_VALUES: pixels[i : i + batch_size]} for i in range(0, len(pixels), batch_size)]
 
 
 def text_feeds(tokenizer: Any, texts: Any, batch_size: int = 4) -> list[Feeds]:
     """The text tower's inputs for `texts`, through open_clip's own tokenizer."""
     ids = tokenizer(list(texts)).numpy().astype(np.int64)
-    return [{"input_ids": ids[i : i + batch_size]} for i in range(0, len(ids), batch_size)]
+    return [{INPUT_IDS: ids[i : i + batch_size]} for i in range(0, len(ids), batch_size)]
 
 
 # --- tokenizer ----------------------------------------------------------------------------------
@@ -253,7 +251,7 @@ def pipeline_models(
     clean = _clean_name(loaded.tokenizer)
     _, (image_embeds,) = onnx_tensors(image_onnx)
     (input_ids,), _ = onnx_tensors(text_onnx)
-    pixel_values = Tensor("pixel_values", "TYPE_FP32", (3, *transform.size))
+    pixel_values = Tensor(PIXEL_VALUES, "TYPE_FP32", (3, *transform.size))
 
     # image_preprocess: bytes -> normalised pixels
     preprocess_parameters = {"preprocess": json.dumps(transform.to_config()), "max_pixels": str(max_pixels)}
@@ -267,7 +265,7 @@ def pipeline_models(
     tokenize_parameters = {"tokenizer_file": "tokenizer.json", "context_length": str(context_length), "clean": clean}
     tokenize = shared_model(
         repository, TOKENIZE_MODEL, f"{prefix or 'clip_'}{TOKENIZE_MODEL}",
-        lambda n: python_model_config(n, [Tensor.from_spec(TEXT)], [Tensor("input_ids", "TYPE_INT64", input_ids.dims)], tokenize_parameters),
+        lambda n: python_model_config(n, [Tensor.from_spec(TEXT)], [Tensor(INPUT_IDS, "TYPE_INT64", input_ids.dims)], tokenize_parameters),
         {f"{VERSION}/tokenizer.json": tokenizer_json},
     )
     image_encoder = encoder_model(f"{prefix}clip_image_encoder", image_onnx, profile, tuning)
@@ -288,7 +286,7 @@ def pipeline_models(
         classify_name,
         python_model_config(
             classify_name,
-            [Tensor(IMAGE_OUTPUT, "TYPE_FP32", image_embeds.dims), Tensor.from_spec(LABELS)],
+            [Tensor(IMAGE_EMBEDS, "TYPE_FP32", image_embeds.dims), Tensor.from_spec(LABELS)],
             [Tensor.from_spec(PROBS)],
             {
                 "onnx_file": text_onnx.name,
@@ -305,20 +303,20 @@ def pipeline_models(
             f"{VERSION}/tokenizer.json": tokenizer_json,
             f"{VERSION}/clip.json": json.dumps(clip_settings, indent=2, ensure_ascii=False),
         },
-    ).add_template("zero_shot_classify")
+    ).add_python_model("zero_shot_classify")
 
     image_pipeline, text_pipeline, zero_shot_pipeline = pipelines
     embedding = Tensor.from_spec(EMBEDDING, image_embeds.dims)
-    decode = ensemble_step(preprocess.name, {IMAGE.name: IMAGE.name}, {"pixel_values": "pixel_values"})
-    image_steps = [decode, ensemble_step(image_encoder.name, {"pixel_values": "pixel_values"}, {IMAGE_OUTPUT: EMBEDDING.name})]
+    decode = ensemble_step(preprocess.name, {IMAGE.name: IMAGE.name}, {PIXEL_VALUES: PIXEL_VALUES})
+    image_steps = [decode, ensemble_step(image_encoder.name, {PIXEL_VALUES: PIXEL_VALUES}, {IMAGE_EMBEDS: EMBEDDING.name})]
     text_steps = [
-        ensemble_step(tokenize.name, {TEXT.name: TEXT.name}, {"input_ids": "input_ids"}),
-        ensemble_step(text_encoder.name, {"input_ids": "input_ids"}, {TEXT_OUTPUT: EMBEDDING.name}),
+        ensemble_step(tokenize.name, {TEXT.name: TEXT.name}, {INPUT_IDS: INPUT_IDS}),
+        ensemble_step(text_encoder.name, {INPUT_IDS: INPUT_IDS}, {TEXT_EMBEDS: EMBEDDING.name}),
     ]
     zero_shot_steps = [
         decode,
-        ensemble_step(image_encoder.name, {"pixel_values": "pixel_values"}, {IMAGE_OUTPUT: IMAGE_OUTPUT}),
-        ensemble_step(classify_name, {IMAGE_OUTPUT: IMAGE_OUTPUT, LABELS.name: LABELS.name}, {PROBS.name: PROBS.name}),
+        ensemble_step(image_encoder.name, {PIXEL_VALUES: PIXEL_VALUES}, {IMAGE_EMBEDS: IMAGE_EMBEDS}),
+        ensemble_step(classify_name, {IMAGE_EMBEDS: IMAGE_EMBEDS, LABELS.name: LABELS.name}, {PROBS.name: PROBS.name}),
     ]
     ensembles = [
         ModelFolder(image_pipeline, ensemble_config(image_pipeline, [Tensor.from_spec(IMAGE)], [embedding], image_steps)),

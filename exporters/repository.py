@@ -49,17 +49,40 @@ from mmserve.exporters.versions import (
     version_folders,
 )
 
-# The checked-in Python models (tokenizers, post-processing) this writer copies.
-TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
 # The version folder the model builders fill; a product-private model's files are
 # renumbered to the export's version when written.
 VERSION = "1"
 
+
+def python_model_py(module: str, model_class: str, what: str) -> str:
+    """A Python step's model.py: one import of its class from mmserve.serving.
+
+    Every line of code that runs inside tritonserver lives in mmserve/serving/ (tested and
+    versioned with the package); the repository holds only this pointer, so two exports of
+    the same step write byte-identical files and can share one model folder.
+    """
+    return (
+        f'"""{what} (mmserve.serving.{module})."""\n'
+        f"from mmserve.serving.{module} import {model_class} as TritonPythonModel  # noqa: F401\n"
+    )
+
+
 # An encoder's model.py: the shared runner is the whole model.
-ENCODER_MODEL_PY = (
-    '"""An encoder of the cpu profile: the shared ONNX runner (mmserve.serving.encoder_model)."""\n'
-    "from mmserve.serving.encoder_model import OnnxEncoderModel as TritonPythonModel  # noqa: F401\n"
-)
+ENCODER_MODEL_PY = python_model_py("encoder_model", "OnnxEncoderModel", "An encoder of the cpu profile: the shared ONNX runner")
+
+# Each Python step the exporters write -> its model.py (module, class, what it is).
+PYTHON_MODELS: dict[str, str] = {
+    step: python_model_py(module, model_class, what)
+    for step, (module, model_class, what) in {
+        "text_tokenize": ("text", "TextTokenizeModel", "Tokenise UTF-8 text for a BERT-family encoder"),
+        "text_classify_postprocess": ("text", "ClassifyPostprocessModel", "Class probabilities -> PROBS and LABEL"),
+        "text_ner_postprocess": ("text", "NerPostprocessModel", "Per-token BIO scores -> entity spans"),
+        "image_preprocess": ("image", "ImagePreprocessModel", "Decode and pre-process images as open_clip"),
+        "clip_tokenize": ("clip_text", "ClipTokenizeModel", "Tokenise UTF-8 text as open_clip"),
+        "zero_shot_classify": ("clip_text", "ZeroShotClassifyModel", "Image embedding + label names -> PROBS"),
+        "audio_preprocess": ("audio", "AudioPreprocessModel", "Validate, resample and featurise PCM audio"),
+    }.items()
+}
 
 
 @dataclass
@@ -75,12 +98,9 @@ class ModelFolder:
     files: dict[str, Path | bytes | str] = field(default_factory=dict)  # path in the folder -> content
     shared: bool = False
 
-    def add_template(self, template: str) -> "ModelFolder":
-        """Copy a checked-in Python model's code (model.py) into the version folder."""
-        source = TEMPLATES / template / VERSION / "model.py"
-        if not source.exists():
-            raise FileNotFoundError(f"template {source} is missing; is this a complete mmserve checkout?")
-        self.files[f"{VERSION}/model.py"] = source
+    def add_python_model(self, step: str) -> "ModelFolder":
+        """Make this model run the Python step `step` (a PYTHON_MODELS key): its one-line model.py."""
+        self.files[f"{VERSION}/model.py"] = PYTHON_MODELS[step]
         return self
 
     @property
@@ -210,7 +230,7 @@ def _remove_old_versions(repository: Path, stage: Staging, ensembles: list[str],
         for name in ensembles:
             for model in [name, *private_steps(read_card(repository, name, number))]:
                 folder = repository / model / str(number)
-                if folder.is_dir() and not _is_template(folder) and number not in retired.setdefault(model, set()):
+                if folder.is_dir() and number not in retired.setdefault(model, set()):
                     retired[model].add(number)
                     stage.remove(folder)
     for model, numbers_gone in retired.items():
@@ -230,12 +250,6 @@ def _remove_old_versions(repository: Path, stage: Staging, ensembles: list[str],
         warnings.warn(f"the export is written, but removing old versions failed: {error}", RuntimeWarning, stacklevel=3)
         return ()
     return tuple(old)
-
-
-def _is_template(folder: Path) -> bool:
-    """A checked-in template's version folder (exporting into model_repository/ itself)."""
-    template = TEMPLATES / folder.parent.name / folder.name
-    return template.exists() and template.resolve() == folder.resolve()
 
 
 def same_files(folder: Path, files: Mapping[str, Path | bytes | str]) -> bool:
@@ -262,17 +276,17 @@ def shared_model(
     config_for: Callable[[str], ModelConfig],
     files: Mapping[str, Path | bytes | str],
 ) -> ModelFolder:
-    """A pre-processing model (the checked-in template named `shared`, e.g. text_tokenize):
-    the shared one when it is absent or computes the same, else this product's own `own`.
+    """A pre-processing model (the Python step named `shared`, e.g. text_tokenize): the
+    shared one when it is absent or computes the same, else this product's own `own`.
 
     Products that tokenise/decode the same way share one model; its files are `files`.
     """
     name = shared
-    if (repository / shared / CONFIG_FILE).is_file():  # else absent, or only the checked-in template
+    if (repository / shared / CONFIG_FILE).is_file():  # else absent
         existing = read_config(repository / shared / CONFIG_FILE)  # None: not a config this tool wrote
         if existing is None or not _shareable(repository / shared, existing, config_for(shared), files):
             name = own
-    return ModelFolder(name, config_for(name), dict(files), shared=name == shared).add_template(shared)
+    return ModelFolder(name, config_for(name), dict(files), shared=name == shared).add_python_model(shared)
 
 
 # How a model is scheduled, not what it computes: a newer export may retune these in place.

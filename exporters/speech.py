@@ -21,13 +21,23 @@ from mmserve.exporters.onnx_export import ExportError, OnnxSpec
 from mmserve.exporters.repository import VERSION, ModelFolder, encoder_model, shared_model
 from mmserve.exporters.triton_config import DECODER_INSTANCES, EncoderTuning, Tensor, ensemble_config, ensemble_step
 from mmserve.exporters.triton_config import onnx_tensors, python_model_config
-from mmserve.pipelines import AUDIO, EMBEDDING, SAMPLE_RATE, Kind
+from mmserve.pipelines import (
+    ATTENTION_MASK,
+    AUDIO,
+    AUDIO_EMBEDDING,
+    EMBEDDING,
+    ENCODER_PROBS,
+    INPUT_FEATURES,
+    INPUT_VALUES,
+    SAMPLE_RATE,
+    Kind,
+)
 from mmserve.serving.audio import DEFAULT_MAX_SECONDS, FeatureConfig, FeatureExtractor
 
 PREPROCESS_MODEL = "audio_preprocess"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 TASK_KINDS = {"classify": Kind.AUDIO_CLASSIFY, "embed": Kind.AUDIO_EMBED}
-_ONNX_OUTPUT = {"classify": "probs", "embed": "audio_embedding"}
+_ONNX_OUTPUT = {"classify": ENCODER_PROBS, "embed": AUDIO_EMBEDDING}
 
 
 def features(loaded: Any) -> tuple[dict, FeatureConfig]:
@@ -44,7 +54,7 @@ def serving_graphs(loaded: Any, task: str) -> dict[str, Any]:
     import torch
 
     model, family = loaded.model, loaded.family
-    passes_mask = "attention_mask" in features(loaded)[1].output_names
+    passes_mask = ATTENTION_MASK in features(loaded)[1].output_names
     base = getattr(model, model.base_model_prefix, model) if family == "waveform" else model.encoder
 
     class WhisperGraph(torch.nn.Module):
@@ -145,7 +155,7 @@ def export_speech(
         output = _ONNX_OUTPUT[chosen]
         input_names = feature_config.output_names
         if loaded.family == "whisper":  # the window is fixed by the positional table
-            axes = {"input_features": {0: "batch"}}
+            axes = {INPUT_FEATURES: {0: "batch"}}
         else:
             axes = {n: {0: "batch", 1: "samples"} for n in input_names}
         spec = OnnxSpec(input_names, (output,), {**axes, output: {0: "batch"}})
@@ -184,11 +194,11 @@ def preprocess_model(
     }
     if feature_config.kind == "whisper":
         frames = feature_config.window_samples // feature_config.hop_length
-        outputs = [Tensor("input_features", "TYPE_FP32", (feature_config.n_mels, frames))]
+        outputs = [Tensor(INPUT_FEATURES, "TYPE_FP32", (feature_config.n_mels, frames))]
     else:
-        outputs = [Tensor("input_values", "TYPE_FP32", (-1,))]
-        if "attention_mask" in feature_config.output_names:
-            outputs.append(Tensor("attention_mask", "TYPE_INT64", (-1,)))
+        outputs = [Tensor(INPUT_VALUES, "TYPE_FP32", (-1,))]
+        if ATTENTION_MASK in feature_config.output_names:
+            outputs.append(Tensor(ATTENTION_MASK, "TYPE_INT64", (-1,)))
 
     def config_for(name: str):
         return python_model_config(
@@ -219,7 +229,7 @@ def pipeline_models(
     classify = task == "classify"
     encoder = encoder_model(
         f"{pipeline}_encoder", onnx_path, profile, tuning, labels if classify else (),
-        labelled_output="probs" if classify else None,
+        labelled_output=ENCODER_PROBS if classify else None,
     )
     _, (encoder_output,) = onnx_tensors(onnx_path)
     feature_map = {n: n for n in feature_config.output_names}

@@ -18,7 +18,19 @@ from mmserve.exporters.onnx_export import OnnxSpec
 from mmserve.exporters.repository import VERSION, ModelFolder, encoder_model, labels_txt, shared_model
 from mmserve.exporters.triton_config import LABELS_FILE, EncoderTuning, Tensor, ensemble_config, ensemble_step
 from mmserve.exporters.triton_config import onnx_tensors, python_model_config
-from mmserve.pipelines import EMBEDDING, ENTITIES, TEXT, Kind
+from mmserve.pipelines import (
+    ATTENTION_MASK,
+    EMBEDDING,
+    ENCODER_PROBS,
+    ENTITIES,
+    INPUT_IDS,
+    SENTENCE_EMBEDDING,
+    TEXT,
+    TOKEN_OFFSETS,
+    TOKEN_PROBS,
+    WORD_IDS,
+    Kind,
+)
 
 # Real sentences of varied length and script for the parity gate.
 PARITY_TEXTS = (
@@ -39,8 +51,8 @@ TOKENIZE_MODEL = "text_tokenize"
 SERVING_MAX_LENGTH = 256
 
 TASK_KINDS = {"embed": Kind.TEXT_EMBED, "classify": Kind.TEXT_CLASSIFY, "ner": Kind.TEXT_NER}
-_ONNX_OUTPUT = {"embed": "sentence_embedding", "classify": "probs", "ner": "token_probs"}
-_TOKEN_INPUTS = ("input_ids", "attention_mask")
+_ONNX_OUTPUT = {"embed": SENTENCE_EMBEDDING, "classify": ENCODER_PROBS, "ner": TOKEN_PROBS}
+_TOKEN_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 
 
 def serving_graphs(loaded: Any) -> dict[str, Any]:
@@ -159,10 +171,10 @@ def _tokenize_model(repository: Path, pipeline: str, tokenizer_json: str, max_le
             name,
             [Tensor.from_spec(TEXT)],
             [
-                Tensor("input_ids", "TYPE_INT64", (-1,)),
-                Tensor("attention_mask", "TYPE_INT64", (-1,)),
-                Tensor("offsets", "TYPE_INT32", (-1, 2)),
-                Tensor("word_ids", "TYPE_INT32", (-1,)),
+                Tensor(INPUT_IDS, "TYPE_INT64", (-1,)),
+                Tensor(ATTENTION_MASK, "TYPE_INT64", (-1,)),
+                Tensor(TOKEN_OFFSETS, "TYPE_INT32", (-1, 2)),
+                Tensor(WORD_IDS, "TYPE_INT32", (-1,)),
             ],
             {"tokenizer_file": "tokenizer.json", "max_length": str(max_length)},
         )
@@ -185,7 +197,7 @@ def pipeline_models(
     """The models of one text pipeline: tokenizer, encoder, post-processing, ensemble."""
     tokenize = _tokenize_model(repository, pipeline, tokenizer_json, max_length)
     encoder = encoder_model(
-        f"{pipeline}_encoder", onnx_path, profile, tuning, labels, labelled_output="probs" if task == "classify" else None
+        f"{pipeline}_encoder", onnx_path, profile, tuning, labels, labelled_output=ENCODER_PROBS if task == "classify" else None
     )
     output_name = _ONNX_OUTPUT[task]
     _, (encoder_output,) = onnx_tensors(onnx_path)
@@ -211,19 +223,19 @@ def pipeline_models(
             post_name,
             [
                 Tensor.from_spec(TEXT),
-                Tensor("offsets", "TYPE_INT32", (-1, 2), ragged=True),
-                Tensor("word_ids", "TYPE_INT32", (-1,), ragged=True),
-                Tensor("token_probs", "TYPE_FP32", encoder_output.dims, ragged=True),
+                Tensor(TOKEN_OFFSETS, "TYPE_INT32", (-1, 2), ragged=True),
+                Tensor(WORD_IDS, "TYPE_INT32", (-1,), ragged=True),
+                Tensor(TOKEN_PROBS, "TYPE_FP32", encoder_output.dims, ragged=True),
             ],
             [Tensor.from_spec(ENTITIES)],
         ),
         {LABELS_FILE: labels_txt(labels)},
-    ).add_template("text_ner_postprocess")
-    spans = {"offsets": "offsets", "word_ids": "word_ids"}
+    ).add_python_model("text_ner_postprocess")
+    spans = {TOKEN_OFFSETS: TOKEN_OFFSETS, WORD_IDS: WORD_IDS}
     steps = [
         ensemble_step(tokenize.name, {TEXT.name: TEXT.name}, {**token_inputs, **spans}),
-        ensemble_step(encoder.name, token_inputs, {output_name: "token_probs"}),
-        ensemble_step(post_name, {TEXT.name: TEXT.name, **spans, "token_probs": "token_probs"}, {ENTITIES.name: ENTITIES.name}),
+        ensemble_step(encoder.name, token_inputs, {output_name: TOKEN_PROBS}),
+        ensemble_step(post_name, {TEXT.name: TEXT.name, **spans, TOKEN_PROBS: TOKEN_PROBS}, {ENTITIES.name: ENTITIES.name}),
     ]
     ensemble = ensemble_config(pipeline, [Tensor.from_spec(TEXT)], [Tensor.from_spec(ENTITIES)], steps)
     return [tokenize, encoder, post, ModelFolder(pipeline, ensemble)]

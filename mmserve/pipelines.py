@@ -72,6 +72,34 @@ PIPELINES: dict[Kind, PipelineSpec] = {
 # Largest batch a pipeline accepts in one request; the first dimension of every tensor.
 MAX_BATCH_SIZE = 64
 
+# ---- Internal tensors: what a pipeline's steps pass each other, never seen by callers ----
+# Their names are not part of the contract, but the exporters (ONNX graph inputs/outputs,
+# configs, ensemble wiring), the Python models (mmserve/serving) and the bench must agree
+# on every one of them, so they live here too (tests/test_tensor_names.py keeps it so).
+
+# Pre-processing outputs, which are the encoders' ONNX inputs.
+INPUT_IDS = "input_ids"  # token ids (BERT-family and CLIP text towers)
+ATTENTION_MASK = "attention_mask"  # 1 for real tokens / samples, 0 for padding
+TOKEN_OFFSETS = "offsets"  # [tokens, 2] character span of each token in the input text
+WORD_IDS = "word_ids"  # the word each token belongs to (-1: special token)
+PIXEL_VALUES = "pixel_values"  # normalised [3, H, W] image, as open_clip's transform makes it
+INPUT_FEATURES = "input_features"  # Whisper-family log-mel features, a fixed window
+INPUT_VALUES = "input_values"  # Wav2Vec2-family normalised waveform
+
+# Encoder outputs (the ONNX graphs' outputs; softmax / pooling / L2 norm inside ONNX).
+SENTENCE_EMBEDDING = "sentence_embedding"  # text embed encoder
+ENCODER_PROBS = "probs"  # a classifier's class probabilities, before post-processing
+TOKEN_PROBS = "token_probs"  # NER's per-token BIO probabilities
+AUDIO_EMBEDDING = "audio_embedding"  # speech embed encoder
+IMAGE_EMBEDS = "image_embeds"  # CLIP image tower (not "embedding": that clashes in dynamo exports)
+TEXT_EMBEDS = "text_embeds"  # CLIP text tower
+
+INTERNAL_TENSORS: tuple[str, ...] = (
+    INPUT_IDS, ATTENTION_MASK, TOKEN_OFFSETS, WORD_IDS, PIXEL_VALUES, INPUT_FEATURES, INPUT_VALUES,
+    SENTENCE_EMBEDDING, ENCODER_PROBS, TOKEN_PROBS, AUDIO_EMBEDDING, IMAGE_EMBEDS, TEXT_EMBEDS,
+)
+PUBLIC_TENSORS: tuple[TensorSpec, ...] = (TEXT, IMAGE, LABELS, AUDIO, SAMPLE_RATE, EMBEDDING, PROBS, LABEL, ENTITIES)
+
 
 def spec(kind: Kind | str) -> PipelineSpec:
     return PIPELINES[Kind(kind)]

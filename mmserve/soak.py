@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mmserve.pipelines import Kind
+from mmserve.pipelines import AUDIO, IMAGE, TEXT, Kind
 
 EXIT_PASS = 0
 EXIT_ERRORS = 1
@@ -91,22 +91,22 @@ def calls_for(kind: Kind, pipeline: str, n: int) -> list[Call]:
 
     calls: list[Call] = []
     for request in requests_for(kind, n):
-        if "TEXT" in request:
-            text = bytes(request["TEXT"][0]).decode("utf-8")
+        if TEXT.name in request:
+            text = bytes(request[TEXT.name][0]).decode("utf-8")
             method = {
                 Kind.TEXT_EMBED: "embed_text", Kind.TEXT_CLASSIFY: "classify_text",
                 Kind.TEXT_NER: "extract_entities", Kind.CLIP_TEXT_EMBED: "embed_clip_texts",
             }[kind]
             calls.append(lambda c, m=method, t=text: getattr(c, m)(t, pipeline))
         elif kind is Kind.ZERO_SHOT_IMAGE:
-            image = bytes(request["IMAGE"][0])
+            image = bytes(request[IMAGE.name][0])
             calls.append(lambda c, i=image: c.zero_shot(i, list(ZERO_SHOT_LABELS), pipeline))
         elif kind is Kind.IMAGE_EMBED:
-            image = bytes(request["IMAGE"][0])
+            image = bytes(request[IMAGE.name][0])
             calls.append(lambda c, i=image: c.embed_images(i, pipeline))
         else:
             method = "classify_audio" if kind is Kind.AUDIO_CLASSIFY else "embed_audio"
-            calls.append(lambda c, m=method, a=request["AUDIO"]: getattr(c, m)(a, SAMPLE_RATE, pipeline))
+            calls.append(lambda c, m=method, a=request[AUDIO.name]: getattr(c, m)(a, SAMPLE_RATE, pipeline))
     return calls
 
 

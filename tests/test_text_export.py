@@ -4,19 +4,22 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from mmserve.exporters.repository import TEMPLATES
 from mmserve.exporters.text import export_text
+
+
+CHECKED_IN_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 
 
 def test_exporting_into_the_checked_in_layout_uses_the_shared_tokenizer(tmp_path: Path, tiny_bert: Path):
     repository = tmp_path / "model_repository"
-    shutil.copytree(TEMPLATES, repository, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
-    for generated in repository.glob("*/config.pbtxt"):  # start from the templates alone
-        shutil.rmtree(generated.parent)
+    shutil.copytree(CHECKED_IN_REPOSITORY, repository, ignore=lambda folder, names: [n for n in names if n != "README.md"])
     result = export_text(tiny_bert, repository)
     assert result.models == ("text_tokenize", "text_embed_encoder", "text_embed")
     assert (repository / "text_tokenize" / "config.pbtxt").exists()
     assert (repository / "text_tokenize" / "1" / "tokenizer.json").exists()
+    # the step's code is the package's: its model.py is one import from mmserve.serving
+    model_py = (repository / "text_tokenize" / "1" / "model.py").read_text().splitlines()
+    assert model_py[-1].startswith("from mmserve.serving.text import TextTokenizeModel as TritonPythonModel")
 
 
 def test_int8_export_reports_its_drift(tmp_path: Path, tiny_bert: Path, text_checkpoints):

@@ -335,65 +335,68 @@ class EncoderStep:
 
 def encoder_step(repository: Path, pipeline: str) -> EncoderStep:
     """The ensemble step that runs an ONNX graph: onnxruntime backend (gpu) or the shared runner (cpu)."""
-    from mmserve.bench.inprocess import _map_entries, read_config
+    from mmserve.bench.inprocess import model_config
     from mmserve.exporters.triton_config import onnx_tensors
+    from mmserve.exporters.versions import step_version
 
-    config = read_config(repository / pipeline)
-    for step in config.get("ensemble_scheduling", {}).get("step", []):
-        folder = repository / step["model_name"]
-        model = read_config(folder)
-        parameters = {k: v.get("string_value", "") for k, v in model.get("parameters", {}).items()}
-        if model.get("backend") == "onnxruntime":
-            filename = model.get("default_model_filename", "model.onnx")
-        elif model.get("backend") == "python" and "onnx_file" in parameters:
-            filename = parameters["onnx_file"]
+    config = model_config(repository, pipeline)
+    for step in config.ensemble_scheduling.step:
+        model = model_config(repository, step.model_name)
+        if model.backend == "onnxruntime":
+            filename = model.default_model_filename or "model.onnx"
+        elif model.backend == "python" and "onnx_file" in model.parameters:
+            filename = model.parameters["onnx_file"].string_value
         else:
             continue
-        version = max((p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-        inputs, _ = onnx_tensors(version / filename)
-        mapped = {entry["key"] for entry in _map_entries(step.get("input_map"))}
-        return EncoderStep(pipeline, step["model_name"], version / filename,
-                           {t.name: t.dims for t in inputs if t.name in mapped}, _tokenizer_max_length(repository, config))
+        # the version the ensemble runs (after a rollback, not always the newest folder)
+        onnx = repository / step.model_name / str(step_version(repository, step)) / filename
+        inputs, _ = onnx_tensors(onnx)
+        return EncoderStep(pipeline, step.model_name, onnx,
+                           {t.name: t.dims for t in inputs if t.name in step.input_map}, _tokenizer_max_length(repository, config))
     raise ValueError(f"{pipeline}: no ONNX encoder step in {repository / pipeline}")
 
 
-def _tokenizer_max_length(repository: Path, ensemble: dict[str, Any]) -> int | None:
+def _tokenizer_max_length(repository: Path, ensemble: Any) -> int | None:
     """`max_length` of a tokenizer step (texts are truncated there), if the pipeline has one."""
-    from mmserve.bench.inprocess import read_config
+    from mmserve.bench.inprocess import model_config
 
-    for step in ensemble.get("ensemble_scheduling", {}).get("step", []):
-        parameters = read_config(repository / step["model_name"]).get("parameters", {})
+    for step in ensemble.ensemble_scheduling.step:
+        parameters = model_config(repository, step.model_name).parameters
         if "max_length" in parameters:
-            return int(parameters["max_length"]["string_value"])
+            return int(parameters["max_length"].string_value)
     return None
 
 
 def encoder_feeds(repository: Path, step: EncoderStep, kind: Kind, batch: int, count: int) -> list[Feeds]:
     """COUNT batches of BATCH real requests, through the Python steps that precede the encoder."""
-    from mmserve.bench.inprocess import _map_entries, _Request, load_python_model, read_config
+    from mmserve.bench.inprocess import load_python_model, model_config
     from mmserve.bench.inputs import requests_for, stack
+    from mmserve.exporters.versions import step_version
+    from mmserve.serving import backend_stub
 
     requests = requests_for(kind, batch * count)
-    steps = read_config(repository / step.pipeline)["ensemble_scheduling"]["step"]
+    steps = list(model_config(repository, step.pipeline).ensemble_scheduling.step)
     models: dict[str, Any] = {}
     feeds = []
     for start in range(0, batch * count, batch):
         tensors = dict(stack(requests[start:start + batch]))
         for entry in steps:
-            if entry["model_name"] == step.encoder:
+            if entry.model_name == step.encoder:
                 break
-            inputs = {e["key"]: tensors[e["value"]] for e in _map_entries(entry.get("input_map"))}
-            outputs = {e["key"]: e["value"] for e in _map_entries(entry.get("output_map"))}
-            if entry["model_name"] not in models:
-                models[entry["model_name"]] = load_python_model(repository, entry["model_name"])[0]
-            (response,) = models[entry["model_name"]].execute([_Request(inputs, list(outputs))])
+            inputs = {key: tensors[value] for key, value in entry.input_map.items()}
+            outputs = dict(entry.output_map)
+            if entry.model_name not in models:
+                models[entry.model_name] = load_python_model(
+                    repository, entry.model_name, step_version(repository, entry)
+                )[0]
+            (response,) = models[entry.model_name].execute([backend_stub.InferenceRequest(inputs, list(outputs))])
             if response.has_error():
-                raise RuntimeError(f"{entry['model_name']}: {response.error().message()}")
+                raise RuntimeError(f"{entry.model_name}: {response.error().message()}")
             for tensor in response.output_tensors():
                 if tensor.name() in outputs:
                     tensors[outputs[tensor.name()]] = tensor.as_numpy()
-        encoder_map = next(_map_entries(e.get("input_map")) for e in steps if e["model_name"] == step.encoder)
-        feeds.append({e["key"]: np.ascontiguousarray(tensors[e["value"]]) for e in encoder_map})
+        encoder_map = next(e.input_map for e in steps if e.model_name == step.encoder)
+        feeds.append({key: np.ascontiguousarray(tensors[value]) for key, value in encoder_map.items()})
     return feeds
 
 

@@ -6,9 +6,9 @@ pre-processing, post-processing), the same ONNX through the same runner with
 the same thread settings, the steps wired exactly as the ensemble wires them.
 A whole batch goes through as one request. What is left out is precisely what
 serving adds: gRPC, the scheduler and dynamic batcher, and the hops between
-processes. `triton_python_backend_utils` exists only inside Triton's stub, so a
-minimal stand-in (tensors, requests, responses, errors) is put in its place
-while the models run here.
+processes. `triton_python_backend_utils` exists only inside Triton's stub, so
+mmserve/serving/backend_stub.py's stand-in is put in its place while the models
+run here.
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import os
 import statistics
 import sys
 import time
-import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -32,91 +31,9 @@ from mmserve.bench.perf import BenchError
 from mmserve.exporters import triton_config
 from mmserve.exporters.triton_config import ENSEMBLE, ensemble_step
 from mmserve.exporters.versions import CONFIG_FILE, active_version, step_version
+from mmserve.serving import backend_stub
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
-
-
-# ---- a stand-in for triton_python_backend_utils, enough for the repository's Python models ----
-class _TritonError(Exception):
-    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS = range(7)
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self._message, self._code = message, code
-
-    def message(self) -> str:
-        return self._message
-
-    def code(self) -> int:
-        return self._code
-
-
-class _Tensor:
-    def __init__(self, name: str, array: Any) -> None:
-        self._name, self._array = name, np.asarray(array)
-
-    def name(self) -> str:
-        return self._name
-
-    def as_numpy(self) -> np.ndarray:
-        return self._array
-
-    def is_cpu(self) -> bool:
-        return True
-
-
-class _Request:
-    def __init__(self, tensors: dict[str, np.ndarray], requested: Sequence[str]) -> None:
-        self._tensors = {name: _Tensor(name, value) for name, value in tensors.items()}
-        self._requested = list(requested)
-
-    def inputs(self) -> list[_Tensor]:
-        return list(self._tensors.values())
-
-    def requested_output_names(self) -> list[str]:
-        return list(self._requested)
-
-
-class _Response:
-    def __init__(self, output_tensors: Sequence[_Tensor] = (), error: _TritonError | None = None) -> None:
-        self._outputs, self._error = list(output_tensors), error
-
-    def output_tensors(self) -> list[_Tensor]:
-        return self._outputs
-
-    def has_error(self) -> bool:
-        return self._error is not None
-
-    def error(self) -> _TritonError | None:
-        return self._error
-
-
-def _stand_in_utils() -> types.ModuleType:
-    module = types.ModuleType("triton_python_backend_utils")
-    module.Tensor = _Tensor
-    module.InferenceResponse = _Response
-    module.TritonError = _TritonError
-    module.TritonModelException = _TritonError
-    module.get_input_tensor_by_name = lambda request, name: request._tensors.get(name)
-    module.get_output_tensor_by_name = lambda response, name: next(
-        (t for t in response.output_tensors() if t.name() == name), None
-    )
-    module.get_input_config_by_name = lambda config, name: next(
-        (t for t in config.get("input", []) if t["name"] == name), None
-    )
-    module.get_output_config_by_name = lambda config, name: next(
-        (t for t in config.get("output", []) if t["name"] == name), None
-    )
-    _dtypes = {"TYPE_BOOL": np.bool_, "TYPE_UINT8": np.uint8, "TYPE_INT8": np.int8, "TYPE_INT32": np.int32,
-               "TYPE_INT64": np.int64, "TYPE_FP16": np.float16, "TYPE_FP32": np.float32,
-               "TYPE_FP64": np.float64, "TYPE_STRING": np.object_}
-    module.triton_string_to_numpy = lambda name: _dtypes[name]
-    return module
-
-
-def _install_stand_in() -> None:
-    if "triton_python_backend_utils" not in sys.modules:
-        sys.modules["triton_python_backend_utils"] = _stand_in_utils()
 
 
 # ---- the repository, read as Triton reads it ----
@@ -133,7 +50,7 @@ def model_config(repository: Path, name: str) -> ModelConfig:
 def load_python_model(repository: Path, name: str, version: int | None = None) -> tuple[Any, ModelConfig]:
     """Import a model's model.py and initialise it the way the Python backend does, at
     `version` (default: the version the model's config serves)."""
-    _install_stand_in()
+    backend_stub.install()
     folder = repository / name
     config = model_config(repository, name)
     if config.backend != "python":
@@ -160,17 +77,6 @@ def load_python_model(repository: Path, name: str, version: int | None = None) -
     if hasattr(model, "initialize"):
         model.initialize(args)
     return model, config
-
-
-# ---- kept for mmserve/bench/gpu_check.py until it reads ModelConfig messages: then remove ----
-def read_config(folder: Path) -> dict[str, Any]:
-    """config.pbtxt as proto JSON (dicts); new code reads `model_config` messages."""
-    return json_format.MessageToDict(model_config(folder.parent, folder.name), preserving_proto_field_name=True)
-
-
-def _map_entries(entries: Any) -> list[dict[str, str]]:
-    """input_map/output_map of proto JSON as {key, value} entries."""
-    return [{"key": k, "value": v} for k, v in (entries or {}).items()]
 
 
 class InProcessPipeline:
@@ -226,7 +132,7 @@ class InProcessPipeline:
                 feeds = {key: tensors[value] for key, value in step.input_map.items()}
                 self.captured[model] = feeds
                 started = time.perf_counter()
-                (response,) = self.models[model].execute([_Request(feeds, list(step.output_map))])
+                (response,) = self.models[model].execute([backend_stub.InferenceRequest(feeds, list(step.output_map))])
                 self.step_times[model].append(time.perf_counter() - started)
                 if response.has_error():
                     raise BenchError(f"{self.pipeline}: step {model} failed: {response.error().message()}")

@@ -23,7 +23,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mmserve.pipelines import Kind, PipelineSpec, spec
+from mmserve.pipelines import AUDIO, IMAGE, LABELS, TEXT, Kind, PipelineSpec, spec
+from mmserve.pipelines import SAMPLE_RATE as SAMPLE_RATE_INPUT
 
 Request = dict[str, np.ndarray]
 
@@ -173,21 +174,21 @@ def _bytes_item(value: str | bytes) -> np.ndarray:
 
 
 def _text_requests(n: int, seed: int) -> list[Request]:
-    return [{"TEXT": _bytes_item(s)} for s in sentences(n, seed)]
+    return [{TEXT.name: _bytes_item(s)} for s in sentences(n, seed)]
 
 
 def _image_requests(n: int, seed: int) -> list[Request]:
-    return [{"IMAGE": _bytes_item(j)} for j in jpegs(n, seed)]
+    return [{IMAGE.name: _bytes_item(j)} for j in jpegs(n, seed)]
 
 
 def _zero_shot_requests(n: int, seed: int) -> list[Request]:
     labels = np.array([label.encode("utf-8") for label in ZERO_SHOT_LABELS], dtype=np.object_)
-    return [{"IMAGE": _bytes_item(j), "LABELS": labels} for j in jpegs(n, seed)]
+    return [{IMAGE.name: _bytes_item(j), LABELS.name: labels} for j in jpegs(n, seed)]
 
 
 def _audio_requests(n: int, seed: int) -> list[Request]:
     rate = np.array([SAMPLE_RATE], dtype=np.int32)
-    return [{"AUDIO": clip, "SAMPLE_RATE": rate} for clip in speech_clips(n, seed)]
+    return [{AUDIO.name: clip, SAMPLE_RATE_INPUT.name: rate} for clip in speech_clips(n, seed)]
 
 
 GENERATORS: dict[Kind, Callable[[int, int], list[Request]]] = {
@@ -245,20 +246,20 @@ def stack(requests: Sequence[Request]) -> Request:
 
 
 def texts_of(requests: Sequence[Request]) -> list[str]:
-    return [bytes(r["TEXT"].reshape(-1)[0]).decode("utf-8") for r in requests]
+    return [bytes(r[TEXT.name].reshape(-1)[0]).decode("utf-8") for r in requests]
 
 
 def describe(kind: Kind | str, requests: Sequence[Request]) -> str:
     """One line about the data, for the report."""
     kind = Kind(kind)
     first = spec(kind).inputs[0].name
-    if first == "TEXT":
+    if first == TEXT.name:
         words = [len(t.split()) for t in texts_of(requests)]
         return f"{len(requests)} real sentences, {min(words)}–{max(words)} words (median {int(np.median(words))})"
-    if first == "IMAGE":
-        sizes = [len(bytes(r["IMAGE"][0])) for r in requests]
+    if first == IMAGE.name:
+        sizes = [len(bytes(r[IMAGE.name][0])) for r in requests]
         extra = f", {len(ZERO_SHOT_LABELS)} candidate labels" if kind == Kind.ZERO_SHOT_IMAGE else ""
         return f"{len(requests)} requests over {len(set(sizes))} photo-like 640x480 JPEGs (q85, median {int(np.median(sizes)) // 1024} KiB){extra}"
-    seconds = [len(r["AUDIO"]) / SAMPLE_RATE for r in requests]
+    seconds = [len(r[AUDIO.name]) / SAMPLE_RATE for r in requests]
     source = "espeak-ng speech" if shutil.which("espeak-ng") else "synthetic voiced audio"
     return f"{len(requests)} requests of {np.median(seconds):.1f} s {source} at {SAMPLE_RATE} Hz"

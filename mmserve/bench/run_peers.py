@@ -18,7 +18,7 @@ from mmserve.bench.peers import (
 )
 from mmserve.bench.perf import BenchError, Load, run_level
 from mmserve.exporters.similarity import row_cosines
-from mmserve.pipelines import PIPELINES, Kind
+from mmserve.pipelines import EMBEDDING, PIPELINES, TEXT, Kind
 
 if TYPE_CHECKING:  # the config type only; run.py imports this module, not the reverse
     from mmserve.bench.run import BenchConfig
@@ -35,9 +35,9 @@ def _embed_triton(client: Any, pipeline: str, texts: Sequence[str]) -> np.ndarra
     import tritonclient.grpc as grpcclient
 
     items = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
-    tensor = grpcclient.InferInput("TEXT", list(items.shape), "BYTES")
+    tensor = grpcclient.InferInput(TEXT.name, list(items.shape), "BYTES")
     tensor.set_data_from_numpy(items)
-    return client.infer(pipeline, [tensor]).as_numpy("EMBEDDING")
+    return client.infer(pipeline, [tensor]).as_numpy(EMBEDDING.name)
 
 
 def run_peers(config: "BenchConfig", client: Any, url: str, http_url: str | None, pipeline: str, requests: list,

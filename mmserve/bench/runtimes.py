@@ -23,7 +23,7 @@ import numpy as np
 from mmserve.bench.inprocess import InProcessPipeline, time_calls
 from mmserve.bench.inputs import Request, stack
 from mmserve.exporters.similarity import drift
-from mmserve.pipelines import Kind
+from mmserve.pipelines import TEXT, Kind
 
 Feeds = dict[str, np.ndarray]
 Forward = Callable[[Feeds], np.ndarray]
@@ -210,7 +210,7 @@ def _dev_feeds(pipeline: InProcessPipeline, encoder: str, dev: tuple[list[str], 
     feeds = []
     for start in range(0, len(texts), 32):
         chunk = texts[start : start + 32]
-        batch = {"TEXT": np.array([[t.encode("utf-8")] for t in chunk], dtype=np.object_)}
+        batch = {TEXT.name: np.array([[t.encode("utf-8")] for t in chunk], dtype=np.object_)}
         pipeline(batch)
         feeds.append({k: np.array(v) for k, v in pipeline.captured[encoder].items()})
     return feeds, np.array([names.index(label) for label in labels])

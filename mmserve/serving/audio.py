@@ -35,7 +35,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mmserve.serving.runtime import InputError
+from mmserve.pipelines import ATTENTION_MASK, AUDIO, INPUT_FEATURES, INPUT_VALUES, SAMPLE_RATE
+from mmserve.serving.runtime import InputError, answer_each, input_array, model_folder, model_parameters, output_tensor
 
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 48_000
@@ -52,7 +53,7 @@ WAVEFORM = "waveform"  # normalised raw samples + attention mask (Wav2Vec2 famil
 # --- validation ---------------------------------------------------------------------
 
 
-def check_sample_rate(value: Any, index: int, name: str = "SAMPLE_RATE") -> int:
+def check_sample_rate(value: Any, index: int, name: str = SAMPLE_RATE.name) -> int:
     rate = int(np.asarray(value).reshape(-1)[0]) if np.asarray(value).size else None
     if rate is None:
         raise InputError(f"{name}[{index}] is empty; send the clip's sample rate in Hz")
@@ -65,7 +66,7 @@ def check_sample_rate(value: Any, index: int, name: str = "SAMPLE_RATE") -> int:
 
 
 def check_pcm(
-    samples: np.ndarray, index: int, rate: int, max_seconds: float, name: str = "AUDIO"
+    samples: np.ndarray, index: int, rate: int, max_seconds: float, name: str = AUDIO.name
 ) -> np.ndarray:
     """One clip as float32 mono in [-1, 1], or an InputError naming what is wrong with it."""
     x = np.asarray(samples)
@@ -334,8 +335,8 @@ class FeatureConfig:
     @property
     def output_names(self) -> tuple[str, ...]:
         if self.kind == WHISPER:
-            return ("input_features",)
-        return ("input_values", "attention_mask") if self.attention_mask else ("input_values",)
+            return (INPUT_FEATURES,)
+        return (INPUT_VALUES, ATTENTION_MASK) if self.attention_mask else (INPUT_VALUES,)
 
 
 class FeatureExtractor:
@@ -348,7 +349,7 @@ class FeatureExtractor:
 
     def __call__(self, clips: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         if self.config.kind == WHISPER:
-            return {"input_features": self.whisper(clips)}
+            return {INPUT_FEATURES: self.whisper(clips)}
         return self.waveform(clips)
 
     def whisper(self, clips: Sequence[np.ndarray]) -> np.ndarray:
@@ -366,9 +367,9 @@ class FeatureExtractor:
         for row, x in enumerate(clips):
             values[row, : x.shape[0]] = zero_mean_unit_var(x) if c.do_normalize else x
             mask[row, : x.shape[0]] = 1
-        out = {"input_values": values}
+        out = {INPUT_VALUES: values}
         if c.attention_mask:
-            out["attention_mask"] = mask
+            out[ATTENTION_MASK] = mask
         return out
 
 
@@ -404,3 +405,31 @@ class AudioPreprocessor:
 
     def __call__(self, audio: np.ndarray, rates: np.ndarray) -> dict[str, np.ndarray]:
         return self.features(self.clips(audio, rates))
+
+
+# ---- the Triton Python model (the exported model.py is one line importing it) ----
+
+
+class AudioPreprocessModel:
+    """`audio_preprocess`: AUDIO + SAMPLE_RATE -> a speech encoder's features, as its training made them.
+
+    Shared by every speech pipeline whose feature extractor (preprocessor_config.json) and
+    limits are the same (audio_classify, audio_embed, ...). The rules are this module's
+    docstring; bad items are INVALID_ARG naming AUDIO[i] or SAMPLE_RATE[i], and never affect
+    other requests.
+    """
+
+    def initialize(self, args: dict[str, str]) -> None:
+        parameters = model_parameters(args)
+        config = FeatureConfig.from_file(
+            model_folder(args) / parameters.get("preprocessor_file", "preprocessor_config.json"),
+            min_samples=int(parameters.get("min_samples", "400")),
+        )
+        self.preprocess = AudioPreprocessor(config, max_seconds=float(parameters["max_seconds"]))
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return answer_each(requests, self._features)
+
+    def _features(self, request: Any) -> list[Any]:
+        features = self.preprocess(input_array(request, AUDIO.name), input_array(request, SAMPLE_RATE.name))
+        return [output_tensor(name, value) for name, value in features.items()]

@@ -20,16 +20,29 @@ from __future__ import annotations
 
 import html
 import html.entities
+import json
 import re
 import string
 import unicodedata
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mmserve.serving.runtime import InputError
+from mmserve.pipelines import IMAGE_EMBEDS, INPUT_IDS, LABELS, PROBS, TEXT
+from mmserve.serving.runtime import (
+    InputError,
+    OnnxRunner,
+    RunnerSettings,
+    answer_each,
+    input_array,
+    instance_count,
+    model_folder,
+    model_parameters,
+    output_tensor,
+)
+from mmserve.serving.text import DEFAULT_MAX_TEXT_BYTES, decode_texts
 
 # --- ftfy.fix_text, the character-level fixes (ftfy 6.x order) -------------------------
 
@@ -192,7 +205,7 @@ DEFAULT_MAX_LABELS = 256
 _MAX_LABEL_CHARS = 1000
 
 
-def decode_labels(items: np.ndarray, input_name: str = "LABELS", max_labels: int = DEFAULT_MAX_LABELS) -> list[str]:
+def decode_labels(items: np.ndarray, input_name: str = LABELS.name, max_labels: int = DEFAULT_MAX_LABELS) -> list[str]:
     """One request item's candidate labels: BYTES [K] -> K non-empty UTF-8 strings."""
     flat = np.asarray(items, dtype=np.object_).reshape(-1)
     if flat.size == 0:
@@ -263,3 +276,92 @@ class LabelEmbeddings:
 def zero_shot_probs(image_embedding: np.ndarray, class_embeddings: np.ndarray, logit_scale: float) -> np.ndarray:
     """softmax(logit_scale * cosine) over the labels, in their order; embeddings are normalised."""
     return softmax(np.float32(logit_scale) * (class_embeddings @ image_embedding)).astype(np.float32)
+
+
+# ---- the Triton Python models (each exported model.py is one line importing one of them) ----
+
+
+class ClipTokenizeModel:
+    """`clip_tokenize`: raw UTF-8 TEXT -> a CLIP text tower's ids, exactly as open_clip's tokenizer.
+
+    Shared by every CLIP product whose tokenizer.json, context length and cleaning are the
+    same. Over-long text is truncated (end token kept) up to `max_text_bytes` per item
+    (config parameter, default 1 MiB) and refused beyond it; empty or non-UTF-8 text is
+    INVALID_ARG.
+    """
+
+    def initialize(self, args: dict[str, str]) -> None:
+        parameters = model_parameters(args)
+        self.tokenizer = ClipTokenizer(
+            model_folder(args) / parameters.get("tokenizer_file", "tokenizer.json"),
+            context_length=int(parameters["context_length"]),
+            clean=parameters.get("clean", "lower"),
+        )
+        self.max_text_bytes = int(parameters.get("max_text_bytes", DEFAULT_MAX_TEXT_BYTES))
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return answer_each(requests, self._tokenize)
+
+    def _tokenize(self, request: Any) -> list[Any]:
+        texts = decode_texts(input_array(request, TEXT.name), TEXT.name, self.max_text_bytes)
+        return [output_tensor(INPUT_IDS, self.tokenizer(texts))]
+
+
+# Prompts per text-tower call when label embeddings are computed.
+_TEXT_BATCH = 64
+
+
+class ZeroShotClassifyModel:
+    """`zero_shot_classify`: an image embedding and the request's own label names -> PROBS.
+
+    Each label becomes the checkpoint's prompt templates ("a photo of a {}."), runs through
+    the CLIP text tower (this folder's ONNX, the shared OnnxRunner), and the prompt
+    embeddings are averaged per label and normalised (open_clip's zero-shot classifier).
+    Label embeddings are kept in an LRU cache: production traffic asks about the same labels
+    again and again, so the text tower rarely runs. PROBS is softmax(logit_scale * cosine)
+    in the order of LABELS. An empty label list, an empty or non-UTF-8 label, or more labels
+    than `max_labels` is INVALID_ARG naming LABELS.
+    """
+
+    def initialize(self, args: dict[str, str]) -> None:
+        parameters = model_parameters(args)
+        folder = model_folder(args)
+        settings = json.loads((folder / parameters.get("clip_file", "clip.json")).read_text(encoding="utf-8"))
+        self.runner = OnnxRunner(
+            folder / parameters.get("onnx_file", "model.onnx"),
+            RunnerSettings.for_instances(instance_count(args), parameters.get("intra_op_threads")),
+        )
+        self.tokenizer = ClipTokenizer(
+            folder / parameters.get("tokenizer_file", "tokenizer.json"),
+            context_length=int(parameters.get("context_length", settings["context_length"])),
+            clean=settings.get("clean", "lower"),
+        )
+        self.logit_scale = float(parameters.get("logit_scale", settings["logit_scale"]))
+        self.max_labels = int(parameters.get("max_labels", DEFAULT_MAX_LABELS))
+        self.labels = LabelEmbeddings(
+            self._embed_prompts, settings["prompt_templates"], capacity=int(parameters.get("cache_size", 4096))
+        )
+
+    def _embed_prompts(self, prompts: list[str]) -> np.ndarray:
+        ids = self.tokenizer(prompts)
+        chunks = [ids[start : start + _TEXT_BATCH] for start in range(0, len(ids), _TEXT_BATCH)]
+        answers = self.runner.run([{INPUT_IDS: chunk} for chunk in chunks])
+        return np.concatenate([answer[self.runner.output_names[0]] for answer in answers])
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return answer_each(requests, self._classify)
+
+    def _classify(self, request: Any) -> list[Any]:
+        images = input_array(request, IMAGE_EMBEDS)
+        labels = input_array(request, LABELS.name)
+        if labels.ndim < 2 or labels.shape[0] != images.shape[0]:
+            raise InputError(f"{LABELS.name} has shape {list(labels.shape)}; send one row of labels per image")
+        probs = []
+        for row in range(images.shape[0]):
+            where = LABELS.name if images.shape[0] == 1 else f"{LABELS.name}[{row}]"
+            names = decode_labels(labels[row], where, self.max_labels)
+            probs.append(zero_shot_probs(images[row], self.labels(names), self.logit_scale))
+        return [output_tensor(PROBS.name, np.stack(probs).astype(np.float32))]
+
+    def finalize(self) -> None:
+        self.runner = None

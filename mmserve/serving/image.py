@@ -18,6 +18,7 @@ Imported inside Triton's Python stub: numpy and Pillow only.
 from __future__ import annotations
 
 import io
+import json
 import threading
 import warnings
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from mmserve.serving.runtime import InputError
+from mmserve.pipelines import IMAGE, PIXEL_VALUES
+from mmserve.serving.runtime import InputError, answer_each, input_array, model_parameters, output_tensor
 
 # A 40-megapixel photo is about the largest a phone takes; a decoded RGB image that
 # size is 120 MB. Anything larger is refused before decoding (decompression bombs).
@@ -45,7 +47,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 def decode_image(
-    data: bytes, index: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS, input_name: str = "IMAGE",
+    data: bytes, index: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS, input_name: str = IMAGE.name,
     max_bytes: int | None = None,
 ) -> Image.Image:
     """Encoded bytes -> an upright RGB PIL image, or InputError naming `input_name[index]`.
@@ -197,7 +199,7 @@ class ImageTransform:
         # at least one pixel: open_clip itself fails on e.g. 3x500 with resize_mode="longest"
         return max(1, round(width / ratio)), max(1, round(height / ratio))
 
-    def __call__(self, image: Image.Image, index: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS, input_name: str = "IMAGE") -> np.ndarray:
+    def __call__(self, image: Image.Image, index: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS, input_name: str = IMAGE.name) -> np.ndarray:
         """RGB PIL image -> float32 [3, H, W], normalised."""
         if image.mode != "RGB":
             image = image.convert("RGB")
@@ -242,7 +244,7 @@ def _center_crop_or_pad(pixels: np.ndarray, size: tuple[int, int], fill: int) ->
 
 
 def preprocess_images(
-    items: np.ndarray, transform: ImageTransform, max_pixels: int = DEFAULT_MAX_PIXELS, input_name: str = "IMAGE",
+    items: np.ndarray, transform: ImageTransform, max_pixels: int = DEFAULT_MAX_PIXELS, input_name: str = IMAGE.name,
     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> np.ndarray:
     """A BYTES [N, 1] (or [N]) array of encoded images -> float32 [N, 3, H, W]."""
@@ -256,3 +258,33 @@ def preprocess_images(
         out[index] = transform(image, index, max_pixels, input_name)
     return out
 
+
+
+# ---- the Triton Python model (the exported model.py is one line importing it) ----
+
+
+class ImagePreprocessModel:
+    """`image_preprocess`: encoded IMAGE bytes -> pixels, exactly as the checkpoint's open_clip transform.
+
+    EXIF orientation, transparency on white, CMYK / 16-bit / grayscale / palette images, the
+    first frame of animations; images above `max_pixels`, or files above `max_image_bytes`
+    (config parameters; defaults 40 megapixels, 32 MiB), are refused before decoding. A bad
+    image is INVALID_ARG naming it (IMAGE[i]); the rest of the batch is answered.
+    """
+
+    def initialize(self, args: dict[str, str]) -> None:
+        parameters = model_parameters(args)
+        self.transform = ImageTransform.from_config(json.loads(parameters["preprocess"]))
+        self.max_pixels = int(parameters.get("max_pixels", DEFAULT_MAX_PIXELS))
+        self.max_image_bytes = int(parameters.get("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES))
+        # Pillow's own guard as a second line, beyond the explicit size check
+        Image.MAX_IMAGE_PIXELS = self.max_pixels
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return answer_each(requests, self._preprocess)
+
+    def _preprocess(self, request: Any) -> list[Any]:
+        pixels = preprocess_images(
+            input_array(request, IMAGE.name), self.transform, self.max_pixels, IMAGE.name, self.max_image_bytes
+        )
+        return [output_tensor(PIXEL_VALUES, pixels)]

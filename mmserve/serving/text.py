@@ -5,13 +5,34 @@ tokenizer.json, so the server tokenises exactly as training did.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from mmserve.serving.runtime import InputError, bytes_array
+from mmserve.pipelines import (
+    ATTENTION_MASK,
+    ENCODER_PROBS,
+    ENTITIES,
+    INPUT_IDS,
+    LABEL,
+    PROBS,
+    TEXT,
+    TOKEN_OFFSETS,
+    TOKEN_PROBS,
+    WORD_IDS,
+)
+from mmserve.serving.runtime import (
+    InputError,
+    answer_each,
+    bytes_array,
+    input_array,
+    model_folder,
+    model_parameters,
+    output_tensor,
+)
 
 # A token is never longer than this many characters in practice; cutting the text
 # first keeps a 10 MB request from costing a full tokenisation it would truncate anyway.
@@ -23,7 +44,7 @@ _CHARS_PER_TOKEN_BOUND = 64
 DEFAULT_MAX_TEXT_BYTES = 1 << 20
 
 
-def decode_texts(items: np.ndarray, input_name: str = "TEXT", max_bytes: int | None = None) -> list[str]:
+def decode_texts(items: np.ndarray, input_name: str = TEXT.name, max_bytes: int | None = None) -> list[str]:
     """BYTES items -> str, refusing what no model can answer meaningfully.
 
     `max_bytes`: refuse an item longer than this many bytes (None: no limit; the
@@ -107,7 +128,7 @@ def classification_outputs(probs: np.ndarray, labels: Sequence[str], requested: 
     Answering only what is named keeps this step working under an older config that
     declares LABEL alone (a repository exported before PROBS was passed through here).
     """
-    answers = {"PROBS": probs, "LABEL": bytes_array(top_labels(probs, labels))}
+    answers = {PROBS.name: probs, LABEL.name: bytes_array(top_labels(probs, labels))}
     return {name: answers[name] for name in (requested or answers)}
 
 
@@ -166,3 +187,83 @@ def read_labels(path: Path) -> list[str]:
     if not labels:
         raise ValueError(f"{path} names no labels; it must list one label per line in output order")
     return labels
+
+
+# ---- the Triton Python models (each exported model.py is one line importing one of them) ----
+
+
+class TextTokenizeModel:
+    """`text_tokenize`: raw UTF-8 TEXT -> a BERT-family encoder's inputs, exactly as training did.
+
+    Shared by every text pipeline whose tokenizer.json and maximum length are the same
+    (text_embed, text_classify, text_ner, sentiment, ...). Over-long text is truncated up to
+    `max_text_bytes` per item (config parameter, default 1 MiB) and refused beyond it; empty
+    or non-UTF-8 text is INVALID_ARG.
+    """
+
+    def initialize(self, args: dict[str, str]) -> None:
+        parameters = model_parameters(args)
+        self.tokenizer = TextTokenizer(
+            model_folder(args) / parameters.get("tokenizer_file", "tokenizer.json"),
+            max_length=int(parameters["max_length"]),
+        )
+        self.max_text_bytes = int(parameters.get("max_text_bytes", DEFAULT_MAX_TEXT_BYTES))
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return answer_each(requests, self._tokenize)
+
+    def _tokenize(self, request: Any) -> list[Any]:
+        batch = self.tokenizer(decode_texts(input_array(request, TEXT.name), TEXT.name, self.max_text_bytes))
+        return [
+            output_tensor(INPUT_IDS, batch.input_ids),
+            output_tensor(ATTENTION_MASK, batch.attention_mask),
+            output_tensor(TOKEN_OFFSETS, batch.offsets),
+            output_tensor(WORD_IDS, batch.word_ids),
+        ]
+
+
+class ClassifyPostprocessModel:
+    """`<pipeline>_postprocess` of a classifier (text or speech): the encoder's probabilities
+    -> PROBS (passed through) and LABEL, the most probable name in labels.txt.
+
+    The pipeline's outputs all come from this last step: Triton prunes an ensemble output that
+    also feeds a later step when a caller names a subset of the outputs (the reason is in
+    exporters/classification.py).
+    """
+
+    def initialize(self, args: dict[str, str]) -> None:
+        self.labels = read_labels(model_folder(args).parent / "labels.txt")
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return answer_each(requests, self._classify)
+
+    def _classify(self, request: Any) -> list[Any]:
+        outputs = classification_outputs(
+            input_array(request, ENCODER_PROBS), self.labels, request.requested_output_names()
+        )
+        return [output_tensor(name, value) for name, value in outputs.items()]
+
+
+class NerPostprocessModel:
+    """`<pipeline>_postprocess` of NER: per-token BIO scores -> entity spans (JSON) with
+    character offsets into the input text."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        self.labels = read_labels(model_folder(args).parent / "labels.txt")
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return answer_each(requests, self._entities)
+
+    def _entities(self, request: Any) -> list[Any]:
+        texts = decode_texts(input_array(request, TEXT.name), TEXT.name)
+        offsets = input_array(request, TOKEN_OFFSETS)
+        word_ids = input_array(request, WORD_IDS)
+        token_probs = input_array(request, TOKEN_PROBS)
+        documents = [
+            json.dumps(
+                decode_entities(text, offsets[i], word_ids[i], token_probs[i], self.labels),
+                ensure_ascii=False,
+            )
+            for i, text in enumerate(texts)
+        ]
+        return [output_tensor(ENTITIES.name, bytes_array(documents))]
