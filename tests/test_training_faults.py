@@ -23,8 +23,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from mmserve.training.text_checkpoint import load_text_checkpoint
 from mmserve.training.files import STAGING_DIR, finish_interrupted
+from mmserve.training.text_checkpoint import load_text_checkpoint
 
 MMSERVE = [sys.executable, "-m", "mmserve.cli"]
 EPOCHS = 2

@@ -13,9 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-from mmserve.training.text_checkpoint import load_text_checkpoint
 from mmserve.training.errors import CheckpointError, ResumeError
 from mmserve.training.text import LORA_LR, TextTrainConfig, evaluate_text, train_text
+from mmserve.training.text_checkpoint import load_text_checkpoint
 from mmserve.training.text_tiny import make_tiny_bert
 
 TOPICS = {

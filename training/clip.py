@@ -30,7 +30,6 @@ import torch
 from tqdm.auto import tqdm
 
 from mmserve.training.clip_checkpoint import (
-    METRICS_FILE,
     load_clip_checkpoint,
     save_clip_checkpoint,
     tokenizer_settings,
@@ -46,14 +45,17 @@ from mmserve.training.clip_data import (
     split_val,
 )
 from mmserve.training.clip_eval import class_embeddings, prompts, retrieval_metrics, zero_shot_accuracy
+from mmserve.training import distributed
 from mmserve.training.errors import DataError, TrainingError
 from mmserve.training.loop import (
+    EpochScore,
     RunLedger,
     TrainResult,
     configure_runtime,
     library_versions,
     make_optimizer,
     make_scheduler,
+    open_writer,
     seed_everything,
 )
 from mmserve.training.quiet import quiet_libraries
@@ -146,6 +148,19 @@ def _configure_threads(workers: int) -> int:
     threads = max(1, _cores() - workers)
     torch.set_num_threads(threads)
     return threads
+
+
+class RankBatches(torch.utils.data.Sampler):
+    """The global batches of `batches`, each cut to this rank's part (whole in a single process)."""
+
+    def __init__(self, batches: torch.utils.data.BatchSampler):
+        self.batches = batches
+
+    def __iter__(self):
+        return (distributed.shard(batch) for batch in self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -274,10 +289,18 @@ def _core(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _loss_fn(model: torch.nn.Module):
     from open_clip.loss import ClipLoss, SigLipLoss
 
-    return SigLipLoss() if getattr(_core(model), "logit_bias", None) is not None else ClipLoss()
+    # under torchrun each rank gathers every rank's features: the loss contrasts the global batch
+    world = {"rank": distributed.rank(), "world_size": distributed.world_size()}
+    if getattr(_core(model), "logit_bias", None) is not None:
+        return SigLipLoss(**world)
+    return ClipLoss(local_loss=False, gather_with_grad=distributed.world_size() > 1, **world)
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -361,7 +384,7 @@ def encode_images(model: torch.nn.Module, images: Sequence[Path], transform, bat
     out = []
     for start in range(0, len(images), batch_size):
         batch = torch.stack([transform(load_image(p)) for p in images[start : start + batch_size]])
-        out.append(core.encode_image(batch, normalize=True).float().numpy())
+        out.append(core.encode_image(batch.to(_device(core)), normalize=True).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -370,7 +393,8 @@ def encode_texts(model: torch.nn.Module, texts: Sequence[str], tokenizer, batch_
     core = _core(model)
     out = []
     for start in range(0, len(texts), batch_size):
-        out.append(core.encode_text(tokenizer(list(texts[start : start + batch_size])), normalize=True).float().numpy())
+        tokens = tokenizer(list(texts[start : start + batch_size])).to(_device(core))
+        out.append(core.encode_text(tokens, normalize=True).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -422,6 +446,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 # --- training --------------------------------------------------------------------------------
 
 
+@distributed.data_parallel()
 @quiet_libraries()
 def train_clip(cfg: ClipTrainConfig) -> TrainResult:
     """Train, keep the best epoch in `cfg.out`, return its validation metrics."""
@@ -438,12 +463,13 @@ def train_clip(cfg: ClipTrainConfig) -> TrainResult:
 
     seed_everything(cfg.seed)
     model, preprocess_train, preprocess_val, tokenizer, model_cfg = build_model(cfg)
-    model = _prepare_trainable(model, cfg)
+    model = _prepare_trainable(model, cfg).to(distributed.device())
     loss_fn = _loss_fn(model)
     tokens = tokenizer([p.caption for p in train_pairs])
     dataset = PairDataset(train_pairs, preprocess_train, tokens)
-    drop_last = len(dataset) > cfg.batch_size
-    n_batches = len(dataset) // cfg.batch_size if drop_last else 1
+    global_batch = cfg.batch_size * distributed.world_size()  # --batch-size is per process
+    drop_last = len(dataset) > global_batch
+    n_batches = len(dataset) // global_batch if drop_last else 1
     optimizer = _optimizer(model, cfg.learning_rate, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg.epochs * n_batches, cfg.warmup_ratio)
 
@@ -467,57 +493,54 @@ def train_clip(cfg: ClipTrainConfig) -> TrainResult:
         f"{cfg.loader_workers} loader processes"
     )
 
-    from torch.utils.tensorboard import SummaryWriter
+    def summary(best: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "val_metrics": best, "n_train": len(train_pairs), "n_val": len(val_pairs),
+            "logit_scale": float(_core(model).logit_scale.exp().item()),
+        }
+
+    def write_checkpoint(folder: Path) -> None:
+        save_clip_checkpoint(folder, model, model_cfg, _core(model).visual.preprocess_cfg, settings)
 
     sampler = EpochSampler(len(dataset), cfg.seed)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last,
+        dataset, batch_sampler=RankBatches(torch.utils.data.BatchSampler(sampler, global_batch, drop_last)),
         num_workers=cfg.loader_workers, persistent_workers=cfg.loader_workers > 0,  # keeps each worker's image cache
     )
+    trained = distributed.wrap(_core(model), find_unused_parameters=cfg.lora)
     step = ledger.epochs_done * n_batches
-    with SummaryWriter(str(out / "runs")) as writer:
+    with open_writer(out) as writer:
         for epoch in range(ledger.epochs_done, cfg.epochs):
             t0 = time.perf_counter()
             sampler.set_epoch(epoch)
             train_loss, step = _train_epoch(
-                model, loader, n_batches, loss_fn, optimizer, scheduler, writer, step,
+                model, trained, loader, n_batches, loss_fn, optimizer, scheduler, writer, step,
                 f"epoch {epoch + 1}/{cfg.epochs}", cfg.log_every,
             )
             metrics = evaluate(model, val_pairs, preprocess_val, tokenizer, classes, templates)
             for key, value in metrics.items():
                 writer.add_scalar(f"val/{key}", value, step)
-            seconds = time.perf_counter() - t0
-            improved = ledger.record(
-                {"train_loss": train_loss, **metrics}, _score(metrics), seconds, best={"val_metrics": metrics}
+            score = EpochScore(
+                history={"train_loss": train_loss, **metrics}, score=_score(metrics),
+                headline=format_metrics(metrics), metrics=metrics,
+                progress=f"train loss {train_loss:.4f}, {format_metrics(metrics)}",
             )
-            best_metrics = ledger.best["val_metrics"]
-            report = f"best epoch {ledger.best_epoch}: {format_metrics(best_metrics)}"
-            summary = {
-                "best_epoch": ledger.best_epoch, "val_metrics": best_metrics, "history": ledger.history,
-                "train_time_seconds": round(ledger.elapsed, 2), "n_train": len(train_pairs), "n_val": len(val_pairs),
-                "logit_scale": float(_core(model).logit_scale.exp().item()), "report": report,
-            }
-
-            def write_checkpoint(folder: Path) -> None:
-                save_clip_checkpoint(folder, model, model_cfg, _core(model).visual.preprocess_cfg, settings)
-
-            ledger.commit(summary, write_checkpoint if improved else None, model, optimizer, scheduler)
-            tqdm.write(
-                f"epoch {epoch + 1}: train loss {train_loss:.4f}, {format_metrics(metrics)}"
-                f"{' (best)' if improved else ''}, {seconds:.1f}s"
-            )
-    metrics = json.loads((out / METRICS_FILE).read_text())
-    print(metrics["report"])
-    return TrainResult(out, metrics, metrics["report"])
+            ledger.end_epoch(score, time.perf_counter() - t0, summary, write_checkpoint, model, optimizer, scheduler)
+    return ledger.result()
 
 
-def _train_epoch(model, loader, n_batches, loss_fn, optimizer, scheduler, writer, step, desc, log_every) -> tuple[float, int]:
+def _train_epoch(
+    model, forward, loader, n_batches, loss_fn, optimizer, scheduler, writer, step, desc, log_every
+) -> tuple[float, int]:
+    """One epoch; `forward` is the open_clip model, DDP-wrapped under torchrun. Returns the mean
+    loss over all ranks and the global step."""
     model.train()
     core = _core(model)
+    device = distributed.device()
     total, window = 0.0, []
-    with tqdm(total=n_batches, desc=desc, unit="batch", dynamic_ncols=True) as bar:
+    with tqdm(total=n_batches, desc=desc, unit="batch", dynamic_ncols=True, disable=not distributed.is_main()) as bar:
         for images, texts in loader:
-            out = core(images, texts)
+            out = forward(images.to(device), texts.to(device))
             extra = (out["logit_bias"],) if "logit_bias" in out else ()
             loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"], *extra)
             loss.backward()
@@ -537,7 +560,7 @@ def _train_epoch(model, loader, n_batches, loss_fn, optimizer, scheduler, writer
                 window.clear()
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
             bar.update()
-    return total / max(n_batches, 1), step
+    return distributed.mean(total / max(n_batches, 1)), step
 
 
 def _open_clip_version() -> str:

@@ -15,22 +15,25 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from mmserve.training.text_checkpoint import save_hf_checkpoint
+from mmserve.training import distributed
 from mmserve.training.errors import DataError, TrainingError
 from mmserve.training.files import write_text_atomic
 from mmserve.training.loop import (
+    EpochScore,
     RunLedger,
     TrainResult,
     configure_runtime,
     library_versions,
     make_optimizer,
     make_scheduler,
+    open_writer,
     seed_everything,
     train_one_epoch,
 )
@@ -133,6 +136,7 @@ class Featurizer:
         return batch
 
 
+@distributed.data_parallel()
 @quiet_libraries()
 def train_speech(cfg: SpeechTrainConfig) -> TrainResult:
     """Fine-tune, keep the best epoch in `cfg.out`, print and return its dev report."""
@@ -148,6 +152,7 @@ def train_speech(cfg: SpeechTrainConfig) -> TrainResult:
 
     seed_everything(cfg.seed)
     model, extractor, pretrained = build_speech_model(base, labels, cfg.clip_seconds, cfg.lora)
+    model = model.to(distributed.device())
     config = read_base(base)[0]
     family = family_of(config)
     if not pretrained:
@@ -171,7 +176,8 @@ def train_speech(cfg: SpeechTrainConfig) -> TrainResult:
         for idx in _chunks(len(dev_clips), EVAL_BATCH_SIZE)
     ]
 
-    n_batches = -(-len(train_clips) // cfg.batch_size)
+    global_batch = cfg.batch_size * distributed.world_size()  # --batch-size is per process
+    n_batches = -(-len(train_clips) // global_batch)
     optimizer = make_optimizer(model, cfg.learning_rate)
     scheduler = make_scheduler(optimizer, cfg.epochs * n_batches)
     ledger.restore(model, optimizer, scheduler)
@@ -181,47 +187,40 @@ def train_speech(cfg: SpeechTrainConfig) -> TrainResult:
         "learning_rate": cfg.learning_rate, "versions": library_versions(),
     }
 
-    from torch.utils.tensorboard import SummaryWriter
+    def summary(best: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "task": "classify", "metric": "accuracy", "dev_accuracy": best["accuracy"],
+            "dev_macro_f1": best["macro_f1"], "dev_metrics": best, "n_train": len(train_items), "n_dev": len(dev_items),
+        }
 
+    def write_checkpoint(folder: Path) -> None:
+        save_hf_checkpoint(folder, model, extractor, labels, training_config)
+        _write_dev_file(folder, dev_items)
+
+    trained = distributed.wrap(model, find_unused_parameters=cfg.lora)
     step = ledger.epochs_done * n_batches
-    with SummaryWriter(str(out / "runs")) as writer:
+    with open_writer(out) as writer:
         for epoch in range(ledger.epochs_done, cfg.epochs):
             t0 = time.perf_counter()
             rng = np.random.default_rng(cfg.seed + epoch)
-            batches = _train_batches(train_clips, train_y, cfg.batch_size, rng, featurize, aug, rate)
+            batches = _train_batches(train_clips, train_y, global_batch, rng, featurize, aug, rate)
             train_loss, step = train_one_epoch(
-                model, batches, n_batches, optimizer, scheduler, writer, step,
+                trained, batches, n_batches, optimizer, scheduler, writer, step,
                 desc=f"epoch {epoch + 1}/{cfg.epochs}", log_every=cfg.log_every,
             )
             dev, report = _evaluate(model, labels, dev_batches)
             writer.add_scalar("dev/accuracy", dev["accuracy"], step)
             writer.add_scalar("dev/loss", dev["loss"], step)
             writer.add_text("dev/report", f"<pre>{report}</pre>", step)
-            seconds = time.perf_counter() - t0
-            improved = ledger.record({
-                "train_loss": train_loss, "dev_loss": dev["loss"],
-                "dev_accuracy": dev["accuracy"], "dev_macro_f1": dev["macro_f1"],
-            }, dev["accuracy"], seconds, best={"dev_metrics": dev, "report": report})
-            best = ledger.best
-            metrics = {
-                "task": "classify", "metric": "accuracy", "best_epoch": ledger.best_epoch,
-                "dev_accuracy": ledger.best_score, "dev_macro_f1": best["dev_metrics"]["macro_f1"],
-                "dev_metrics": best["dev_metrics"], "history": ledger.history,
-                "train_time_seconds": round(ledger.elapsed, 2), "n_train": len(train_items), "n_dev": len(dev_items),
-                "report": best["report"],
-            }
-
-            def write_checkpoint(folder: Path) -> None:
-                save_hf_checkpoint(folder, model, extractor, labels, training_config)
-                _write_dev_file(folder, dev_items)
-
-            ledger.commit(metrics, write_checkpoint if improved else None, model, optimizer, scheduler)
-            tqdm.write(  # the per-class report is in TensorBoard (dev/report) and printed once below
-                f"epoch {epoch + 1}: train loss {train_loss:.4f}, dev loss {dev['loss']:.4f}, "
-                f"dev accuracy {dev['accuracy']:.4f}{' (best)' if improved else ''}, {seconds:.1f}s"
+            score = EpochScore(  # the per-class report is in TensorBoard (dev/report) and printed once at the end
+                history={"train_loss": train_loss, "dev_loss": dev["loss"],
+                         "dev_accuracy": dev["accuracy"], "dev_macro_f1": dev["macro_f1"]},
+                score=dev["accuracy"], headline=f"dev accuracy {dev['accuracy']:.4f}", metrics=dev,
+                progress=f"train loss {train_loss:.4f}, dev loss {dev['loss']:.4f}, dev accuracy {dev['accuracy']:.4f}",
+                report=report,
             )
-    print(f"best epoch {ledger.best_epoch} of {cfg.epochs}: dev accuracy {ledger.best_score:.4f}\n{metrics['report']}")
-    return TrainResult(out, metrics, metrics["report"])
+            ledger.end_epoch(score, time.perf_counter() - t0, summary, write_checkpoint, model, optimizer, scheduler)
+    return ledger.result()
 
 
 @quiet_libraries()
@@ -257,7 +256,7 @@ def _train_batches(
 ) -> Iterator[dict[str, torch.Tensor]]:
     order = rng.permutation(len(clips))
     for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+        idx = np.array(distributed.shard(order[start : start + batch_size]))
         augmented = [augment(clips[i], rate, rng, aug) for i in idx]
         yield {**featurize(augmented, rng), "labels": torch.from_numpy(y[idx])}
 
@@ -287,12 +286,13 @@ def _write_dev_file(out: Path, dev: Sequence[AudioExample]) -> None:
 def _evaluate(model: torch.nn.Module, labels: Sequence[str], batches: Sequence[dict[str, torch.Tensor]]):
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     gold, predicted = [], []
     loss_sum = 0.0
     for batch in batches:
         batch = dict(batch)
         y = batch.pop("labels")
-        logits = model(**batch).logits
+        logits = model(**{key: value.to(device) for key, value in batch.items()}).logits.cpu()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         gold += y.tolist()
         predicted += logits.argmax(-1).tolist()

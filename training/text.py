@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
 from mmserve.training.text_checkpoint import (
@@ -23,15 +22,18 @@ from mmserve.training.text_checkpoint import (
     load_text_checkpoint,
     save_hf_checkpoint,
 )
+from mmserve.training import distributed
 from mmserve.training.errors import TrainingError
 from mmserve.training.files import write_text_atomic
 from mmserve.training.loop import (
+    EpochScore,
     RunLedger,
     TrainResult,
     configure_runtime,
     library_versions,
     make_optimizer,
     make_scheduler,
+    open_writer,
     seed_everything,
     train_one_epoch,
 )
@@ -106,6 +108,7 @@ class EvalResult:
 Items = Sequence[TextExample] | Sequence[TaggedSentence]
 
 
+@distributed.data_parallel()
 @quiet_libraries()
 def train_text(cfg: TextTrainConfig) -> TrainResult:
     """Fine-tune, keep the best epoch in `cfg.out`, print and return its dev report."""
@@ -120,14 +123,15 @@ def train_text(cfg: TextTrainConfig) -> TrainResult:
     ledger = RunLedger.open(out, identity, cfg.epochs, cfg.resume, cfg.overwrite)
     if (done := ledger.finished_result()) is not None:
         return done
-    _write_dev_split(out, dev_items)
+    distributed.from_main(lambda: _write_dev_split(out, dev_items))
 
     seed_everything(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = _build_model(cfg, base, labels)
+    model = _build_model(cfg, base, labels).to(distributed.device())
     train_features = _encode(cfg.task, tokenizer, train_items, labels, cfg.max_length)
     dev_features = _encode(cfg.task, tokenizer, dev_items, labels, cfg.max_length)
-    n_batches = -(-len(train_features) // cfg.batch_size)
+    global_batch = cfg.batch_size * distributed.world_size()  # --batch-size is per process
+    n_batches = -(-len(train_features) // global_batch)
     optimizer = make_optimizer(model, cfg.learning_rate)
     scheduler = make_scheduler(optimizer, cfg.epochs * n_batches)
 
@@ -139,47 +143,42 @@ def train_text(cfg: TextTrainConfig) -> TrainResult:
     metric_name = PRIMARY_METRIC[cfg.task]
     pad_id = tokenizer.pad_token_id or 0
 
-    from torch.utils.tensorboard import SummaryWriter  # imports tensorboard; only needed here
+    def summary(best: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "task": cfg.task, "metric": metric_name, f"dev_{metric_name}": best[metric_name],
+            "dev_macro_f1": best["macro_f1"], "dev_metrics": best,
+            "n_train": len(train_items), "n_dev": len(dev_items),
+        }
 
+    def write_checkpoint(folder: Path) -> None:
+        save_hf_checkpoint(folder, model, tokenizer, labels, training_config)
+
+    trained = distributed.wrap(model, find_unused_parameters=cfg.lora)
     step = ledger.epochs_done * n_batches
-    with SummaryWriter(str(out / "runs")) as writer:
+    with open_writer(out) as writer:
         for epoch in range(ledger.epochs_done, cfg.epochs):
             t0 = time.perf_counter()
             batches = (
-                collate([train_features[i] for i in idx], pad_id)
-                for idx in batch_indices(len(train_features), cfg.batch_size, cfg.seed + epoch)
+                collate([train_features[i] for i in distributed.shard(idx)], pad_id)
+                for idx in batch_indices(len(train_features), global_batch, cfg.seed + epoch)
             )
             train_loss, step = train_one_epoch(
-                model, batches, n_batches, optimizer, scheduler, writer, step,
+                trained, batches, n_batches, optimizer, scheduler, writer, step,
                 desc=f"epoch {epoch + 1}/{cfg.epochs}", log_every=cfg.log_every,
             )
             dev, report = _evaluate(model, cfg.task, labels, dev_items, dev_features, pad_id)
             writer.add_scalar(f"dev/{metric_name}", dev[metric_name], step)
             writer.add_scalar("dev/loss", dev["loss"], step)
-            seconds = time.perf_counter() - t0
-            improved = ledger.record({
-                "train_loss": train_loss, "dev_loss": dev["loss"],
-                f"dev_{metric_name}": dev[metric_name], "dev_macro_f1": dev["macro_f1"],
-            }, dev[metric_name], seconds, best={"dev_metrics": dev, "report": report})
-            best = ledger.best
-            metrics = {
-                "task": cfg.task, "metric": metric_name, "best_epoch": ledger.best_epoch,
-                f"dev_{metric_name}": ledger.best_score, "dev_macro_f1": best["dev_metrics"]["macro_f1"],
-                "dev_metrics": best["dev_metrics"], "history": ledger.history,
-                "train_time_seconds": round(ledger.elapsed, 2), "n_train": len(train_items), "n_dev": len(dev_items),
-                "report": best["report"],
-            }
-
-            def write_checkpoint(folder: Path) -> None:
-                save_hf_checkpoint(folder, model, tokenizer, labels, training_config)
-
-            ledger.commit(metrics, write_checkpoint if improved else None, model, optimizer, scheduler)
-            tqdm.write(
-                f"epoch {epoch + 1}: train loss {train_loss:.4f}, dev loss {dev['loss']:.4f}, "
-                f"dev {metric_name} {dev[metric_name]:.4f}{' (best)' if improved else ''}, {seconds:.1f}s"
+            score = EpochScore(
+                history={"train_loss": train_loss, "dev_loss": dev["loss"],
+                         f"dev_{metric_name}": dev[metric_name], "dev_macro_f1": dev["macro_f1"]},
+                score=dev[metric_name], headline=f"dev {metric_name} {dev[metric_name]:.4f}", metrics=dev,
+                progress=f"train loss {train_loss:.4f}, dev loss {dev['loss']:.4f}, dev {metric_name} {dev[metric_name]:.4f}",
+                report=report,
             )
-    print(f"best epoch {ledger.best_epoch} of {cfg.epochs}: dev {metric_name} {ledger.best_score:.4f}\n{metrics['report']}")
-    return TrainResult(out, metrics, metrics["report"])
+
+            ledger.end_epoch(score, time.perf_counter() - t0, summary, write_checkpoint, model, optimizer, scheduler)
+    return ledger.result()
 
 
 @quiet_libraries()
@@ -272,6 +271,7 @@ def _evaluate(
     """
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     order = sorted(range(len(features)), key=lambda i: len(features[i].inputs["input_ids"]))
     predictions: list[Any] = [None] * len(features)
     loss_sum, loss_count = 0.0, 0
@@ -279,7 +279,7 @@ def _evaluate(
         idx = order[start : start + batch_size]
         batch = collate([features[i] for i in idx], pad_id)
         gold = batch.pop("labels")
-        logits = model(**batch).logits
+        logits = model(**{key: value.to(device) for key, value in batch.items()}).logits.cpu()
         loss_sum += F.cross_entropy(logits.flatten(0, -2), gold.flatten(), reduction="sum").item()
         loss_count += int((gold != IGNORE_INDEX).sum())
         predicted = logits.argmax(-1).tolist()

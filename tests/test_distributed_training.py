@@ -1,0 +1,127 @@
+"""`mmserve train` under torchrun: two CPU processes on gloo learn what one process learns.
+
+The two-process run takes the same global batches (each process half of each) and must
+reach the same dev metrics as one process with the same global batch size; only rank 0
+writes files and prints the report.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GLOBAL_BATCH = 8
+EPOCHS = 6  # what a randomly initialised tiny BERT needs to move off chance on 52 rows
+
+
+@pytest.fixture(scope="module")
+def intents_60(tmp_path_factory) -> Path:
+    """60 rows of the embedded intents data: 15 of each of its first 4 labels."""
+    from mmserve.training.defaults import embedded_data
+
+    with open(embedded_data("intents"), encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    labels = sorted({row["label"] for row in rows})[:4]
+    picked = [row for label in labels for row in [r for r in rows if r["label"] == label][:15]]
+    path = tmp_path_factory.mktemp("intents") / "intents-60.csv"
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows(picked)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_without_dropout(tiny_bert: Path, tmp_path_factory) -> Path:
+    """The tiny BERT with dropout off: dropout masks are the one thing that differs between a
+    process that sees a whole batch and two that see a half each, so without it both runs
+    compute the same steps and their metrics can be compared closely."""
+    from transformers import AutoTokenizer, BertModel
+
+    model = BertModel.from_pretrained(tiny_bert, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    out = tmp_path_factory.mktemp("bert") / "tiny-bert-no-dropout"
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(out)
+    return out
+
+
+def train_args(base: Path, data: Path, out: Path, batch_size: int) -> list[str]:
+    return [
+        "-m", "mmserve.cli", "train", "text", "--task", "classify", "--base", str(base), "--data", str(data),
+        "--out", str(out), "--epochs", str(EPOCHS), "--batch-size", str(batch_size), "--lr", "3e-3",
+    ]
+
+
+def run(command: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def files_in(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and "runs" not in p.parts}
+
+
+def test_two_processes_on_gloo_match_one_process(tiny_bert_without_dropout: Path, intents_60: Path, tmp_path: Path):
+    single = tmp_path / "single"
+    run([sys.executable, *train_args(tiny_bert_without_dropout, intents_60, single, GLOBAL_BATCH)])
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    double = tmp_path / "double"
+    # per-process batch (--batch-size) = global batch / world size
+    two = run([*torchrun, *train_args(tiny_bert_without_dropout, intents_60, double, GLOBAL_BATCH // 2)])
+
+    one_metrics = json.loads((single / "metrics.json").read_text())
+    two_metrics = json.loads((double / "metrics.json").read_text())
+    for one_epoch, two_epoch in zip(one_metrics["history"], two_metrics["history"], strict=True):
+        assert abs(one_epoch["dev_accuracy"] - two_epoch["dev_accuracy"]) <= 0.01, (one_epoch, two_epoch)
+        assert two_epoch["dev_loss"] == pytest.approx(one_epoch["dev_loss"], rel=0.02), (one_epoch, two_epoch)
+        assert two_epoch["train_loss"] == pytest.approx(one_epoch["train_loss"], rel=0.02), (one_epoch, two_epoch)
+    assert two_metrics["best_epoch"] == one_metrics["best_epoch"]
+    history = one_metrics["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.05, history  # it learned: the match means something
+    assert two_metrics["n_train"] == one_metrics["n_train"] and two_metrics["n_dev"] == one_metrics["n_dev"]
+
+    # rank 0 alone wrote: the same files as one process, one set of TensorBoard curves
+    assert files_in(double) == files_in(single)
+    assert len(list((double / "runs").glob("events.out.tfevents.*"))) == 1
+    # and rank 0 alone printed the report and the checkpoint line
+    assert two.stdout.count("best epoch") == 1, two.stdout
+    assert two.stdout.count(f"checkpoint: {double}") == 1, two.stdout
+    assert two.stdout.count(f"epoch {EPOCHS}: train loss") == 1, two.stdout
+
+
+def test_resume_and_refusal_under_torchrun(tiny_bert_without_dropout: Path, intents_60: Path, tmp_path: Path):
+    """An occupied --out stops every rank with rank 0's message (none left waiting); --resume
+    loads rank 0's saved state on every rank and continues as a resumed single process does."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+    def epochs(args: list[str], epochs: int) -> list[str]:
+        return [*args[: args.index("--epochs") + 1], str(epochs), *args[args.index("--epochs") + 2 :]]
+
+    single, double = tmp_path / "single", tmp_path / "double"
+    one = train_args(tiny_bert_without_dropout, intents_60, single, GLOBAL_BATCH)
+    two = [*torchrun, *train_args(tiny_bert_without_dropout, intents_60, double, GLOBAL_BATCH // 2)]
+    run([sys.executable, *epochs(one, 3)])
+    run(epochs(two, 3))
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    refused = subprocess.run(epochs(two, 3), capture_output=True, text=True, env=env, timeout=600)
+    assert refused.returncode != 0
+    assert refused.stderr.count("already holds a checkpoint") == 2, refused.stderr[-3000:]  # each rank, same words
+
+    run([sys.executable, *epochs(one, EPOCHS), "--resume"])
+    resumed = run([*epochs(two, EPOCHS), "--resume"])
+    assert resumed.stdout.count(f"resuming after epoch 3 of {EPOCHS}") == 1, resumed.stdout
+    one_history = json.loads((single / "metrics.json").read_text())["history"]
+    two_history = json.loads((double / "metrics.json").read_text())["history"]
+    assert len(two_history) == EPOCHS
+    for one_epoch, two_epoch in zip(one_history, two_history, strict=True):
+        assert abs(one_epoch["dev_accuracy"] - two_epoch["dev_accuracy"]) <= 0.01, (one_epoch, two_epoch)
+        assert two_epoch["train_loss"] == pytest.approx(one_epoch["train_loss"], rel=0.02), (one_epoch, two_epoch)
