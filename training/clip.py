@@ -21,6 +21,7 @@ import json
 import math
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -298,6 +299,8 @@ def _loss_fn(model: torch.nn.Module):
 
     # under torchrun each rank gathers every rank's features: the loss contrasts the global batch
     world = {"rank": distributed.rank(), "world_size": distributed.world_size()}
+    # open_clip's gather calls an all_gather torch marks deprecated; the warning is torch's to open_clip
+    warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_gather is deprecated", FutureWarning)
     if getattr(_core(model), "logit_bias", None) is not None:
         return SigLipLoss(**world)
     return ClipLoss(local_loss=False, gather_with_grad=distributed.world_size() > 1, **world)
