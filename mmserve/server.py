@@ -40,6 +40,9 @@ API_KEY_NAME = "api-key"
 ADMIN_PROTOCOLS = ("model-repository", "shared-memory", "trace", "logging")
 API_PROTOCOLS = ("inference",)
 MIN_KEY_LENGTH = 16
+# How long a stopping tritonserver gets (its own --exit-timeout-secs is 10) before its process
+# group is killed.
+STOP_GRACE_S = 40.0
 LOOPBACK = "127.0.0.1"
 
 
@@ -520,7 +523,7 @@ class TritonServer:
         shown = (errors or tail)[-15:]
         return f"{where}:\n" + "\n".join(shown) if shown else f"{where} is empty."
 
-    def stop(self, timeout_s: float = 40.0) -> int | None:
+    def stop(self, timeout_s: float = STOP_GRACE_S) -> int | None:
         """SIGTERM, then SIGKILL for the whole process group (the server and its Python stubs)."""
         atexit.unregister(self.stop)
         supervisor, self._supervisor = self._supervisor, None
@@ -560,18 +563,38 @@ class TritonServer:
         """Block until the server exits; Ctrl-C/SIGTERM here stop it cleanly."""
         assert self._process is not None, "start() first"
 
+        stop_asked: list[float] = []  # when the first signal came
+        killed: list[bool] = []
+
         def forward(signum: int, _frame: object) -> None:
             self._stopping = True
+            stop_asked.append(time.monotonic())
             if self._process is not None and self._process.poll() is None:
                 self._process.send_signal(signal.SIGTERM)
 
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, forward)
-        code = self._process.wait()
+        while True:
+            try:
+                code = self._process.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                # A tritonserver that ignores SIGTERM (seen once when it came right as the models
+                # finished loading) must not keep us, or its ports, forever: kill its group.
+                if stop_asked and time.monotonic() - stop_asked[0] > STOP_GRACE_S and not killed:
+                    killed.append(True)
+                    try:
+                        os.killpg(self._process.pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
         unexpected = not self._stopping
         hint = self._log_hint() if unexpected else ""
         timed_out = code != 0 and any("Exit timeout expired" in line for line in self.log_tail(5))
         self.stop()
+        if killed:
+            print(f"mmserve: tritonserver did not stop within {STOP_GRACE_S:.0f} s of the signal; its processes "
+                  "were killed.", file=sys.stderr)
+            return 1
         if unexpected:
             raise LaunchError(f"tritonserver exited on its own with code {code}. {hint}")
         if timed_out:

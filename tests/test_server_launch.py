@@ -129,12 +129,12 @@ def _broken_repository(repository: Path, folder: Path) -> Path:
     """A copy of text_tokenize whose initialize() raises: a model that fails to load."""
     broken = folder / "repo" / "text_tokenize"
     shutil.copytree(repository / "text_tokenize", broken, ignore=shutil.ignore_patterns("__pycache__"))
-    model = broken / "1" / "model.py"
-    lines = model.read_text().splitlines(keepends=True)
-    at = next(i for i, line in enumerate(lines) if line.lstrip().startswith("def initialize("))
-    body = next(i for i in range(at, len(lines)) if lines[i].rstrip().endswith(":")) + 1
-    lines.insert(body, " " * 8 + 'raise RuntimeError("broken on purpose for the test")\n')
-    model.write_text("".join(lines))
+    (broken / "1" / "model.py").write_text(
+        "from mmserve.serving.text import TextTokenizeModel\n\n\n"
+        "class TritonPythonModel(TextTokenizeModel):\n"
+        "    def initialize(self, args):\n"
+        "        raise RuntimeError(\"broken on purpose for the test\")\n"
+    )
     return folder / "repo"
 
 
@@ -267,3 +267,24 @@ def test_serve_with_console_serves_both_and_stops_both(repository: Path, tmp_pat
     with socket.socket() as probe:  # nobody listens on the console's port any more (TIME_WAIT is fine)
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", console_port))
+
+
+def test_a_server_that_ignores_sigterm_is_killed_after_the_grace_period(repository: Path, tmp_path: Path):
+    """A hung tritonserver (here: really stopped with SIGSTOP, so SIGTERM cannot reach it) must not keep
+    `mmserve serve`, or its ports, forever: after the grace period its process group is killed."""
+    from mmserve.server import STOP_GRACE_S
+
+    process = subprocess.Popen([*MMSERVE, "serve", "--repository", str(repository), *_port_flags(ServerPorts.free()),
+                                "--model", "text_tokenize", "--log", str(tmp_path / "triton.log")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "Triton is ready" in process.stdout.readline()
+        triton = _children(process.pid, "tritonserver")[0]
+        os.kill(triton, signal.SIGSTOP)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=STOP_GRACE_S + 60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1 and "did not stop within" in stderr, stderr
+    assert _stat(triton) is None and _process_group(triton) == []
