@@ -187,13 +187,17 @@ def _check_key(key: str, what: str) -> None:
 
 
 def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
+    """True for 127.0.0.0/8, ::1 and names that resolve only there (``localhost``): addresses
+    only this machine can reach. The server and the console judge a bind by this one rule."""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return False  # a host name: assume it is reachable from elsewhere
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False  # unresolvable: assume it is reachable from elsewhere
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
 def _probe_host(bind: str) -> str:

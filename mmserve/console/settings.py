@@ -6,12 +6,11 @@ it once and afterwards only carries a signed session cookie.
 """
 from __future__ import annotations
 
-import ipaddress
-import os
 import secrets
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from mmserve.server import LaunchError, is_loopback, resolve_key
 
 ADMIN_KEY_ENV = "MMSERVE_ADMIN_KEY"
 API_KEY_ENV = "MMSERVE_API_KEY"
@@ -77,32 +76,15 @@ class ConsoleSettings:
             )
 
 
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and names that resolve only there (``localhost``)."""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
-    except OSError:
-        return False
-    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
-
-
 def one_time_key() -> str:
     """A sign-in key for this run only, printed to the terminal that started the console."""
     return secrets.token_urlsafe(18)
 
 
 def read_key(env: str, file: Path | None) -> str | None:
-    """A key from a file (trailing newline stripped) or else from the environment."""
-    if file is not None:
-        try:
-            key = file.read_text(encoding="utf-8").strip()
-        except OSError as error:
-            raise ConsoleError(f"cannot read the key file {file}: {error.strerror}") from error
-        if not key:
-            raise ConsoleError(f"the key file {file} is empty")
-        return key
-    return os.environ.get(env) or None
+    """A key from a file (trailing newline stripped) or else from the environment: the
+    launcher's rule (mmserve.server.resolve_key), with the console's error type."""
+    try:
+        return resolve_key(None, file, env, "key")
+    except LaunchError as error:
+        raise ConsoleError(str(error)) from None
