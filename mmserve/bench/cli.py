@@ -105,11 +105,13 @@ def bench_command(args: argparse.Namespace) -> int:
     )
     results = run_bench(config)
     summary = write_run_summary(results, config.out.resolve())
+    from mmserve.bench.report import headlines, targets
+
+    for line in headlines(results):
+        print(line)
+    for target, measured, verdict in targets(results):
+        print(f"- {target}: {measured.replace('**', '')} -> {verdict.strip('*')}")
     print(f"results: {config.out / 'results.json'}, {config.out / 'results.csv'}; summary: {summary}")
     if args.report:
         print(f"report: {write_report(results, args.docs)}")
-    from mmserve.bench.report import targets
-
-    for target, measured, verdict in targets(results):
-        print(f"- {target}: {measured} -> {verdict.strip('*')}")
     return 0
