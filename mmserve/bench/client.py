@@ -43,6 +43,18 @@ class Comparison:
     b_us: list[float]
     a_cpu_us: float  # this process's CPU time per call (all its threads), microseconds:
     b_cpu_us: float  # less sensitive than latency to other load on the machine
+    round_size: int  # a_us and b_us were measured in alternating rounds of this many calls
+
+    @property
+    def paired_difference_us(self) -> float:
+        """Median over rounds of (a's round p50 - b's round p50): neighbouring rounds see the
+        same machine, so drift between rounds cancels."""
+        n = self.round_size
+        rounds = min(len(self.a_us), len(self.b_us)) // n
+        return statistics.median(
+            statistics.median(self.a_us[i * n : (i + 1) * n]) - statistics.median(self.b_us[i * n : (i + 1) * n])
+            for i in range(rounds)
+        )
 
     @property
     def a_p50(self) -> float:
@@ -57,7 +69,8 @@ class Comparison:
         unit, scale = ("ms", 1e-3) if min(a, b) > 10_000 else ("µs", 1.0)
         return (
             f"{self.what}: {self.a_name} p50 {a * scale:,.1f} {unit}, {self.b_name} p50 {b * scale:,.1f} {unit}; "
-            f"{self.a_name} / {self.b_name} = {a / b:.3f} ({(a - b) * scale:+,.1f} {unit}); "
+            f"{self.a_name} / {self.b_name} = {a / b:.3f} ({(a - b) * scale:+,.1f} {unit}; "
+            f"paired by round {self.paired_difference_us * scale:+,.1f} {unit}); "
             f"client CPU per call {self.a_cpu_us:,.0f} vs {self.b_cpu_us:,.0f} µs; "
             f"{len(self.a_us)} + {len(self.b_us)} calls"
         )
@@ -88,7 +101,7 @@ def interleaved(
 
 
 def client_overhead(
-    url: str, calls: int = 3000, round_size: int = 100, text: str = "where is my parcel?"
+    url: str, calls: int = 3000, round_size: int = 50, text: str = "where is my parcel?"
 ) -> list[Comparison]:
     """Our Client (default options) vs raw tritonclient on text_classify, batch 1, the same
     text each call; and vs raw tritonclient given the same 10 s deadline, which gRPC makes
@@ -124,8 +137,10 @@ def client_overhead(
         raw.close()
     what = "client overhead, text_classify b1"
     return [
-        Comparison(what, "mmserve.client", "raw tritonclient", ours_us, raw_us, ours_cpu, raw_cpu),
-        Comparison(what, "mmserve.client", "raw tritonclient with the same deadline", ours_us, dl_us, ours_cpu, dl_cpu),
+        Comparison(what, "mmserve.client", "raw tritonclient", ours_us, raw_us, ours_cpu, raw_cpu, round_size),
+        Comparison(
+            what, "mmserve.client", "raw tritonclient with the same deadline", ours_us, dl_us, ours_cpu, dl_cpu, round_size
+        ),
     ]
 
 
@@ -153,7 +168,7 @@ def shared_memory_gain(url: str, calls: int = 200, round_size: int = 20, seed: i
             (grpc_us, grpc_cpu), (shm_us, shm_cpu) = interleaved(
                 [lambda: call(grpc), lambda: call(shm)], calls, round_size, warmup=10
             )
-            results.append(Comparison(what, "gRPC", "shared memory", grpc_us, shm_us, grpc_cpu, shm_cpu))
+            results.append(Comparison(what, "gRPC", "shared memory", grpc_us, shm_us, grpc_cpu, shm_cpu, round_size))
     finally:
         shm.close()
         grpc.close()
