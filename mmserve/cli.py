@@ -182,9 +182,11 @@ def _serve(args: argparse.Namespace) -> int:
     from mmserve.server import ServerPorts, TritonServer, new_run_dir, resolve_key
 
     def interrupt(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt  # SIGTERM/SIGHUP during start-up: unwind through start(), which stops Triton
+        raise KeyboardInterrupt  # a signal during start-up: unwind through start(), which stops Triton
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    # SIGINT too: a shell that starts us in the background hands SIGINT down as ignored, and
+    # Python keeps an inherited "ignore"; Ctrl-C or `kill -INT` must stop the server regardless.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, interrupt)
     admin_key = resolve_key(args.admin_key, args.admin_key_file, "MMSERVE_ADMIN_KEY", "admin key")
     api_key = resolve_key(args.api_key, args.api_key_file, "MMSERVE_API_KEY", "API key")
