@@ -47,6 +47,6 @@ def print_console_hint(repository: Path) -> None:
 
     console = ConsoleSettings(repository=repository)
     print(
-        f"\nConsole: serve with `mmserve serve --repository {repository}`, start `mmserve console "
-        f"--repository {repository}` in another terminal, then open http://{console.host}:{console.port}/"
+        f"\nConsole: run `mmserve serve --repository {repository} --console` (it prints a one-time sign-in "
+        f"key), then open http://{console.host}:{console.port}/"
     )
