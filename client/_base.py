@@ -154,13 +154,13 @@ class ClientBase:
             self._retry is not None and isinstance(error, ServerUnavailableError) and not is_tls_failure(error)
         )
 
-    def _server_exiting(self, error: MmserveError, down: ServerUnavailableError) -> ServerUnavailableError:
+    def _server_exiting(self, error: MmserveError, why: str) -> ServerUnavailableError:
         """A pipeline "not found" while the server itself is going away is an outage, not a
         missing pipeline: Triton unloads every model first when it shuts down."""
         return ServerUnavailableError(
-            f"server at {self.url} is shutting down or restarting ({down.server_message}); it answered: {error}",
-            status=down.status,
-            server_message=down.server_message,
+            f"server at {self.url} is shutting down or restarting ({why}); it answered: {error}",
+            status="UNAVAILABLE",
+            server_message=error.server_message,
             pipeline=error.pipeline,
         )
 

@@ -25,7 +25,7 @@ from . import _shm, codec
 from ._base import CLOSE_WAIT_S, UNREGISTER_TIMEOUT_S, ClientBase, pin_version
 from ._transport import NOT_READY_ERRORS, READY_PROBE_TIMEOUT, SERVER, Deadline, pipeline_names, readiness_error
 from .codec import Outputs, Plan, Request, TextInput
-from .errors import MmserveError, ModelNotReadyError, ServerUnavailableError, from_triton
+from .errors import DeadlineExceededError, MmserveError, ModelNotReadyError, ServerUnavailableError, from_triton
 from .media import AudioInput, ImageInput
 from .products import ProductInfo, products_from
 from .results import Classification, Entity, ModelInfo, ZeroShotResult
@@ -325,17 +325,27 @@ class Client(ClientBase):
                 return self._infer_once(pipeline, request, deadline)
             except MmserveError as error:
                 if isinstance(error, ModelNotReadyError):
-                    error = self._unless_server_exiting(error, deadline)
+                    restarting = attempts is not None and attempts.failures > 0
+                    error = self._unless_server_exiting(error, deadline, restarting)
                 attempts = attempts or self._attempts(deadline)
                 pause = attempts.after(error)
             time.sleep(pause)
 
-    def _unless_server_exiting(self, error: ModelNotReadyError, deadline: Deadline) -> MmserveError:
-        """ServerUnavailableError instead when the server is shutting down (see ClientBase)."""
+    def _unless_server_exiting(
+        self, error: ModelNotReadyError, deadline: Deadline, restarting: bool = False
+    ) -> MmserveError:
+        """ServerUnavailableError instead when the server is shutting down (see ClientBase).
+
+        ``restarting``: this request found the server unreachable moments ago; if no time
+        is left to ask the server, that decides.
+        """
         try:
             self._call(self._grpc.is_server_live, deadline=Deadline(deadline.capped(READY_PROBE_TIMEOUT)))
         except ServerUnavailableError as down:
-            return self._server_exiting(error, down)
+            return self._server_exiting(error, down.server_message or "not live")
+        except DeadlineExceededError:
+            if restarting:
+                return self._server_exiting(error, "unreachable moments before; no time left to ask again")
         except MmserveError:
             pass
         return error
