@@ -49,6 +49,19 @@ def dumps_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=json_value) + "\n"
 
 
+def read_json_if_present(file: Path) -> Any | None:
+    """A JSON file a checkpoint may hold (its training config): None when absent, a
+    CheckpointError naming the file when it is not valid JSON."""
+    from mmserve.training.errors import CheckpointError
+
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{file}: invalid JSON ({exc.msg})") from exc
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data` atomically: readers and a later run see the old bytes or the new."""
     path = Path(path)

@@ -23,6 +23,7 @@ import torch
 
 from mmserve.training.text_checkpoint import LABELS_FILE, TRAINING_CONFIG_FILE, read_labels
 from mmserve.training.errors import CheckpointError, TrainingError
+from mmserve.training.files import read_json_if_present
 from mmserve.training.quiet import load_pretrained
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -210,12 +211,9 @@ def load_speech_checkpoint(path: str | Path) -> SpeechCheckpoint:
 
 def _read_training_config(path: Path) -> dict[str, Any] | None:
     file = path / TRAINING_CONFIG_FILE
-    if not file.is_file():
+    config = read_json_if_present(file)
+    if config is None:
         return None
-    try:
-        config = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{file}: invalid JSON ({exc.msg})") from exc
     if config.get("kind") != "speech":
         raise CheckpointError(f"{file}: not a speech checkpoint (kind={config.get('kind')!r})")
     return config

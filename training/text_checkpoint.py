@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from mmserve.training.errors import CheckpointError
-from mmserve.training.files import write_json, write_text_atomic
+from mmserve.training.files import read_json_if_present, write_json, write_text_atomic
 
 LABELS_FILE = "labels.txt"
 TRAINING_CONFIG_FILE = "training_config.json"
@@ -119,12 +119,9 @@ def _check_files(path: Path) -> None:
 
 def _read_training_config(path: Path) -> dict[str, Any] | None:
     file = path / TRAINING_CONFIG_FILE
-    if not file.is_file():
+    config = read_json_if_present(file)
+    if config is None:
         return None
-    try:
-        config = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{file}: invalid JSON ({exc.msg})") from exc
     if config.get("kind") != "text" or config.get("task") not in TEXT_TASKS:
         raise CheckpointError(
             f"{file}: not a text checkpoint (kind={config.get('kind')!r}, task={config.get('task')!r}; "
