@@ -318,10 +318,15 @@ def encoder_model(
 ) -> ModelFolder:
     """An encoder's folder: the ONNX graph (and, on the cpu profile, the shared runner as its
     model.py), labels.txt when the encoder's outputs index classes (`labelled_output` names
-    the output Triton labels from it)."""
-    files: dict[str, Path | bytes | str] = {f"{VERSION}/{onnx_path.name}": onnx_path}
+    the output Triton labels from it). With --tensorrt the export driver built an engine beside
+    the graph: the folder holds that engine instead, as a tensorrt_plan model."""
+    from mmserve.exporters.tensorrt import built_plan, engine_data_types
+
+    plan = built_plan(onnx_path) if profile == "gpu" else None
+    files: dict[str, Path | bytes | str] = {f"{VERSION}/{(plan or onnx_path).name}": plan or onnx_path}
     if profile == "cpu":
         files[f"{VERSION}/model.py"] = ENCODER_MODEL_PY
     if labels:
         files[LABELS_FILE] = labels_txt(labels)
-    return ModelFolder(name, encoder_config(name, onnx_path, profile, labelled_output, tuning), files)
+    engine_types = engine_data_types(plan) if plan else None
+    return ModelFolder(name, encoder_config(name, onnx_path, profile, labelled_output, tuning, engine_types), files)

@@ -90,11 +90,15 @@ def onnx_tensors(onnx_path: Path) -> tuple[list[Tensor], list[Tensor]]:
     """The graph's inputs and outputs as Triton sees them: batch axis dropped, symbolic axes -1.
 
     Read through onnxruntime, which resolves axes the exporter left symbolic
-    (e.g. the embedding width) that the raw graph does not state.
+    (e.g. the embedding width) that the raw graph does not state. Without graph
+    optimisations: only shapes are read, and onnxruntime's CPU provider crashed optimising
+    FP16 graphs (exporters/fp16.py).
     """
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
     def convert(values: Iterable) -> list[Tensor]:
         return [
@@ -156,19 +160,43 @@ class EncoderTuning:
 _TENSORRT = {"precision_mode": "FP16", "max_workspace_size_bytes": "4294967296", "trt_engine_cache_enable": "true"}
 
 
+TENSORRT_PLAN = "tensorrt_plan"  # the `platform` of a TensorRT engine (--tensorrt)
+PLAN_FILE = "model.plan"  # Triton's default file of a tensorrt_plan model
+
+
+def tensorrt_plan_config(
+    name: str, inputs: Sequence[Tensor], outputs: Sequence[Tensor], tuning: EncoderTuning = EncoderTuning()
+) -> ModelConfig:
+    """An encoder served as a TensorRT engine (`--tensorrt`) on the GPU; its tensors as the engine takes them."""
+    config = _batched_model(name, inputs, outputs, tuning.instances, "KIND_GPU", tuning.max_queue_delay_us)
+    config.platform = TENSORRT_PLAN
+    config.default_model_filename = PLAN_FILE
+    return config
+
+
 def encoder_config(
     name: str,
     onnx_path: Path,
     profile: str,
     labels_output: str | None = None,
     tuning: EncoderTuning = EncoderTuning(),
+    engine_types: Mapping[str, str] | None = None,
 ) -> ModelConfig:
-    """cpu: the shared ONNX runner in the Python backend; gpu: Triton's onnxruntime + TensorRT FP16."""
+    """cpu: the shared ONNX runner in the Python backend; gpu: Triton's onnxruntime + TensorRT FP16,
+    or, given `engine_types` (each tensor's type in an engine --tensorrt built), the engine itself."""
     inputs, outputs = onnx_tensors(onnx_path)
     outputs = [
         Tensor(t.name, t.data_type, t.dims, label_filename=LABELS_FILE if t.name == labels_output else None)
         for t in outputs
     ]
+    if engine_types is not None:
+        if profile != "gpu":
+            raise ValueError(f"a TensorRT engine is served by the gpu profile only, not {profile!r}")
+        retyped = [
+            [Tensor(t.name, engine_types.get(t.name, t.data_type), t.dims, t.label_filename) for t in tensors]
+            for tensors in (inputs, outputs)
+        ]
+        return tensorrt_plan_config(name, retyped[0], retyped[1], tuning)
     if profile == "cpu":
         parameters = {"onnx_file": onnx_path.name}
         if tuning.intra_op_threads:

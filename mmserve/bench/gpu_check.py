@@ -42,6 +42,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from mmserve.exporters.tensorrt import ShapeProfile
 from mmserve.pipelines import MAX_BATCH_SIZE, Kind
 
 EXIT_TARGET_MISSED = 1  # only with --require-targets
@@ -400,7 +401,7 @@ def encoder_feeds(repository: Path, step: EncoderStep, kind: Kind, batch: int, c
     return feeds
 
 
-def shape_profile(feeds: Sequence[Feeds], step: EncoderStep, max_batch: int = MAX_BATCH_SIZE) -> dict[str, tuple[tuple[int, ...], ...]]:
+def shape_profile(feeds: Sequence[Feeds], step: EncoderStep, max_batch: int = MAX_BATCH_SIZE) -> ShapeProfile:
     """(min, opt, max) per input for a TensorRT optimisation profile tuned to these feeds.
 
     The batch axis spans 1..max_batch (Triton's max_batch_size); the graph's other dynamic
@@ -441,34 +442,15 @@ def _torch_dtype(trt: Any, dtype: Any) -> Any:
 class TensorRtEngine:
     """An FP16 engine built from the ONNX file, one optimisation profile (and context) per batch size."""
 
-    def __init__(self, onnx_path: Path, profiles: Sequence[dict[str, tuple[tuple[int, ...], ...]]], plan: Path) -> None:
+    def __init__(self, onnx_path: Path, profiles: Sequence[ShapeProfile], plan: Path) -> None:
         import tensorrt as trt
         import torch
 
+        from mmserve.exporters.tensorrt import build_engine  # the one engine builder (`export --tensorrt` too)
+
         self._trt, self._torch = trt, torch
-        logger = trt.Logger(trt.Logger.ERROR)
-        builder = trt.Builder(logger)
-        major = int(trt.__version__.split(".")[0])
-        flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(onnx_path)):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise RuntimeError(f"TensorRT cannot parse {onnx_path}: {errors}")
-        builder_config = builder.create_builder_config()
-        builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 4 << 30)
-        builder_config.set_flag(trt.BuilderFlag.FP16)
-        for shapes in profiles:
-            profile = builder.create_optimization_profile()
-            for name, (low, opt, high) in shapes.items():
-                profile.set_shape(name, low, opt, high)
-            builder_config.add_optimization_profile(profile)
-        serialized = builder.build_serialized_network(network, builder_config)
-        if serialized is None:
-            raise RuntimeError(f"TensorRT could not build an engine from {onnx_path} (see the TensorRT log above)")
-        plan.parent.mkdir(parents=True, exist_ok=True)
-        plan.write_bytes(bytes(serialized))
-        self.engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
+        serialized = build_engine(onnx_path, profiles, plan, fp16=True)
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.ERROR)).deserialize_cuda_engine(serialized)
         self.stream = torch.cuda.Stream()
         self.contexts = []
         for index in range(len(profiles)):
@@ -508,7 +490,7 @@ class TensorRtEngine:
         return run
 
 
-def ort_session(onnx_path: Path, provider: str, workdir: Path, profile: dict[str, tuple[tuple[int, ...], ...]] | None) -> Any:
+def ort_session(onnx_path: Path, provider: str, workdir: Path, profile: ShapeProfile | None) -> Any:
     """An onnxruntime session whose first provider is PROVIDER, or an error saying why not."""
     import onnxruntime as ort
 
