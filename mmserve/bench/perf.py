@@ -66,6 +66,7 @@ class PerfRow:
     server_compute_infer_us: float | None = None
     server_compute_output_us: float | None = None
     stable: bool = True
+    layout: str = ""  # the repository layout that served it (ensemble, fused); "" for the peers
     steps: dict[str, dict[str, float]] = field(default_factory=dict)  # per composing model, from Triton's statistics
     cpu: dict[str, float] = field(default_factory=dict)  # cores used per process while this level ran
 

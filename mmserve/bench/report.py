@@ -11,7 +11,13 @@ from typing import Any, Sequence
 
 from mmserve.pipelines import MAX_BATCH_SIZE
 
+ENSEMBLE_LAYOUT = "ensemble"  # what every run served before layouts were compared
 TARGET_CONCURRENCY = 8
+# issue 13's targets, per pipeline and layout
+THROUGHPUT_RATIO = 0.85  # c=8 throughput ≥ this × in-process at its best batch
+LATENCY_RATIO = 1.3  # c=1 p50 ≤ this × in-process batch 1 ...
+SMALL_MODEL_MS, SMALL_MODEL_ADDED_MS = 2.0, 0.5  # ... or, for a model under 2 ms, serving adds ≤ 0.5 ms
+PEER_RATIO = 1.5  # text_embed ≥ this × infinity-emb's throughput
 
 
 # ---- small helpers ----
@@ -29,11 +35,36 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def perf_rows(results: dict, pipeline: str, mode: str = "concurrency") -> list[dict]:
+# ---- layouts: each repository the run served, by label ----
+def layouts(results: dict) -> list[str]:
+    """The run's layout labels in the order served; a run from before layouts were compared
+    served one repository, in the ensemble layout."""
+    return list(results.get("layouts") or {}) or [ENSEMBLE_LAYOUT]
+
+
+def _layout_of(results: dict, row: dict) -> str:
+    return row.get("layout") or layouts(results)[0]
+
+
+def scheduling(results: dict, pipeline: str, layout: str) -> dict[str, dict[str, Any]]:
+    served = (results.get("layouts") or {}).get(layout)
+    if served is not None:
+        return served.get("scheduling", {}).get(pipeline) or {}
+    return next((p.get("scheduling") or {} for p in results["pipelines"] if p["name"] == pipeline), {})
+
+
+def perf_rows(results: dict, pipeline: str, mode: str = "concurrency", layout: str | None = None) -> list[dict]:
+    """One layout's rows of a pipeline (default: the first layout served), by load."""
+    layout = layout or layouts(results)[0]
     return sorted(
-        (r for r in results["perf"] if r["pipeline"] == pipeline and r["mode"] == mode and "error" not in r),
+        (r for r in results["perf"] if r["pipeline"] == pipeline and r["mode"] == mode and "error" not in r
+         and r.get("target", "triton-grpc").startswith("triton") and _layout_of(results, r) == layout),
         key=lambda r: r["load"],
     )
+
+
+def measured_layouts(results: dict, pipeline: str) -> list[str]:
+    return [layout for layout in layouts(results) if perf_rows(results, pipeline, layout=layout)]
 
 
 def _at(rows: Sequence[dict], load: float) -> dict | None:
@@ -41,14 +72,14 @@ def _at(rows: Sequence[dict], load: float) -> dict | None:
 
 
 # ---- derived figures ----
-def efficiency(results: dict, pipeline: str) -> dict[str, Any] | None:
+def efficiency(results: dict, pipeline: str, layout: str | None = None) -> dict[str, Any] | None:
     """Served ÷ in-process: throughput at c=8 over the best batch, p50 at c=1 over batch 1."""
     baseline = results["baselines"].get(pipeline)
     if not baseline or "timings" not in baseline:
         return None
     timings = {t["batch"]: t for t in baseline["timings"]}
     best = max(baseline["timings"], key=lambda t: t["throughput"])
-    rows = perf_rows(results, pipeline)
+    rows = perf_rows(results, pipeline, layout=layout)
     c8, c1 = _at(rows, TARGET_CONCURRENCY), _at(rows, 1)
     return {
         "best_batch": best["batch"], "best_throughput": best["throughput"],
@@ -64,47 +95,71 @@ def efficiency(results: dict, pipeline: str) -> dict[str, Any] | None:
     }
 
 
+def latency_met(eff: dict[str, Any]) -> bool | None:
+    """c=1 p50 ≤ 1.3× in-process batch 1, or serving adds ≤ 0.5 ms where the model itself is under 2 ms."""
+    if eff["latency_ratio"] is None:
+        return None
+    added = eff["c1_p50_ms"] - eff["b1_p50_ms"]
+    return eff["latency_ratio"] <= LATENCY_RATIO or (eff["b1_p50_ms"] < SMALL_MODEL_MS and added <= SMALL_MODEL_ADDED_MS)
+
+
+def throughput_met(eff: dict[str, Any]) -> bool | None:
+    return None if eff["throughput_ratio"] is None else eff["throughput_ratio"] >= THROUGHPUT_RATIO
+
+
 def peer_summary(results: dict) -> list[dict[str, Any]]:
-    """Per target: throughput and p50 per concurrency (ours over gRPC first)."""
+    """Per target: throughput and p50 per concurrency (ours over gRPC first, one per layout)."""
     peers = results.get("peers") or {}
     pipeline = peers.get("pipeline")
     if not pipeline:
         return []
-    targets = [{"name": f"mmserve {pipeline} (gRPC)", "min_cosine": peers.get("ours_min_cosine"),
-                "rows": perf_rows(results, pipeline)}]
+    several = len(measured_layouts(results, pipeline)) > 1
+    targets = [{"name": f"mmserve {pipeline} (gRPC{', ' + layout if several else ''})", "layout": layout,
+                "min_cosine": peers.get("ours_min_cosine") if layout == peers.get("layout", layout) else None,
+                "rows": perf_rows(results, pipeline, layout=layout)}
+               for layout in measured_layouts(results, pipeline) or layouts(results)[:1]]
     for target in peers.get("targets", []):
         targets.append({**target, "rows": sorted((r for r in target.get("rows", []) if "error" not in r),
                                                   key=lambda r: r["load"])})
     return targets
 
 
+def _ours(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [t for t in summary if "layout" in t]
+
+
 def targets(results: dict) -> list[tuple[str, str, str]]:
-    """(target, measured, verdict) for the issue's targets."""
+    """(target, measured, verdict) for the issue's targets: every pipeline in every layout."""
     verdicts: list[tuple[str, str, str]] = []
 
     def verdict(ok: bool | None) -> str:
         return "not measured" if ok is None else ("**met**" if ok else "**not met**")
 
-    eff = efficiency(results, "text_embed") if any(p["name"] == "text_embed" for p in results["pipelines"]) else None
-    if eff:
-        ratio = eff["throughput_ratio"]
-        same_batch = (f"; vs in-process b{TARGET_CONCURRENCY} ({_f(eff['b8_throughput'])} infer/s, the largest "
-                      f"batch {TARGET_CONCURRENCY} clients can form): {_f(eff['b8_ratio'], 2)}×") if eff["b8_ratio"] else ""
-        verdicts.append((
-            "text_embed c=8 throughput ≥ 0.85× in-process batched ORT",
-            f"{_f(eff['c8_throughput'])} vs {_f(eff['best_throughput'])} infer/s (b{eff['best_batch']}) = "
-            f"**{_f(ratio, 2)}×**{same_batch}" if ratio else "–",
-            verdict(None if ratio is None else ratio >= 0.85),
-        ))
-        ratio = eff["latency_ratio"]
-        verdicts.append((
-            "text_embed p50 at c=1 ≤ 1.3× in-process batch-1",
-            f"{_f(eff['c1_p50_ms'], 2)} vs {_f(eff['b1_p50_ms'], 2)} ms = **{_f(ratio, 2)}×**" if ratio else "–",
-            verdict(None if ratio is None else ratio <= 1.3),
-        ))
+    for pipeline in results["pipelines"]:
+        name = pipeline["name"]
+        for layout in measured_layouts(results, name):
+            eff = efficiency(results, name, layout)
+            if not eff:
+                continue
+            ratio = eff["throughput_ratio"]
+            same_batch = (f"; vs in-process b{TARGET_CONCURRENCY}: {_f(eff['b8_ratio'], 2)}×") if eff["b8_ratio"] else ""
+            verdicts.append((
+                f"`{name}` {layout}: c={TARGET_CONCURRENCY} throughput ≥ {THROUGHPUT_RATIO}× in-process best batch",
+                f"{_f(eff['c8_throughput'])} vs {_f(eff['best_throughput'])} infer/s (b{eff['best_batch']}) = "
+                f"**{_f(ratio, 2)}×**{same_batch}" if ratio else f"no c={TARGET_CONCURRENCY} in this run",
+                verdict(throughput_met(eff)),
+            ))
+            ratio = eff["latency_ratio"]
+            verdicts.append((
+                f"`{name}` {layout}: c=1 p50 ≤ {LATENCY_RATIO}× in-process b1 (or ≤ +{SMALL_MODEL_ADDED_MS} ms "
+                f"under a {SMALL_MODEL_MS:g} ms model)",
+                f"{_f(eff['c1_p50_ms'], 2)} vs {_f(eff['b1_p50_ms'], 2)} ms = **{_f(ratio, 2)}×** "
+                f"(+{_f(eff['c1_p50_ms'] - eff['b1_p50_ms'], 2)} ms)" if ratio else "no c=1 in this run",
+                verdict(latency_met(eff)),
+            ))
     summary = peer_summary(results)
-    if summary:
-        ours = summary[0]
+    for ours in _ours(summary):
+        label = f"text_embed {ours['layout']}" if len(_ours(summary)) > 1 else "text_embed"
         ours_c8 = _at(ours["rows"], TARGET_CONCURRENCY)
         infinity = [t for t in summary if t["name"].startswith("infinity") and _at(t["rows"], TARGET_CONCURRENCY)]
         if ours_c8 and infinity:
@@ -112,14 +167,15 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
             for engine in sorted(infinity, key=lambda t: "torch" not in t["name"]):
                 theirs = _at(engine["rows"], TARGET_CONCURRENCY)["throughput"]
                 ratio = ours_c8["throughput"] / theirs
-                label = "its default engine" if "torch" in engine["name"] else "its onnxruntime engine"
+                which = "its default engine" if "torch" in engine["name"] else "its onnxruntime engine"
                 verdicts.append((
-                    f"text_embed ≥ 1.5× infinity-emb throughput at c=8 ({label})",
+                    f"{label} ≥ {PEER_RATIO}× infinity-emb throughput at c={TARGET_CONCURRENCY} ({which})",
                     f"{_f(ours_c8['throughput'])} vs {_f(theirs)} infer/s ({engine['name']}) = **{_f(ratio, 2)}×**",
-                    verdict(ratio >= 1.5),
+                    verdict(ratio >= PEER_RATIO),
                 ))
         else:
-            verdicts.append(("text_embed ≥ 1.5× infinity-emb throughput at c=8", "–", verdict(None)))
+            verdicts.append((f"{label} ≥ {PEER_RATIO}× infinity-emb throughput at c={TARGET_CONCURRENCY}", "–",
+                             verdict(None)))
         naive = next((t for t in summary if t["name"].startswith("naive") and t["rows"]), None)
         if naive and ours["rows"]:
             ratios = []
@@ -128,12 +184,12 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
                 if mine:
                     ratios.append((int(row["load"]), mine["throughput"] / row["throughput"]))
             verdicts.append((
-                "text_embed ahead of naive FastAPI at every concurrency",
+                f"{label} ahead of naive FastAPI at every concurrency",
                 ", ".join(f"c={c}: {r:.2f}×" for c, r in ratios),
                 verdict(bool(ratios) and all(r > 1.0 for _, r in ratios)),
             ))
         else:
-            verdicts.append(("text_embed ahead of naive FastAPI at every concurrency", "–", verdict(None)))
+            verdicts.append((f"{label} ahead of naive FastAPI at every concurrency", "–", verdict(None)))
     int8 = int8_summary(results)
     if int8:
         verdicts.append((
@@ -146,44 +202,144 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
     return verdicts
 
 
-def gap_notes(results: dict, pipeline: str) -> str:
-    """Where the served path loses against in-process, from this run's own figures."""
-    rows = perf_rows(results, pipeline)
-    c1, c8 = _at(rows, 1), _at(rows, TARGET_CONCURRENCY)
-    eff = efficiency(results, pipeline)
-    b1 = next((t for t in results["baselines"][pipeline]["timings"] if t["batch"] == 1), None) if eff else None
-    if not (c1 and c8 and b1):
+# ---- why a target is missed, from the run's own statistics ----
+def _server_split(row: dict) -> dict[str, float]:
+    """ms per request the server's statistics account for (Σ over an ensemble's steps, or the fused model)."""
+    steps = list((row.get("steps") or {}).values())
+    return {
+        "queue": sum(s["queue_us"] for s in steps) / 1000,
+        "input": sum(s["compute_input_us"] for s in steps) / 1000,
+        "execute": sum(s["compute_infer_us"] + s["compute_output_us"] for s in steps) / 1000,
+    }
+
+
+def _main_step(row: dict) -> tuple[str, dict[str, float]] | None:
+    """The step that computes longest per request: the encoder of an ensemble, the model of a fused pipeline."""
+    steps = row.get("steps") or {}
+    if not steps:
+        return None
+    return max(steps.items(), key=lambda item: item[1]["compute_infer_us"])
+
+
+def _cores(row: dict) -> str:
+    cpu = row.get("cpu") or {}
+    if not cpu:
         return ""
-    notes = []
-    encoder = f"{pipeline}_encoder"
-    steps1, steps8 = c1.get("steps", {}), c8.get("steps", {})
-    if encoder in steps1 and encoder in b1.get("steps_ms", {}):
-        enc = steps1[encoder]
-        served_infer = (enc["compute_infer_us"] + enc["compute_output_us"]) / 1000
-        hops = sum(s["queue_us"] + s["compute_input_us"] for s in steps1.values()) / 1000
-        pre = sum((s["compute_infer_us"] + s["compute_output_us"]) / 1000 for m, s in steps1.items() if m != encoder)
-        in_pre = sum(v for m, v in b1["steps_ms"].items() if m != encoder)
-        added = c1["p50_us"] / 1000 - b1["p50_ms"]
-        rest = added - (served_infer - b1["steps_ms"][encoder]) - (pre - in_pre) - hops
-        notes.append(
-            f"At c=1 the served path adds {_f(added, 2)} ms to the in-process "
-            f"{_f(b1['p50_ms'], 2)} ms: the encoder's execute() takes {_f(served_infer, 2)} ms in the server vs "
-            f"{_f(b1['steps_ms'][encoder], 2)} ms in-process (its onnxruntime threads sleep between requests and "
-            f"wake on each one), the pre-processing step {_f(pre, 2)} vs {_f(in_pre, 2)} ms (the Python backend's "
-            f"shared-memory hand-over), queues and inputs {_f(hops, 2)} ms (incl. the encoder's batching delay); "
-            + (f"gRPC, the ensemble and the client account for the remaining {_f(rest, 2)} ms."
-               if rest >= 0.05 else "nothing measurable is left for gRPC, the ensemble and the client."))
-    if encoder in steps8:
-        cpu = c8.get("cpu") or {}
-        used = ", ".join(f"{name} {_f(value, 2)}" for name, value in cpu.items() if value >= 0.01)
-        notes.append(
-            f"At c={TARGET_CONCURRENCY} the encoder's batches averaged {_f(steps8[encoder]['avg_batch'], 2)} requests "
-            f"(in-process best: b{eff['best_batch']}), since {TARGET_CONCURRENCY} clients are never all waiting at the "
-            "encoder at once"
-            + (f"; cores used: {used}" if used else "") + ". One encoder instance runs one batch at a time, so "
-            "the cores idle while a batch's answers and the next batch's inputs cross the Python backend; "
-            "a second instance fills that gap (see the tuning sweep) at a cost in c=1 latency.")
-    return "\n" + "".join(f"- {note}\n" for note in notes)
+    server = sum(v for n, v in cpu.items() if n not in ("perf_analyzer", "idle or other"))
+    busiest = max(((n, v) for n, v in cpu.items() if n not in ("perf_analyzer", "idle or other")),
+                  key=lambda item: item[1], default=None)
+    parts = [f"server {_f(server, 2)}" + (f" (`{busiest[0]}` {_f(busiest[1], 2)})" if busiest else ""),
+             f"perf_analyzer {_f(cpu.get('perf_analyzer'), 2)}", f"idle or other {_f(cpu.get('idle or other'), 2)}"]
+    return "cores used: " + ", ".join(parts)
+
+
+def throughput_reason(results: dict, pipeline: str, layout: str) -> str:
+    """Why c=8 falls short of the in-process best batch: the batches formed, where the time went, the cores."""
+    row = _at(perf_rows(results, pipeline, layout=layout), TARGET_CONCURRENCY)
+    eff = efficiency(results, pipeline, layout)
+    if not row or not eff:
+        return ""
+    parts = []
+    main = _main_step(row)
+    if main:
+        step, stats = main
+        formed = stats["avg_batch"]
+        timings = sorted(results["baselines"][pipeline]["timings"], key=lambda t: t["batch"])
+        near = [t for t in timings if t["batch"] <= max(1.0, formed)][-1:] or timings[:1]
+        parts.append(f"`{step}` formed batches of {_f(formed, 2)} on average vs the in-process best b{eff['best_batch']} "
+                     f"(in-process b{near[0]['batch']} gives {_f(near[0]['throughput'])} infer/s)")
+    split = _server_split(row)
+    if row.get("steps"):
+        outside = (row["avg_us"] or row["p50_us"]) / 1000 - sum(split.values())
+        parts.append(f"per request {_f(split['queue'], 2)} ms queued, {_f(split['input'] + split['execute'], 2)} ms "
+                     f"computing in the server, {_f(max(0.0, outside), 2)} ms outside its statistics (gRPC, client)")
+    cores = _cores(row)
+    if cores:
+        parts.append(cores)
+    return "; ".join(parts)
+
+
+def latency_reason(results: dict, pipeline: str, layout: str) -> str:
+    """What serving adds at c=1: queues, input hand-over, execute() vs in-process, what is left for gRPC and the client."""
+    row = _at(perf_rows(results, pipeline, layout=layout), 1)
+    eff = efficiency(results, pipeline, layout)
+    if not row or not eff or eff["b1_p50_ms"] is None:
+        return ""
+    added = row["p50_us"] / 1000 - eff["b1_p50_ms"]
+    text = f"serving adds {_f(added, 2)} ms to the in-process {_f(eff['b1_p50_ms'], 2)} ms"
+    if not row.get("steps"):
+        return text
+    split = _server_split(row)
+    rest = row["p50_us"] / 1000 - sum(split.values())
+    hops = len(row["steps"])
+    return (text + f": queues {_f(split['queue'], 2)} ms (incl. batching delays), inputs handed over "
+            f"{_f(split['input'], 2)} ms, execute() {_f(split['execute'], 2)} ms vs {_f(eff['b1_p50_ms'], 2)} ms "
+            f"in-process ({hops} Python-backend {'hop' if hops == 1 else 'hops'}), "
+            + (f"{_f(rest, 2)} ms outside the server's statistics (gRPC, client"
+               + (", the ensemble's hand-overs)" if hops > 1 else ")") if rest >= 0.05
+               else "nothing measurable outside the server's statistics"))
+
+
+def target_reasons(results: dict) -> list[str]:
+    """One line per missed serving target: the computed reason."""
+    lines = []
+    for pipeline in results["pipelines"]:
+        name = pipeline["name"]
+        for layout in measured_layouts(results, name):
+            eff = efficiency(results, name, layout)
+            if not eff:
+                continue
+            if throughput_met(eff) is False:
+                lines.append(f"`{name}` {layout}, c={TARGET_CONCURRENCY} throughput {_f(eff['throughput_ratio'], 2)}×: "
+                             + throughput_reason(results, name, layout) + ".")
+            if latency_met(eff) is False:
+                lines.append(f"`{name}` {layout}, c=1 p50 {_f(eff['latency_ratio'], 2)}×: "
+                             + latency_reason(results, name, layout) + ".")
+    summary = peer_summary(results)
+    ort = next((t for t in summary if t["name"].startswith("infinity") and "torch" not in t["name"]
+                and _at(t["rows"], TARGET_CONCURRENCY)), None)
+    pipeline = (results.get("peers") or {}).get("pipeline")
+    for ours in _ours(summary):
+        mine = _at(ours["rows"], TARGET_CONCURRENCY)
+        eff = efficiency(results, pipeline, ours["layout"]) if pipeline else None
+        if ort and mine and eff and mine["throughput"] < PEER_RATIO * _at(ort["rows"], TARGET_CONCURRENCY)["throughput"]:
+            theirs = _at(ort["rows"], TARGET_CONCURRENCY)["throughput"]
+            lines.append(
+                f"`{pipeline}` {ours['layout']} vs infinity-emb's onnxruntime engine: {PEER_RATIO}× its "
+                f"{_f(theirs)} infer/s is {_f(PEER_RATIO * theirs)} infer/s, "
+                f"{_f(PEER_RATIO * theirs / eff['best_throughput'], 2)}× what the same model reaches in-process at its "
+                f"best batch ({_f(eff['best_throughput'])} infer/s); served at c={TARGET_CONCURRENCY} it reaches "
+                f"{_f(eff['throughput_ratio'], 2)}× of that.")
+    return lines
+
+
+def faster_layouts(results: dict) -> list[str]:
+    """Per pipeline measured in more than one layout: which is faster on CPU (c=8 throughput decides;
+    c=1 p50 is named beside it, and said when it favours the other layout)."""
+    lines = []
+    for pipeline in results["pipelines"]:
+        name = pipeline["name"]
+        measured = measured_layouts(results, name)
+        if len(measured) < 2:
+            continue
+        figures = {}
+        for layout in measured:
+            rows = perf_rows(results, name, layout=layout)
+            figures[layout] = (_at(rows, TARGET_CONCURRENCY) or rows[-1], _at(rows, 1))
+        top = {layout: row["throughput"] for layout, (row, _) in figures.items()}
+        fastest = max(top, key=top.get)
+        others = [layout for layout in measured if layout != fastest]
+        level = int(figures[fastest][0]["load"])
+        parts = [f"c={level} " + " vs ".join(f"{_f(top[l])}" for l in [fastest, *others]) + " infer/s "
+                 f"({' vs '.join([fastest, *others])})"]
+        c1 = {layout: row["p50_us"] / 1000 for layout, (_, row) in figures.items() if row}
+        if len(c1) == len(measured):
+            parts.append("c=1 p50 " + " vs ".join(f"{_f(c1[l], 2)}" for l in [fastest, *others]) + " ms")
+            quickest = min(c1, key=c1.get)
+            if quickest != fastest:
+                parts.append(f"at c=1 {quickest} answers sooner")
+        lines.append(f"`{name}`: **{fastest}** faster on CPU: " + "; ".join(parts) + ".")
+    return lines
 
 
 def int8_summary(results: dict) -> dict[str, Any] | None:
@@ -209,8 +365,8 @@ def int8_summary(results: dict) -> dict[str, Any] | None:
 
 # ---- plots ----
 def plot_pipeline(results: dict, pipeline: str, path: Path) -> Path | None:
-    rows = perf_rows(results, pipeline)
-    if not rows:
+    measured = measured_layouts(results, pipeline)
+    if not measured:
         return None
     import matplotlib
 
@@ -218,12 +374,15 @@ def plot_pipeline(results: dict, pipeline: str, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    x = [r["throughput"] for r in rows]
-    ax.plot(x, [r["p50_us"] / 1000 for r in rows], "o-", label="p50")
-    ax.plot(x, [r["p99_us"] / 1000 for r in rows], "s--", label="p99")
-    for r in rows:
-        ax.annotate(f"c={int(r['load'])}", (r["throughput"], r["p50_us"] / 1000), textcoords="offset points",
-                    xytext=(4, -12), fontsize=8)
+    for layout in measured:
+        rows = perf_rows(results, pipeline, layout=layout)
+        label = f"{layout} " if len(measured) > 1 else ""
+        x = [r["throughput"] for r in rows]
+        line = ax.plot(x, [r["p50_us"] / 1000 for r in rows], "o-", label=f"{label}p50")[0]
+        ax.plot(x, [r["p99_us"] / 1000 for r in rows], "s--", color=line.get_color(), label=f"{label}p99")
+        for r in rows:
+            ax.annotate(f"c={int(r['load'])}", (r["throughput"], r["p50_us"] / 1000), textcoords="offset points",
+                        xytext=(4, -12), fontsize=8)
     eff = efficiency(results, pipeline)
     if eff:
         ax.axvline(eff["best_throughput"], color="grey", linestyle=":", label=f"in-process best (b{eff['best_batch']})")
@@ -288,50 +447,58 @@ def make_plots(results: dict, folder: Path) -> dict[str, Path]:
 def pipeline_section(results: dict, pipeline: dict, image: str | None) -> str:
     name = pipeline["name"]
     out = [f"### `{name}` ({pipeline['kind']})\n\n", f"Input data: {pipeline['data']}.\n\n"]
-    scheduling = pipeline.get("scheduling") or {}
-    if scheduling:
+    measured = measured_layouts(results, name) or layouts(results)[:1]
+    several = len(measured) > 1
+    for layout in measured:
+        steps = scheduling(results, name, layout)
+        if not steps:
+            continue
         parts = []
-        for step, s in scheduling.items():
+        for step, s in steps.items():
             delay = "no batching" if s["max_queue_delay_us"] is None else f"delay {s['max_queue_delay_us']} µs"
             preferred = [v for v in s["preferred_batch_size"] if v != MAX_BATCH_SIZE]  # Triton fills that one in
             extra = f", preferred {preferred}" if preferred else ""
             threads = f", {s['intra_op_threads']} intra-op threads" if s.get("intra_op_threads") else ""
             parts.append(f"`{step}` {s['instances']}× ({delay}{extra}{threads})")
-        out.append("Scheduling: " + "; ".join(parts) + ".\n\n")
-    rows = perf_rows(results, name)
-    errors = [r for r in results["perf"] if r["pipeline"] == name and "error" in r]
+        out.append(f"Scheduling{' (' + layout + ')' if several else ''}: " + "; ".join(parts) + ".\n\n")
     table = []
-    for r in rows:
-        steps = r.get("steps", {}).values()
-        queue = sum(step["queue_us"] for step in steps) if steps else None
-        compute = sum(step[f"compute_{k}_us"] for step in steps for k in ("input", "infer", "output")) if steps else None
-        table.append([int(r["load"]), _f(r["throughput"]), _ms(r["p50_us"]), _ms(r["p90_us"]), _ms(r["p99_us"]),
-                      _ms(queue), _ms(compute), "" if r.get("stable", True) else "loose"])
+    for layout in measured:
+        for r in perf_rows(results, name, layout=layout):
+            split = _server_split(r) if r.get("steps") else None
+            table.append(([layout] if several else []) + [
+                int(r["load"]), _f(r["throughput"]), _ms(r["p50_us"]), _ms(r["p90_us"]), _ms(r["p99_us"]),
+                _f(split["queue"], 1) if split else "–", _f(split["input"] + split["execute"], 1) if split else "–",
+                "" if r.get("stable", True) else "loose"])
     if table:
-        out.append(_table(["concurrency", "infer/s", "p50 ms", "p90 ms", "p99 ms", "queue ms (Σ steps)",
-                           "compute ms (Σ steps)", "stability"], table))
-    rates = perf_rows(results, name, "rate")
-    if rates:
-        out.append("\nOpen-loop request rates:\n\n")
-        out.append(_table(["request rate /s", "infer/s", "p50 ms", "p90 ms", "p99 ms"],
-                          [[_f(r["load"], 0), _f(r["throughput"]), _ms(r["p50_us"]), _ms(r["p90_us"]), _ms(r["p99_us"])]
-                           for r in rates]))
-    for r in errors:
-        out.append(f"\n- load {r['load']:g}: {r['error']}\n")
-    steps = step_table(rows, results["baselines"].get(name))
+        out.append(_table((["layout"] if several else []) + [
+            "concurrency", "infer/s", "p50 ms", "p90 ms", "p99 ms", "queue ms (Σ steps)", "compute ms (Σ steps)",
+            "stability"], table))
+    for layout in measured:
+        rates = perf_rows(results, name, "rate", layout)
+        if rates:
+            out.append(f"\nOpen-loop request rates{' (' + layout + ')' if several else ''}:\n\n")
+            out.append(_table(["request rate /s", "infer/s", "p50 ms", "p90 ms", "p99 ms"],
+                              [[_f(r["load"], 0), _f(r["throughput"]), _ms(r["p50_us"]), _ms(r["p90_us"]),
+                                _ms(r["p99_us"])] for r in rates]))
+    for r in results["perf"]:
+        if r["pipeline"] == name and "error" in r:
+            out.append(f"\n- {_layout_of(results, r) + ', ' if several else ''}load {r['load']:g}: {r['error']}\n")
+    steps = step_table(results, name, measured)
     if steps:
         out.append("\nWhere the time goes, per step (Triton's statistics over each run; µs per request; "
-                   "batch = inferences ÷ executions):\n\n" + steps)
-    cpu = cpu_table(rows, results["machine"].get("cpus_used"))
-    if cpu:
-        out.append("\nCPU cores used while each level ran (server process, each Python-backend stub, the "
-                   "perf_analyzer client; the rest idle or used by other processes of the machine):\n\n" + cpu)
+                   "batch = inferences ÷ executions; a fused pipeline is one model):\n\n" + steps)
+    for layout in measured:
+        cpu = cpu_table(perf_rows(results, name, layout=layout))
+        if cpu:
+            out.append(f"\nCPU cores used while each level ran{' (' + layout + ')' if several else ''} (server "
+                       "process, each Python-backend stub, the perf_analyzer client; the rest idle or used by "
+                       "other processes of the machine):\n\n" + cpu)
     if image:
         out.append(f"\n![{name}]({image})\n")
     return "".join(out) + "\n"
 
 
-def cpu_table(rows: Sequence[dict], cpus: Sequence[int] | None) -> str:
+def cpu_table(rows: Sequence[dict]) -> str:
     measured = [r for r in rows if r.get("cpu")]
     if not measured:
         return ""
@@ -344,42 +511,52 @@ def cpu_table(rows: Sequence[dict], cpus: Sequence[int] | None) -> str:
     return _table(header, table)
 
 
-def step_table(rows: Sequence[dict], baseline: dict | None = None) -> str:
-    """Triton's per-step figures; at c=1 next to the same step's execute() time in-process (batch 1)."""
-    in_process = {}
-    if baseline and "timings" in baseline:
-        in_process = next((t.get("steps_ms", {}) for t in baseline["timings"] if t["batch"] == 1), {})
+def step_table(results: dict, pipeline: str, measured: Sequence[str]) -> str:
+    """Triton's per-step figures; at c=1 next to the same step's execute() time in-process (batch 1)
+    (for a fused pipeline, next to the whole in-process call)."""
+    baseline = results["baselines"].get(pipeline) or {}
+    b1 = next((t for t in baseline.get("timings", []) if t["batch"] == 1), None)
+    several = len(measured) > 1
     table = []
-    for r in rows:
-        if int(r["load"]) not in (1, TARGET_CONCURRENCY, 16) and len(rows) > 3:
-            continue
-        for model, step in sorted(r.get("steps", {}).items()):
-            local = in_process.get(model) if int(r["load"]) == 1 else None
-            table.append([int(r["load"]), f"`{model}`", _f(step["queue_us"], 0), _f(step["compute_input_us"], 0),
-                          _f(step["compute_infer_us"], 0), _f(step["compute_output_us"], 0), _f(step["avg_batch"], 2),
-                          "" if local is None else _f(local * 1000, 0)])
+    for layout in measured:
+        rows = perf_rows(results, pipeline, layout=layout)
+        for r in rows:
+            if int(r["load"]) not in (1, TARGET_CONCURRENCY, 16) and len(rows) > 3:
+                continue
+            for model, step in sorted(r.get("steps", {}).items()):
+                local = None
+                if b1 and int(r["load"]) == 1:
+                    local = b1["p50_ms"] if model == pipeline else b1.get("steps_ms", {}).get(model)
+                table.append(([layout] if several else []) + [
+                    int(r["load"]), f"`{model}`", _f(step["queue_us"], 0), _f(step["compute_input_us"], 0),
+                    _f(step["compute_infer_us"], 0), _f(step["compute_output_us"], 0), _f(step["avg_batch"], 2),
+                    "" if local is None else _f(local * 1000, 0)])
     if not table:
         return ""
-    return _table(["c", "step", "queue", "compute input", "compute infer", "compute output", "avg batch",
-                   "in-process execute() b1"], table)
+    return _table((["layout"] if several else []) + [
+        "c", "step", "queue", "compute input", "compute infer", "compute output", "avg batch",
+        "in-process execute() b1"], table)
 
 
 def baseline_section(results: dict) -> str:
+    several = len(layouts(results)) > 1
     table = []
     for pipeline in results["pipelines"]:
-        eff = efficiency(results, pipeline["name"])
-        if not eff:
-            continue
-        table.append([f"`{pipeline['name']}`", _f(eff["b1_p50_ms"], 2), _f(eff["b1_throughput"]),
-                      f"b{eff['best_batch']}", _f(eff["best_throughput"]), _f(eff["c1_p50_ms"], 2),
-                      _f(eff["c1_p50_ms"] - eff["b1_p50_ms"], 2) if eff["c1_p50_ms"] and eff["b1_p50_ms"] else "–",
-                      _f(eff["c8_throughput"]), f"**{_f(eff['latency_ratio'], 2)}×**",
-                      f"**{_f(eff['throughput_ratio'], 2)}×**"])
+        for layout in measured_layouts(results, pipeline["name"]):
+            eff = efficiency(results, pipeline["name"], layout)
+            if not eff:
+                continue
+            table.append([f"`{pipeline['name']}`"] + ([layout] if several else []) + [
+                _f(eff["b1_p50_ms"], 2), _f(eff["b1_throughput"]), f"b{eff['best_batch']}", _f(eff["best_throughput"]),
+                _f(eff["c1_p50_ms"], 2),
+                _f(eff["c1_p50_ms"] - eff["b1_p50_ms"], 2) if eff["c1_p50_ms"] and eff["b1_p50_ms"] else "–",
+                _f(eff["c8_throughput"]), f"**{_f(eff['latency_ratio'], 2)}×**", f"**{_f(eff['throughput_ratio'], 2)}×**"])
     if not table:
         return "No in-process baseline (the repository is not local, or its models are not Python-backend).\n"
-    return _table(["pipeline", "in-process b1 p50 ms", "b1 items/s", "best batch", "best items/s",
-                   "served c=1 p50 ms", "serving adds at c=1 (ms)", "served c=8 infer/s", "p50 c=1 ÷ b1",
-                   "c=8 ÷ best"], table)
+    return _table(["pipeline"] + (["layout"] if several else []) + [
+        "in-process b1 p50 ms", "b1 items/s", "best batch", "best items/s", "served c=1 p50 ms",
+        "serving adds at c=1 (ms)", f"served c={TARGET_CONCURRENCY} infer/s", "p50 c=1 ÷ b1",
+        f"c={TARGET_CONCURRENCY} ÷ best"], table)
 
 
 def peers_section(results: dict, image: str | None) -> str:
@@ -398,14 +575,16 @@ def peers_section(results: dict, image: str | None) -> str:
         cosine = target.get("min_cosine")
         table.append([target["name"], "–" if cosine is None else f"{cosine:.6f}"] + cells)
     out = [f"Model: `{peers.get('model')}` for every target.\n\n", _table(header, table)]
-    ours = summary[0]
     ratio_rows = []
-    for target in summary[1:]:
-        cells = []
-        for c in loads:
-            mine, theirs = _at(ours["rows"], c), _at(target["rows"], c)
-            cells.append(f"{mine['throughput'] / theirs['throughput']:.2f}×" if mine and theirs else "–")
-        ratio_rows.append([f"gRPC text_embed ÷ {target['name']}"] + cells)
+    ours_all = _ours(summary)
+    for ours in ours_all:
+        for target in summary[len(ours_all):]:
+            cells = []
+            for c in loads:
+                mine, theirs = _at(ours["rows"], c), _at(target["rows"], c)
+                cells.append(f"{mine['throughput'] / theirs['throughput']:.2f}×" if mine and theirs else "–")
+            layout = f" ({ours['layout']})" if len(ours_all) > 1 else ""
+            ratio_rows.append([f"gRPC text_embed{layout} ÷ {target['name']}"] + cells)
     if ratio_rows:
         out.append("\nThroughput ratios (ours over gRPC ÷ target):\n\n")
         out.append(_table(["ratio"] + [f"c={c}" for c in loads], ratio_rows))
@@ -465,27 +644,38 @@ def tuning_section(results: dict) -> str:
 
 
 def headlines(results: dict) -> list[str]:
-    """One line per pipeline for the terminal: p50 at c=1, throughput at the highest concurrency,
-    and the served ÷ in-process ratios where the run measured both."""
+    """One line per pipeline and layout for the terminal: p50 at c=1, throughput at the highest
+    concurrency, and the served ÷ in-process ratios where the run measured both."""
     lines = []
+    several = len(layouts(results)) > 1
     for pipeline in results["pipelines"]:
-        rows = perf_rows(results, pipeline["name"])
-        if not rows:
-            continue
-        c1, top = _at(rows, 1), max(rows, key=lambda r: r["load"])
-        parts = [f"p50 c=1 {_f(c1['p50_us'] / 1000, 2)} ms" if c1 else "",
-                 f"{_f(top['throughput'])} infer/s at c={top['load']:g}"]
-        eff = efficiency(results, pipeline["name"])
-        if eff and eff["throughput_ratio"]:
-            parts.append(f"c={TARGET_CONCURRENCY} ÷ in-process best {_f(eff['throughput_ratio'], 2)}×")
-        if eff and eff["latency_ratio"]:
-            parts.append(f"c=1 p50 ÷ in-process b1 {_f(eff['latency_ratio'], 2)}×")
-        lines.append(f"{pipeline['name']}: " + ", ".join(p for p in parts if p))
-    return lines
+        for layout in measured_layouts(results, pipeline["name"]):
+            rows = perf_rows(results, pipeline["name"], layout=layout)
+            c1, top = _at(rows, 1), max(rows, key=lambda r: r["load"])
+            parts = [f"p50 c=1 {_f(c1['p50_us'] / 1000, 2)} ms" if c1 else "",
+                     f"{_f(top['throughput'])} infer/s at c={top['load']:g}"]
+            eff = efficiency(results, pipeline["name"], layout)
+            if eff and eff["throughput_ratio"]:
+                parts.append(f"c={TARGET_CONCURRENCY} ÷ in-process best {_f(eff['throughput_ratio'], 2)}×")
+            if eff and eff["latency_ratio"]:
+                parts.append(f"c=1 p50 ÷ in-process b1 {_f(eff['latency_ratio'], 2)}×")
+            name = f"{pipeline['name']} ({layout})" if several else pipeline["name"]
+            lines.append(f"{name}: " + ", ".join(p for p in parts if p))
+    return lines + faster_layouts(results)
+
+
+def layouts_section(results: dict) -> str:
+    served = results.get("layouts") or {}
+    rows = [[label, v["layout"], f"`{v['repository']}`"] for label, v in served.items()]
+    out = ("Each repository was served by its own tritonserver, one after the other (each stopped before the "
+           "next started), on the same requests and cores; the in-process baseline and the peers were measured "
+           "once, during the first.\n\n" + _table(["label", "layout", "repository"], rows) + "\n")
+    return out + "".join(f"- {line}\n" for line in faster_layouts(results))
 
 
 def render(results: dict, images: dict[str, str]) -> str:
     verdicts = targets(results)
+    reasons = target_reasons(results)
     m = results["machine"]
     load = lambda key: ", ".join(f"{v:.2f}" for v in results.get(key, [])) or "–"  # noqa: E731
     s = results["settings"]
@@ -518,7 +708,10 @@ def render(results: dict, images: dict[str, str]) -> str:
         "figure, as it would be for a sidecar or a co-located app. Latencies are client-side, as perf_analyzer "
         "reports them.\n\n",
         *(["## Targets\n\n", _table(["target", "measured", "verdict"], verdicts)] if verdicts else []),
-        gap_notes(results, "text_embed"),
+        *(["\nWhere a target is missed, why (this run's own statistics):\n\n",
+           "".join(f"- {line}\n" for line in reasons)] if reasons else []),
+        *(["\n## Layouts: which is faster on CPU\n\n", layouts_section(results), "\n"]
+          if len(layouts(results)) > 1 else []),
         "\n## Serving efficiency: served vs in-process\n\n",
         "The in-process baseline runs the pipeline's own models (tokenizer or pre-processing, the same ONNX "
         "through the same runner and thread settings, post-processing) in one Python process on the same "
