@@ -32,7 +32,7 @@ from .retry import Attempts, Resend, RetryBudget, RetryPolicy
 
 __all__ = ["ClientBase", "SharedMemory", "pin_version", "CLOSE_WAIT_S", "UNREGISTER_TIMEOUT_S"]
 
-SharedMemory = Literal["none", "system"]
+SharedMemory = Literal["none", "system", "cuda"]
 CLOSE_WAIT_S = 10.0  # close() waits this long for requests still using shared memory
 UNREGISTER_TIMEOUT_S = 2.0
 
@@ -60,7 +60,10 @@ class ClientBase:
 
     ``retry``: see :class:`RetryPolicy` (None: never retry). ``shared_memory="system"``:
     tensors travel through pooled POSIX shared memory when the app runs on the
-    server's host (needs ``admin_key`` when the server restricts shared memory).
+    server's host (needs ``admin_key`` when the server restricts shared memory);
+    ``shared_memory="cuda"``: the same through CUDA shared memory on GPU 0, for an app
+    with an NVIDIA GPU on the server's host (raises MmserveError at once where none is
+    usable, saying what is missing).
     """
 
     def __init__(
@@ -88,8 +91,8 @@ class ClientBase:
     ) -> None:
         Deadline(timeout)  # validates
         codec.chunk_ranges(0, max_batch_size)  # validates
-        if shared_memory not in ("none", "system"):
-            raise InvalidInputError(f"shared_memory must be 'none' or 'system', not {shared_memory!r}")
+        if shared_memory not in ("none", "system", "cuda"):
+            raise InvalidInputError(f"shared_memory must be 'none', 'system' or 'cuda', not {shared_memory!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidInputError(f"retry must be a RetryPolicy or None, not {type(retry).__name__}")
         self.url = normalize_url(url)
@@ -117,7 +120,8 @@ class ClientBase:
         self._admin_headers = self._connection.admin_headers
         self._retry = retry
         self._budget = RetryBudget(retry.budget, retry.budget_per_second) if retry is not None else None
-        self._pool = _shm.RegionPool() if shared_memory == "system" else None
+        # "cuda" checks for tritonclient's CUDA utilities and a device here: an MmserveError naming what is missing
+        self._pool = _shm.RegionPool(shared_memory) if shared_memory != "none" else None
         self._item_bytes: dict[str, dict[str, int]] = {}  # pipeline -> output -> bytes per item
         # Regions left when the client is dropped without close(), or at interpreter exit.
         self._finalizer = (
@@ -134,7 +138,7 @@ class ClientBase:
             f", {text}"
             for text, on in (
                 ("tls", self._connection.tls),
-                ("shared_memory='system'", self._pool is not None),
+                (f"shared_memory={self.shared_memory!r}", self._pool is not None),
             )
             if on
         )
@@ -175,7 +179,7 @@ class ClientBase:
     def _registration_error(self, error: MmserveError) -> MmserveError:
         if isinstance(error, PermissionDeniedError):
             return PermissionDeniedError(
-                "registering shared memory (shared_memory='system') is an admin call on this server: "
+                f"registering shared memory (shared_memory={self.shared_memory!r}) is an admin call on this server: "
                 f"pass Client(..., admin_key=...) [{error.status}] {error.server_message}",
                 status=error.status,
                 server_message=error.server_message,
@@ -183,7 +187,8 @@ class ClientBase:
         if not isinstance(error, (ServerError, InvalidInputError)):
             return error  # unreachable, out of time: nothing to do with shared memory
         return ServerError(  # the server answered, but could not open or map the region
-            f"the server could not map a shared-memory region: {error}. {_shm.SHM_ADVICE}",
+            f"the server could not map a shared-memory region: {error}. "
+            f"{_shm.CUDA_ADVICE if self.shared_memory == 'cuda' else _shm.SHM_ADVICE}",
             status=error.status,
             server_message=error.server_message,
         )
@@ -207,7 +212,7 @@ def _release_regions(pool: _shm.RegionPool, connection: Connection) -> None:
         client = connection.sync_client()
         try:
             for name in names:
-                client.unregister_system_shared_memory(
+                getattr(client, f"unregister_{pool.kind}_shared_memory")(
                     name, headers=connection.admin_headers, client_timeout=UNREGISTER_TIMEOUT_S
                 )
         finally:

@@ -14,6 +14,12 @@ asyncio transports make themselves. Regions are made with the standard library's
 ``multiprocessing.shared_memory`` (whose resource tracker also unlinks them should the
 process die); ``tritonclient.utils.shared_memory`` does the same through a ctypes
 library but imports ``pkg_resources``, which current setuptools no longer ships.
+
+``shared_memory="cuda"`` pools GPU memory instead (``CudaRegion``, through
+``tritonclient.utils.cuda_shared_memory``): for an app on the server's host with an
+NVIDIA GPU, whose gpu-profile encoders then read their inputs from device memory. The
+same pool and leases serve both; a CUDA region stages a request's inputs on the host and
+copies them to the device in one call (tritonclient copies from a region's start only).
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -31,7 +38,8 @@ from tritonclient.utils import serialize_byte_tensor, triton_to_np_dtype
 from .codec import Request
 from .errors import MmserveError, ServerError
 
-__all__ = ["Region", "RegionPool", "Lease", "output_item_bytes", "regions_lost", "SHM_ADVICE"]
+__all__ = ["Region", "CudaRegion", "RegionPool", "Lease", "output_item_bytes", "regions_lost", "SHM_ADVICE",
+           "cuda_shared_memory"]
 
 MIN_REGION_BYTES = 64 * 1024
 ALIGN = 64  # tensors start on cache-line boundaries inside a region
@@ -56,6 +64,7 @@ class Region:
     """One shared-memory segment and whether the server currently knows it."""
 
     __slots__ = ("name", "size", "registered", "_shm", "_bytes")
+    kind = "system"  # tritonclient's register_/unregister_<kind>_shared_memory
 
     def __init__(self, name: str, size: int) -> None:
         self.name = name
@@ -68,6 +77,16 @@ class Region:
     def key(self) -> str:
         """The POSIX name the server opens (shm_open)."""
         return "/" + self.name
+
+    def registration(self, client: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        """The call (sync or asyncio tritonclient) that registers this region, and its arguments."""
+        return client.register_system_shared_memory, (self.name, self.key, self.size)
+
+    def commit(self) -> None:
+        """The inputs written are visible to the server (a mapping shares them already)."""
+
+    def fetch(self) -> None:
+        """The server's outputs are readable (a mapping shares them already)."""
 
     def write(self, offset: int, data: np.ndarray) -> None:
         assert self._bytes is not None, "region destroyed"
@@ -98,10 +117,105 @@ class Region:
                 pass
 
 
-class RegionPool:
-    """The free and busy regions of one client; thread-safe, no I/O but shm_open/mmap."""
+class CudaRegion:
+    """One CUDA shared-memory allocation on a GPU (``shared_memory="cuda"``); the same
+    interface as :class:`Region`. Inputs are staged in host memory and copied to the
+    device by ``commit``; ``fetch`` copies the region back once per response."""
 
-    def __init__(self) -> None:
+    __slots__ = ("name", "size", "registered", "device", "_cuda", "_handle", "_host")
+    kind = "cuda"
+
+    def __init__(self, name: str, size: int, device: int = 0) -> None:
+        self.name = name
+        self.size = size
+        self.registered = False
+        self.device = device
+        self._cuda = cuda_shared_memory(device)
+        self._handle: Any = self._cuda.create_shared_memory_region(name, size, device)
+        self._host: np.ndarray | None = np.zeros(size, dtype=np.uint8)
+
+    def registration(self, client: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        return client.register_cuda_shared_memory, (
+            self.name, self._cuda.get_raw_handle(self._handle), self.device, self.size
+        )
+
+    def write(self, offset: int, data: np.ndarray) -> None:
+        assert self._host is not None, "region destroyed"
+        flat = data.reshape(-1).view(np.uint8)
+        self._host[offset : offset + flat.size] = flat
+
+    def commit(self) -> None:
+        assert self._host is not None, "region destroyed"
+        self._cuda.set_shared_memory_region(self._handle, [self._host])
+
+    def fetch(self) -> None:
+        self._host = self._cuda.get_contents_as_numpy(self._handle, np.uint8, [self.size])
+
+    def read(self, offset: int, dtype: np.dtype, shape: Sequence[int]) -> np.ndarray:
+        """A copy, from what ``fetch`` brought back."""
+        assert self._host is not None, "region destroyed"
+        count = int(np.prod(shape)) if len(shape) else 1
+        nbytes = count * dtype.itemsize
+        if offset + nbytes > self.size:
+            raise ServerError(f"malformed response: an output of {nbytes} bytes does not fit its shared-memory slot")
+        return self._host[offset : offset + nbytes].view(dtype).reshape(shape).copy()
+
+    def destroy(self) -> None:
+        """Free the device memory (idempotent); the server must have unregistered it first."""
+        handle, self._handle, self._host = self._handle, None, None
+        if handle is not None:
+            try:
+                self._cuda.destroy_shared_memory_region(handle)
+            except Exception:  # noqa: BLE001 - at exit the CUDA context may be gone already
+                pass
+
+
+def _cuda_region(name: str, size: int, device: int) -> CudaRegion:
+    try:
+        return CudaRegion(name, size, device)
+    except MmserveError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tritonclient's CudaSharedMemoryException and CUDA errors
+        raise MmserveError(
+            f"cannot allocate {size} bytes of CUDA shared memory on device {device} ({exc}); free GPU memory "
+            "or use shared_memory='system'"
+        ) from exc
+
+
+CUDA_ADVICE = (
+    "shared_memory='cuda' needs an NVIDIA GPU on the server's host, visible to this process, and "
+    "tritonclient's CUDA utilities (pip install 'tritonclient[grpc,cuda]': cuda-python below 13, whose "
+    "`cuda.cudart` they import, and setuptools' pkg_resources); otherwise use shared_memory='system' or none"
+)
+
+
+def cuda_shared_memory(device: int = 0) -> Any:
+    """``tritonclient.utils.cuda_shared_memory``, once a CUDA device ``device`` is known to be
+    usable; else an MmserveError naming what is missing (checked when the client is made)."""
+    try:
+        import tritonclient.utils.cuda_shared_memory as cuda  # noqa: PLC0415 - only for shared_memory='cuda'
+        from cuda import cudart  # noqa: PLC0415 - the binding tritonclient itself loaded
+    except (ImportError, RuntimeError) as exc:
+        raise MmserveError(
+            f"no CUDA shared memory: tritonclient.utils.cuda_shared_memory cannot load here "
+            f"({type(exc).__name__}: {exc}). {CUDA_ADVICE}"
+        ) from exc
+    error, count = cudart.cudaGetDeviceCount()
+    if int(error) != 0 or count <= device:
+        why = "no CUDA device" if int(error) != 0 or count == 0 else f"only {count} CUDA device(s)"
+        raise MmserveError(f"no CUDA device {device} for shared_memory='cuda' ({why}: {error}). {CUDA_ADVICE}")
+    return cuda
+
+
+class RegionPool:
+    """The free and busy regions of one client; thread-safe, no I/O but shm_open/mmap
+    (or, with ``kind="cuda"``, CUDA allocations on ``device``)."""
+
+    def __init__(self, kind: str = "system", device: int = 0) -> None:
+        if kind == "cuda":
+            cuda_shared_memory(device)  # fail when the client is made, not on its first request
+        self.kind = kind
+        self._device = device
         self._prefix = f"mmserve_{os.getpid()}_{uuid.uuid4().hex[:10]}"
         self._count = 0
         self._free: list[Region] = []
@@ -129,8 +243,15 @@ class RegionPool:
             self._count += 1
             name = f"{self._prefix}_{self._count}"
         try:
-            region = Region(name, _region_size(nbytes))
-        except OSError as exc:  # /dev/shm full or missing
+            if self.kind == "cuda":
+                region: Region | CudaRegion = _cuda_region(name, _region_size(nbytes), self._device)
+            else:
+                region = Region(name, _region_size(nbytes))
+        except (OSError, MmserveError) as exc:  # /dev/shm full or missing; GPU memory exhausted
+            if isinstance(exc, MmserveError):
+                with self._cond:
+                    self._free.extend(retired)
+                raise
             with self._cond:
                 self._free.extend(retired)  # nothing was retired after all
             raise MmserveError(
@@ -199,6 +320,8 @@ class Lease:
 
     def read(self, result: grpcclient.InferResult) -> dict[str, np.ndarray]:
         """``{name: array}`` like :func:`codec.read_outputs`, from the region or the message."""
+        if self.slots:
+            self.region.fetch()
         outputs: dict[str, np.ndarray] = {}
         for name in self.names:
             if name in self.slots:
@@ -272,6 +395,7 @@ def lease(pool: RegionPool, request: Request, item_bytes: Mapping[str, int]) -> 
                 at, size = slots[name]
                 requested.set_shared_memory(region.name, size, offset=at)
             outputs.append(requested)
+        region.commit()
     except BaseException:
         pool.release(region)
         raise

@@ -397,14 +397,8 @@ class AsyncClient(ClientBase):
         region = lease.region
         if not region.registered:
             try:
-                await self._call(
-                    self._grpc.register_system_shared_memory,
-                    region.name,
-                    region.key,
-                    region.size,
-                    deadline=deadline,
-                    admin=True,
-                )
+                register, arguments = region.registration(self._grpc)
+                await self._call(register, *arguments, deadline=deadline, admin=True)
             except MmserveError as error:
                 self._pool.discard(region)
                 raise self._registration_error(error) from error
@@ -424,7 +418,7 @@ class AsyncClient(ClientBase):
         for region in regions:
             if region.registered:
                 try:
-                    await self._grpc.unregister_system_shared_memory(
+                    await getattr(self._grpc, f"unregister_{region.kind}_shared_memory")(
                         region.name, headers=self._admin_headers, client_timeout=UNREGISTER_TIMEOUT_S
                     )
                 except Exception:  # noqa: BLE001 - the server may be gone; unlinking still matters

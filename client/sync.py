@@ -452,14 +452,8 @@ class Client(ClientBase):
         region = lease.region
         if not region.registered:
             try:
-                self._call(
-                    self._grpc.register_system_shared_memory,
-                    region.name,
-                    region.key,
-                    region.size,
-                    deadline=deadline,
-                    admin=True,
-                )
+                register, arguments = region.registration(self._grpc)
+                self._call(register, *arguments, deadline=deadline, admin=True)
             except MmserveError as error:
                 self._pool.discard(region)
                 raise self._registration_error(error) from error
@@ -479,7 +473,7 @@ class Client(ClientBase):
 
         def unregister(names: list[str]) -> None:
             for name in names:
-                self._grpc.unregister_system_shared_memory(
+                getattr(self._grpc, f"unregister_{self.shared_memory}_shared_memory")(
                     name, headers=self._admin_headers, client_timeout=UNREGISTER_TIMEOUT_S
                 )
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmserve.client import AsyncClient, Classification, Client, InvalidInputError, ZeroShotResult
+from mmserve.client import AsyncClient, Classification, Client, InvalidInputError, MmserveError, ZeroShotResult
 
 GRPC_DEFAULT_LIMIT = 4 * 1024 * 1024  # gRPC's own default message limit (tritonclient raises it to 2 GiB)
 
@@ -235,5 +235,45 @@ def test_regions_are_cleaned_up_at_interpreter_exit(server, triton, ending):
 
 
 def test_bad_shared_memory_option_is_refused():
-    with pytest.raises(InvalidInputError, match="'none' or 'system'"):
-        Client("127.0.0.1:1", shared_memory="cuda")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="'none', 'system' or 'cuda'"):
+        Client("127.0.0.1:1", shared_memory="gpu")  # type: ignore[arg-type]
+
+
+# ---- CUDA shared memory (shared_memory="cuda") ------------------------------------------------
+
+
+def _cuda_unusable() -> str | None:
+    """Why this process cannot use CUDA shared memory, or None when it can."""
+    from mmserve.client._shm import cuda_shared_memory
+
+    try:
+        cuda_shared_memory()
+    except MmserveError as error:
+        return str(error)
+    return None
+
+
+CUDA_UNUSABLE = _cuda_unusable()
+
+
+@pytest.mark.skipif(CUDA_UNUSABLE is None, reason="CUDA shared memory is usable here: the refusal cannot be seen")
+def test_cuda_shared_memory_without_a_usable_gpu_is_refused_when_the_client_is_made():
+    for make in (lambda: Client("127.0.0.1:1", shared_memory="cuda"), lambda: AsyncClient("127.0.0.1:1", shared_memory="cuda")):
+        with pytest.raises(MmserveError) as refused:
+            make()
+        message = str(refused.value)
+        assert "CUDA" in message and "(" in message  # what is missing, with the underlying reason
+        assert "shared_memory='system'" in message  # and what to use instead
+
+
+@pytest.mark.skipif(CUDA_UNUSABLE is not None, reason=f"no CUDA device: {CUDA_UNUSABLE}")
+def test_cuda_results_equal_the_grpc_path(server, triton, calls):
+    def ours() -> list[str]:
+        status = triton.get_cuda_shared_memory_status()
+        return [name for name in status.regions if name.startswith(f"mmserve_{os.getpid()}_")]
+
+    with Client(server.grpc_url, timeout=60) as grpc, Client(server.grpc_url, timeout=60, shared_memory="cuda") as cuda:
+        for name, call in calls:
+            assert same(call(cuda), call(grpc)), name
+        assert ours(), "the CUDA client registered no region"
+    assert not ours()  # close() unregistered them
