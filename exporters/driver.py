@@ -1,5 +1,7 @@
 """The one export sequence every product line runs: torch graphs -> ONNX -> parity gate ->
-INT8 (with --int8) -> the line's repository models -> a new product version, written atomically.
+INT8 (with --int8) or, on the gpu profile, FP16 (--fp16, exporters/fp16.py) and a TensorRT
+engine (--tensorrt, exporters/tensorrt.py) -> the line's repository models -> a new product
+version, written atomically.
 
 A product line (exporters/text.py, speech.py, clip.py) loads its checkpoint and describes
 its export as a `Product`: the graphs it serves, wrapped as served, with real inputs for the
@@ -18,10 +20,12 @@ from typing import Any, Callable, Mapping, Sequence, TypedDict
 
 import numpy as np
 
+from mmserve.exporters.fp16 import Fp16Report, convert_fp16, fp16_report
 from mmserve.exporters.onnx_export import OnnxSpec, ParityReport, check_parity, export_onnx, require_parity
 from mmserve.exporters.quantize import QuantizationReport, quantize_int8
 from mmserve.exporters.repository import ModelFolder, write_models
 from mmserve.exporters.staging import ensure_writable
+from mmserve.exporters.tensorrt import PLAN_FILE, ShapeProfile, build_engine, check_gpu_options, export_profile
 from mmserve.exporters.triton_config import EncoderTuning, onnx_tensors
 from mmserve.exporters.versions import DEFAULT_KEEP, Release
 from mmserve.pipelines import Kind
@@ -32,9 +36,12 @@ DevSet = tuple[Sequence[Feeds], Sequence[int]]  # a classifier's dev inputs and 
 
 class ExportOptions(TypedDict, total=False):
     """What every product line's export takes besides its own settings (`export_product`'s
-    defaults): `--int8`, `--profile cpu|gpu`, the encoders' scheduling, `--keep N`."""
+    defaults): `--int8`, `--profile cpu|gpu`, the encoders' scheduling, `--keep N`; on the
+    gpu profile `--fp16` and `--tensorrt`."""
 
     int8: bool
+    fp16: bool
+    tensorrt: bool
     profile: str
     tuning: EncoderTuning
     keep: int
@@ -50,6 +57,9 @@ class Graph:
     parity_feeds: Sequence[Feeds]  # real inputs in batches: the parity gate's, and INT8's comparison
     # A classifier's dev split, read only with --int8, to report what INT8 costs in accuracy.
     dev_set: Callable[[], DevSet | None] | None = None
+    # The largest size of each dynamic axis but the batch, by axis name (e.g. {"sequence":
+    # max_length}): the upper bound of a TensorRT engine's optimisation profile (--tensorrt).
+    axis_limits: Mapping[str, int] | None = None
 
     @property
     def output(self) -> str:
@@ -82,6 +92,8 @@ class GraphExport:
     quantization: QuantizationReport | None  # with --int8: drift (and accuracy) against fp32
     onnx_bytes: int  # the file served (the INT8 one with --int8)
     output_dims: tuple[int, ...]  # per item, as the repository's config states them
+    fp16: Fp16Report | None = None  # with --fp16: FP16 against FP32 on the parity feeds
+    engine: ShapeProfile | None = None  # with --tensorrt: the engine's optimisation profile
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,11 @@ class ExportResult:
             lines.append(f"  {title} parity fp32: {graph.parity}")
             if graph.quantization:
                 lines.append(f"  {title} int8: {graph.quantization}")
+            if graph.fp16:
+                lines.append(f"  {title} fp16: {graph.fp16}")
+            if graph.engine:
+                ranges = "; ".join(f"{n} {list(lo)}..{list(hi)} (opt {list(opt)})" for n, (lo, opt, hi) in graph.engine.items())
+                lines.append(f"  {title} TensorRT engine ({PLAN_FILE}): {ranges}")
         lines += [f"  {detail}" for detail in self.details]
         sizes = ", ".join(
             f"{name.replace('_', ' ')} {graph.onnx_bytes / 1e6:.1f} MB (output dims {list(graph.output_dims)})"
@@ -128,6 +145,8 @@ def export_product(
     profile: str = "cpu",
     tuning: EncoderTuning = EncoderTuning(),
     keep: int = DEFAULT_KEEP,
+    fp16: bool = False,
+    tensorrt: bool = False,
 ) -> ExportResult:
     """Export what `plan` describes and write it as the product's new version.
 
@@ -136,6 +155,7 @@ def export_product(
     repository unless every graph passes its parity gate.
     """
     started = time.perf_counter()
+    check_gpu_options(profile, int8=int8, fp16=fp16, tensorrt=tensorrt)  # before any slow work
     repository = ensure_writable(repository)
     product = plan()
     name = next(iter(product.kinds))
@@ -143,12 +163,16 @@ def export_product(
         onnx: dict[str, Path] = {}
         exported: dict[str, GraphExport] = {}
         for graph in product.graphs:
-            onnx[graph.name], exported[graph.name] = _export_graph(graph, Path(scratch) / graph.name, name, int8)
+            onnx[graph.name], exported[graph.name] = _export_graph(
+                graph, Path(scratch) / graph.name, name, int8, fp16=fp16, tensorrt=tensorrt
+            )
         models = product.models(repository, onnx, profile, tuning)
         release = Release(
             product.checkpoint, product.kinds, profile,
             {graph: result.parity for graph, result in exported.items()},
             {graph: result.quantization for graph, result in exported.items() if result.quantization},
+            fp16={graph: result.fp16 for graph, result in exported.items() if result.fp16},
+            tensorrt={graph: result.engine for graph, result in exported.items() if result.engine},
         )
         written = write_models(repository, models, release, keep)
     return ExportResult(
@@ -157,7 +181,9 @@ def export_product(
     )
 
 
-def _export_graph(graph: Graph, folder: Path, product: str, int8: bool) -> tuple[Path, GraphExport]:
+def _export_graph(
+    graph: Graph, folder: Path, product: str, int8: bool, fp16: bool = False, tensorrt: bool = False
+) -> tuple[Path, GraphExport]:
     import torch
 
     example = tuple(torch.from_numpy(np.ascontiguousarray(graph.parity_feeds[0][n])) for n in graph.spec.input_names)
@@ -169,7 +195,15 @@ def _export_graph(graph: Graph, folder: Path, product: str, int8: bool) -> tuple
         evaluation = dev_accuracy(*dev, output=graph.output) if dev else None
         path, quantization = quantize_int8(path, graph.parity_feeds, graph.output, evaluation=evaluation)
     _, outputs = onnx_tensors(path)
-    return path, GraphExport(parity, quantization, path.stat().st_size, outputs[0].dims)
+    half = None
+    if fp16:  # the served graph becomes FP16; its inputs and outputs keep the contract's types
+        fp32_path, path = path, convert_fp16(path)
+        half = fp16_report(fp32_path, path, graph.parity_feeds, graph.output)
+    engine = None
+    if tensorrt:  # beside the served graph, where the repository writer looks for it (tensorrt.built_plan)
+        engine = export_profile(path, graph.axis_limits or {}, graph.parity_feeds)
+        build_engine(path, [engine], path.with_name(PLAN_FILE))
+    return path, GraphExport(parity, quantization, path.stat().st_size, outputs[0].dims, half, engine)
 
 
 def dev_accuracy(feeds: Sequence[Feeds], gold: Sequence[int], output: str) -> Callable[[Any], float]:

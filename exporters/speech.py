@@ -169,6 +169,7 @@ def export_speech(
             "encoder", serving_graphs(loaded, chosen)["encoder"], spec,
             feature_feeds(extractor, parity_clips(rate) + _dev_clips(checkpoint, rate)[0]),
             dev_set=dev_set if chosen == "classify" else None,
+            axis_limits={"samples": int(max_seconds * rate)},  # longer clips are refused (whisper: no such axis)
         )
 
         def models(repository: Path, onnx: dict[str, Path], profile: str, tuning: EncoderTuning) -> list[ModelFolder]:

@@ -120,6 +120,7 @@ def export_text(
         encoder = Graph(
             "encoder", serving_graphs(loaded)["encoder"], spec, token_feeds(loaded.tokenizer, texts, length),
             dev_set=lambda: _classify_dev_set(loaded, checkpoint, length),
+            axis_limits={"sequence": length},  # the tokenizer truncates there
         )
         tokenizer_json = _tokenizer_json(loaded.tokenizer)
 

@@ -47,6 +47,7 @@ from mmserve.pipelines import Kind
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig, ModelEnsembling
 
+    from mmserve.exporters.fp16 import Fp16Report
     from mmserve.exporters.onnx_export import ParityReport
     from mmserve.exporters.quantize import QuantizationReport
 
@@ -490,6 +491,8 @@ class Release:
     profile: str
     parity: Mapping[str, ParityReport]  # graph ("encoder", "image_tower"...) -> parity figures
     quantization: Mapping[str, QuantizationReport] = field(default_factory=dict)  # when --int8
+    fp16: Mapping[str, Fp16Report] = field(default_factory=dict)  # when --fp16: FP16 against FP32
+    tensorrt: Mapping[str, Any] = field(default_factory=dict)  # when --tensorrt: each engine's shape profile
 
 
 def build_card(
@@ -514,6 +517,11 @@ def build_card(
         **checkpoint_facts(Path(release.checkpoint)),
         parity={name: asdict(report) for name, report in release.parity.items()},
         int8={name: asdict(report) for name, report in release.quantization.items()} or None,
+        fp16={name: asdict(report) for name, report in release.fp16.items()} or None,
+        tensorrt={
+            name: {tensor: {"min": list(low), "opt": list(opt), "max": list(high)} for tensor, (low, opt, high) in profile.items()}
+            for name, profile in release.tensorrt.items()
+        } or None,
     )
     return card
 

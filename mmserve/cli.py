@@ -46,7 +46,7 @@ def _export_text(args: argparse.Namespace) -> int:
 
     result = export_text(
         args.checkpoint, args.repository, name=args.name, int8=args.int8, profile=args.profile,
-        max_length=args.max_length, keep=args.keep,
+        max_length=args.max_length, keep=args.keep, fp16=args.fp16, tensorrt=args.tensorrt,
     )
     print(result.summary())
     _written(args, result.pipeline)
@@ -91,7 +91,7 @@ def _export_speech(args: argparse.Namespace) -> int:
 
     result = export_speech(
         args.checkpoint, args.repository, name=args.name, task=args.task, int8=args.int8, profile=args.profile,
-        max_seconds=args.max_seconds, keep=args.keep,
+        max_seconds=args.max_seconds, keep=args.keep, fp16=args.fp16, tensorrt=args.tensorrt,
     )
     print(result.summary())
     _written(args, result.pipeline)
@@ -124,7 +124,8 @@ def _export_clip(args: argparse.Namespace) -> int:
 
     result = export_clip(
         args.checkpoint, args.repository, name=args.name, int8=args.int8, profile=args.profile,
-        max_pixels=args.max_pixels, max_labels=args.max_labels, keep=args.keep,
+        max_pixels=args.max_pixels, max_labels=args.max_labels, keep=args.keep, fp16=args.fp16,
+        tensorrt=args.tensorrt,
     )
     print(result.summary())
     _written(args, result.pipelines[0])  # reloading one reloads the three: one version
@@ -134,6 +135,16 @@ def _export_clip(args: argparse.Namespace) -> int:
 def _add_keep_argument(parser: argparse.ArgumentParser) -> None:
     from mmserve.exporters.versions import DEFAULT_KEEP
 
+    parser.add_argument(
+        "--fp16", action="store_true",
+        help="with --profile gpu: serve the graph converted to FP16 (onnxruntime's converter; inputs and outputs "
+        "keep their types), with a parity report against FP32",
+    )
+    parser.add_argument(
+        "--tensorrt", action="store_true",
+        help="with --profile gpu: build TensorRT engines here (needs the tensorrt module and the serving GPU) and "
+        "write the encoders as tensorrt_plan models",
+    )
     parser.add_argument(
         "--keep", type=int, default=DEFAULT_KEEP, metavar="N",
         help=f"versions of the product kept in the repository, this one included (default {DEFAULT_KEEP}); "

@@ -1,0 +1,245 @@
+"""The gpu profile's options on this CPU machine: --fp16 (converted and compared here),
+--tensorrt (its optimisation profiles and its tensorrt_plan config; the engine itself needs
+TensorRT and a GPU: scripts/gpu_check.sh), the refusals that come before any slow work, and
+every gpu-profile config parsed by Triton's own protobuf and checked against its ONNX graph."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from mmserve.exporters.fp16 import FP16_FILE, convert_fp16, fp16_report
+from mmserve.exporters.onnx_export import ExportError, OnnxSpec, export_onnx
+from mmserve.exporters.tensorrt import GpuOptionError, check_gpu_options, export_profile, onnx_input_axes
+from mmserve.exporters.triton_config import PLAN_FILE, TENSORRT_PLAN, EncoderTuning, encoder_config, onnx_tensors
+from mmserve.pipelines import MAX_BATCH_SIZE
+
+try:
+    import tensorrt  # noqa: F401
+
+    HAS_TENSORRT = True
+except ImportError:
+    HAS_TENSORRT = False
+
+# ONNX element types -> the config's spelling, for checking configs against graphs.
+_ONNX_TO_TRITON = {
+    onnx.TensorProto.FLOAT: model_config_pb2.TYPE_FP32,
+    onnx.TensorProto.FLOAT16: model_config_pb2.TYPE_FP16,
+    onnx.TensorProto.INT64: model_config_pb2.TYPE_INT64,
+    onnx.TensorProto.INT32: model_config_pb2.TYPE_INT32,
+    onnx.TensorProto.BOOL: model_config_pb2.TYPE_BOOL,
+}
+
+
+class TinyEncoder(torch.nn.Module):
+    """Token ids and mask -> a pooled, normalised embedding: the ops of a real text encoder
+    (embedding, attention, layer norm, GELU) with a dynamic batch and sequence axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(100, 32)
+        self.query, self.key, self.value = (torch.nn.Linear(32, 32) for _ in range(3))
+        self.feed_forward = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 32))
+        self.norm = torch.nn.LayerNorm(32)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(input_ids)
+        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+        scores = self.query(tokens) @ self.key(tokens).transpose(1, 2) / 32**0.5
+        scores = scores + (1.0 - mask.transpose(1, 2)) * -1e4  # padding is attended by no token
+        hidden = self.norm(tokens + self.feed_forward(scores.softmax(-1) @ self.value(tokens)))
+        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+
+TOKENS = OnnxSpec(
+    ("input_ids", "attention_mask"), ("embedding",),
+    {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}, "embedding": {0: "batch"}},
+)
+
+
+def _token_feeds(batch: int, length: int, count: int = 3) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(length)
+    return [{"input_ids": rng.integers(1, 100, (batch, length)), "attention_mask": np.ones((batch, length), np.int64)}
+            for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> Path:
+    feed = _token_feeds(2, 7, 1)[0]
+    example = tuple(torch.from_numpy(feed[n]) for n in TOKENS.input_names)
+    return export_onnx(TinyEncoder().eval(), example, TOKENS, tmp_path_factory.mktemp("tiny") / "model.onnx")
+
+
+# ---- --fp16 -----------------------------------------------------------------------------------
+
+
+def test_fp16_conversion_keeps_the_contract_types_and_reports_parity(tiny_onnx: Path):
+    half = convert_fp16(tiny_onnx)
+    assert half == tiny_onnx.with_name(FP16_FILE)
+    graph = onnx.load(str(half))
+    weights = {onnx.TensorProto.DataType.Name(i.data_type) for i in graph.graph.initializer if i.dims and len(i.dims) > 1}
+    assert weights == {"FLOAT16"}, weights  # the matrices are half precision...
+    io_types = {v.name: v.type.tensor_type.elem_type for v in (*graph.graph.input, *graph.graph.output)}
+    assert io_types == {"input_ids": onnx.TensorProto.INT64, "attention_mask": onnx.TensorProto.INT64,
+                        "embedding": onnx.TensorProto.FLOAT}  # ...the tensors clients send and get are not
+    assert onnx_tensors(half) == onnx_tensors(tiny_onnx)  # the same config either way
+    weight_bytes = [sum(len(i.raw_data) for i in onnx.load(str(p)).graph.initializer) for p in (tiny_onnx, half)]
+    assert weight_bytes[1] < 0.55 * weight_bytes[0]  # half the bytes (small int64 constants stay)
+
+    # Computed on this machine: onnxruntime CPU runs the FP16 graph at ORT_ENABLE_BASIC in a child process.
+    report = fp16_report(tiny_onnx, half, _token_feeds(3, 9) + _token_feeds(1, 4), "embedding")
+    assert report.skipped is None, report.skipped
+    assert report.samples == 3 * 3 + 3 * 1
+    assert 0 < report.max_abs_diff < 1e-2  # FP16 rounding is there, and small
+    assert 0.999 < report.min_cosine <= report.mean_cosine <= 1.0 + 1e-9
+    assert "cosine to fp32 min" in str(report)
+
+
+def test_fp16_parity_that_cannot_run_says_why(tiny_onnx: Path, tmp_path: Path):
+    """A graph onnxruntime refuses is reported with the reason, not raised: the export goes on."""
+    half = convert_fp16(tiny_onnx, tmp_path / FP16_FILE)
+    report = fp16_report(tiny_onnx, half, [{"input_ids": np.ones((1, 3), np.int64)}], "embedding")  # no mask
+    assert report.max_abs_diff is None and report.min_cosine is None
+    assert report.skipped and "onnxruntime CPU cannot run the FP16 graph" in report.skipped
+    assert str(report).startswith("parity not computed (")
+
+
+# ---- what is refused before any slow work -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"profile": "cpu", "tensorrt": True}, "add --profile gpu"),
+        ({"profile": "cpu", "fp16": True}, "--fp16 is for --profile gpu"),
+        ({"profile": "gpu", "int8": True, "fp16": True}, "give one of them"),
+        ({"profile": "gpu", "int8": True, "tensorrt": True}, "give one of them"),
+    ],
+)
+def test_gpu_options_where_they_cannot_apply_are_usage_errors(options, message):
+    with pytest.raises(GpuOptionError, match=message):
+        check_gpu_options(**options)
+
+
+def _mmserve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmserve.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("line", ["text", "clip", "speech"])
+def test_tensorrt_without_the_gpu_profile_stops_before_the_checkpoint_is_read(line: str, tmp_path: Path):
+    repository = tmp_path / "repo"
+    result = _mmserve("export", line, str(tmp_path / "no-such-checkpoint"), "--repository", str(repository), "--tensorrt")
+    assert result.returncode == 2
+    assert "--tensorrt writes tensorrt_plan models" in result.stderr and "add --profile gpu" in result.stderr
+    assert "Traceback" not in result.stderr and not repository.exists()
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is importable here: the missing-module message cannot be seen")
+def test_tensorrt_without_the_module_says_what_to_install_before_any_export(tmp_path: Path):
+    repository = tmp_path / "repo"
+    result = _mmserve("export", "text", str(tmp_path / "no-such-checkpoint"), "--repository", str(repository),
+                      "--profile", "gpu", "--tensorrt")
+    assert result.returncode == 2
+    assert "tensorrt module is not importable" in result.stderr
+    assert "pip install tensorrt" in result.stderr and "docker/Dockerfile" in result.stderr  # what to do, where
+    assert "no-such-checkpoint" not in result.stderr  # it stopped before looking at the checkpoint
+    assert not repository.exists()
+
+
+# ---- --tensorrt: the profile and the config (the engine needs a GPU) --------------------------
+
+
+def test_the_engine_profile_spans_every_batch_and_length_the_pipeline_sends(tiny_onnx: Path):
+    assert onnx_input_axes(tiny_onnx) == {"input_ids": ("batch", "sequence"), "attention_mask": ("batch", "sequence")}
+    feeds = _token_feeds(4, 9) + _token_feeds(4, 23)
+    profile = export_profile(tiny_onnx, {"sequence": 128}, feeds)
+    for name in ("input_ids", "attention_mask"):
+        low, opt, high = profile[name]
+        assert low == (1, 1) and high == (MAX_BATCH_SIZE, 128)
+        assert opt[1] == 23 and 1 <= opt[0] <= MAX_BATCH_SIZE  # tuned for the longest real input
+    with pytest.raises(ExportError, match="'sequence'.*states no limit"):
+        export_profile(tiny_onnx, {}, feeds)
+
+
+def test_fixed_axes_stay_fixed_in_the_engine_profile(tmp_path: Path):
+    spec = OnnxSpec(("pixels",), ("embedding",), {"pixels": {0: "batch"}, "embedding": {0: "batch"}})
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4)).eval()
+    path = export_onnx(module, (torch.ones(2, 3, 8, 8),), spec, tmp_path / "model.onnx")
+    assert export_profile(path, {})["pixels"] == ((1, 3, 8, 8), (16, 3, 8, 8), (MAX_BATCH_SIZE, 3, 8, 8))
+
+
+def test_a_tensorrt_plan_config_states_what_the_engine_takes(tiny_onnx: Path):
+    # An engine from a TensorRT older than 10 takes int32 token ids; the config must say so.
+    engine_types = {"input_ids": "TYPE_INT32", "attention_mask": "TYPE_INT32", "embedding": "TYPE_FP32"}
+    config = encoder_config("enc", tiny_onnx, "gpu", tuning=EncoderTuning(instances=2), engine_types=engine_types)
+    parsed = text_format.Parse(text_format.MessageToString(config), model_config_pb2.ModelConfig())
+    assert parsed.platform == TENSORRT_PLAN and parsed.default_model_filename == PLAN_FILE
+    assert not parsed.backend and not parsed.optimization.execution_accelerators.gpu_execution_accelerator
+    assert [(g.kind, g.count) for g in parsed.instance_group] == [(model_config_pb2.ModelInstanceGroup.KIND_GPU, 2)]
+    assert parsed.max_batch_size == MAX_BATCH_SIZE and parsed.dynamic_batching.max_queue_delay_microseconds == 100
+    assert [(i.name, i.data_type, list(i.dims)) for i in parsed.input] == [
+        ("input_ids", model_config_pb2.TYPE_INT32, [-1]), ("attention_mask", model_config_pb2.TYPE_INT32, [-1])]
+    assert [(o.name, o.data_type, list(o.dims)) for o in parsed.output] == [("embedding", model_config_pb2.TYPE_FP32, [32])]
+    with pytest.raises(ValueError, match="gpu profile only"):
+        encoder_config("enc", tiny_onnx, "cpu", engine_types=engine_types)
+
+
+# ---- a real product line with --profile gpu --fp16: every config against its graph ------------
+
+
+def check_against_graph(config: model_config_pb2.ModelConfig, graph_path: Path) -> None:
+    """A Triton config states the graph's tensors: same names, types and per-item dims."""
+    graph = onnx.load(str(graph_path)).graph
+    initializers = {i.name for i in graph.initializer}
+    for stated, values in ((config.input, [v for v in graph.input if v.name not in initializers]), (config.output, graph.output)):
+        assert [t.name for t in stated] == [v.name for v in values], graph_path
+        for tensor, value in zip(stated, values):
+            assert tensor.data_type == _ONNX_TO_TRITON[value.type.tensor_type.elem_type], (graph_path, tensor.name)
+            dims = value.type.tensor_type.shape.dim
+            assert not dims[0].HasField("dim_value"), f"{tensor.name}: the batch axis must be dynamic"
+            assert len(tensor.dims) == len(dims) - 1, (graph_path, tensor.name)
+            for stated_size, dim in zip(tensor.dims, dims[1:]):
+                if dim.HasField("dim_value"):
+                    assert stated_size == dim.dim_value, (graph_path, tensor.name)
+                else:  # symbolic in the file: dynamic, or the size onnxruntime resolved
+                    assert stated_size == -1 or stated_size > 0
+
+
+@pytest.fixture(scope="module")
+def gpu_fp16_text(tiny_bert: Path, tmp_path_factory) -> tuple[Path, str]:
+    repository = tmp_path_factory.mktemp("gpu-fp16") / "repo"
+    result = _mmserve("export", "text", str(tiny_bert), "--repository", str(repository), "--profile", "gpu", "--fp16")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return repository, result.stdout
+
+
+def test_an_fp16_gpu_export_serves_the_fp16_graph_with_configs_that_match_it(gpu_fp16_text):
+    repository, summary = gpu_fp16_text
+    encoder = text_format.Parse((repository / "text_embed_encoder" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert encoder.backend == "onnxruntime" and encoder.default_model_filename == FP16_FILE
+    assert [g.kind for g in encoder.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
+    (served,) = (repository / "text_embed_encoder").glob(f"[0-9]*/{FP16_FILE}")
+    check_against_graph(encoder, served)
+    assert {i.data_type for i in onnx.load(str(served)).graph.initializer} >= {onnx.TensorProto.FLOAT16}
+
+    ensemble = text_format.Parse((repository / "text_embed" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert ensemble.platform == "ensemble"
+    step = next(s for s in ensemble.ensemble_scheduling.step if s.model_name == "text_embed_encoder")
+    assert set(step.input_map) == {i.name for i in encoder.input}  # the ensemble feeds what the graph takes
+    assert set(step.output_map) <= {o.name for o in encoder.output}
+
+    # The export summary and the product card carry the FP16 figures, computed here.
+    assert "encoder fp16: max |fp16 - fp32| = " in summary
+    (card_path,) = (repository / "text_embed").glob("[0-9]*/card.json")
+    fp16 = json.loads(card_path.read_text())["fp16"]["encoder"]
+    assert fp16["skipped"] is None and 0.99 < fp16["min_cosine"] <= 1.0 + 1e-9 and fp16["max_abs_diff"] < 0.05
+    assert fp16["fp16_bytes"] < fp16["fp32_bytes"]
