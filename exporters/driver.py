@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence, TypedDict
 
 import numpy as np
 
+from mmserve.exporters.fused import FUSED, check_layout, default_layout, fuse_pipelines
 from mmserve.exporters.fp16 import Fp16Report, convert_fp16, fp16_report
 from mmserve.exporters.onnx_export import OnnxSpec, ParityReport, check_parity, export_onnx, require_parity
 from mmserve.exporters.quantize import QuantizationReport, quantize_int8
@@ -36,13 +37,14 @@ DevSet = tuple[Sequence[Feeds], Sequence[int]]  # a classifier's dev inputs and 
 
 class ExportOptions(TypedDict, total=False):
     """What every product line's export takes besides its own settings (`export_product`'s
-    defaults): `--int8`, `--profile cpu|gpu`, the encoders' scheduling, `--keep N`; on the
-    gpu profile `--fp16` and `--tensorrt`."""
+    defaults): `--int8`, `--profile cpu|gpu`, `--layout fused|ensemble`, the encoders'
+    scheduling, `--keep N`; on the gpu profile `--fp16` and `--tensorrt`."""
 
     int8: bool
     fp16: bool
     tensorrt: bool
     profile: str
+    layout: str | None
     tuning: EncoderTuning
     keep: int
 
@@ -145,6 +147,7 @@ def export_product(
     profile: str = "cpu",
     tuning: EncoderTuning = EncoderTuning(),
     keep: int = DEFAULT_KEEP,
+    layout: str | None = None,
     fp16: bool = False,
     tensorrt: bool = False,
 ) -> ExportResult:
@@ -152,9 +155,13 @@ def export_product(
 
     `plan` loads the checkpoint; it runs once the repository has proved writable, so a
     read-only target fails in a second, not after the slow work. Nothing reaches the
-    repository unless every graph passes its parity gate.
+    repository unless every graph passes its parity gate. `layout`: each pipeline as an
+    ensemble of step models, or fused into one model (exporters/fused.py); None: the
+    profile's default.
     """
     started = time.perf_counter()
+    layout = layout or default_layout(profile)
+    check_layout(layout, profile)
     check_gpu_options(profile, int8=int8, fp16=fp16, tensorrt=tensorrt)  # before any slow work
     repository = ensure_writable(repository)
     product = plan()
@@ -167,10 +174,13 @@ def export_product(
                 graph, Path(scratch) / graph.name, name, int8, fp16=fp16, tensorrt=tensorrt
             )
         models = product.models(repository, onnx, profile, tuning)
+        if layout == FUSED:
+            models = fuse_pipelines(models, tuning)
         release = Release(
             product.checkpoint, product.kinds, profile,
             {graph: result.parity for graph, result in exported.items()},
             {graph: result.quantization for graph, result in exported.items() if result.quantization},
+            layout,
             fp16={graph: result.fp16 for graph, result in exported.items() if result.fp16},
             tensorrt={graph: result.engine for graph, result in exported.items() if result.engine},
         )

@@ -90,13 +90,15 @@ class ModelFolder:
     """One model of the repository: its config and the files of its folder.
 
     `shared`: a pre-processing model other products call too (one unversioned folder);
-    every other model belongs to the product version being written.
+    every other model belongs to the product version being written. `pipeline`: a model
+    that serves a whole pipeline on its own (the fused layout, exporters/fused.py).
     """
 
     name: str
     config: ModelConfig
     files: dict[str, Path | bytes | str] = field(default_factory=dict)  # path in the folder -> content
     shared: bool = False
+    pipeline: bool = False
 
     def add_python_model(self, step: str) -> "ModelFolder":
         """Make this model run the Python step `step` (a PYTHON_MODELS key): its one-line model.py."""
@@ -106,6 +108,11 @@ class ModelFolder:
     @property
     def is_ensemble(self) -> bool:
         return self.config.platform == ENSEMBLE
+
+    @property
+    def is_pipeline(self) -> bool:
+        """A pipeline of the contract (a product's ensemble or fused model), not a step."""
+        return self.is_ensemble or self.pipeline
 
     def write(self, folder: Path) -> None:
         """The whole model folder, as a shared model is kept (config at the root, version 1)."""
@@ -164,8 +171,8 @@ def write_models(
     with staging(repository) as stage:
         versioned = [m for m in models if not m.shared]
         version = next_version(repository, [m.name for m in versioned])
-        ensembles = [m.name for m in versioned if m.is_ensemble]
-        private = [m.name for m in versioned if not m.is_ensemble]
+        ensembles = [m.name for m in versioned if m.is_pipeline]
+        private = [m.name for m in versioned if not m.is_pipeline]
         snapshots: dict[str, Path] = {}
         for model in versioned:
             config = copy_config(model.config)
@@ -174,7 +181,7 @@ def write_models(
             set_policy(config, [version])
             folder = stage.stage(model.name, str(version))
             model.write_version(folder, config)
-            if model.is_ensemble:
+            if model.is_pipeline:
                 card = build_card(release, model.name, version, ensembles, _card_steps(config, set(private), version))
                 (folder / CARD_FILE).write_text(_card_json(card), encoding="utf-8")
             snapshots[model.name] = folder / MODEL_ROOT

@@ -429,17 +429,26 @@ def plan_activation(
             old_root = None  # the product's served version did not have this step
         side_by_side = standby and old_root is not None and co_loadable(old_root, new_root)
         set_policy(config, [version, current] if side_by_side else [version])
-        new_files = _root_files(new_root)
-        for name, content in new_files.items():
-            existing = folder / name
-            if not (existing.is_file() and existing.read_bytes() == content):
-                stage.write_file(existing, content)  # unchanged files keep their timestamps
-        for name in _root_files(old_root) if old_root is not None else {}:
-            if name not in new_files:
-                stage.remove(folder / name)
+        _plan_root_files(stage, folder, new_root, old_root)
         stage.write_file(folder / CONFIG_FILE, print_config(config).encode("utf-8"))
     for model in ensembles:
-        stage.write_file(repository / model / CONFIG_FILE, (snapshot(model) / CONFIG_FILE).read_bytes())
+        folder = repository / model
+        old_root = folder / str(current) / MODEL_ROOT if current is not None and current != version else None
+        # A fused pipeline's root holds labels.txt (exporters/fused.py); an ensemble's holds none.
+        _plan_root_files(stage, folder, snapshot(model), old_root if old_root is not None and old_root.is_dir() else None)
+        stage.write_file(folder / CONFIG_FILE, (snapshot(model) / CONFIG_FILE).read_bytes())
+
+
+def _plan_root_files(stage: Staging, folder: Path, new_root: Path, old_root: Path | None) -> None:
+    """The model root's files (labels.txt) as `new_root` has them; the old version's extra ones go."""
+    new_files = _root_files(new_root)
+    for name, content in new_files.items():
+        existing = folder / name
+        if not (existing.is_file() and existing.read_bytes() == content):
+            stage.write_file(existing, content)  # unchanged files keep their timestamps
+    for name in _root_files(old_root) if old_root is not None else {}:
+        if name not in new_files:
+            stage.remove(folder / name)
 
 
 def co_loadable(old_root: Path, new_root: Path) -> bool:
@@ -491,6 +500,7 @@ class Release:
     profile: str
     parity: Mapping[str, ParityReport]  # graph ("encoder", "image_tower"...) -> parity figures
     quantization: Mapping[str, QuantizationReport] = field(default_factory=dict)  # when --int8
+    layout: str = "ensemble"  # how the pipelines are served on the cpu profile (exporters/fused.py)
     fp16: Mapping[str, Fp16Report] = field(default_factory=dict)  # when --fp16: FP16 against FP32
     tensorrt: Mapping[str, Any] = field(default_factory=dict)  # when --tensorrt: each engine's shape profile
 
@@ -514,6 +524,7 @@ def build_card(
     card.update(
         kind=kind.value if kind is not None else None,
         profile=release.profile,
+        layout=release.layout,
         **checkpoint_facts(Path(release.checkpoint)),
         parity={name: asdict(report) for name, report in release.parity.items()},
         int8={name: asdict(report) for name, report in release.quantization.items()} or None,

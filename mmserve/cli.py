@@ -45,8 +45,7 @@ def _export_text(args: argparse.Namespace) -> int:
     from mmserve.exporters.text import export_text
 
     result = export_text(
-        args.checkpoint, args.repository, name=args.name, int8=args.int8, profile=args.profile,
-        max_length=args.max_length, keep=args.keep, fp16=args.fp16, tensorrt=args.tensorrt,
+        args.checkpoint, args.repository, name=args.name, max_length=args.max_length, **_export_options(args)
     )
     print(result.summary())
     _written(args, result.pipeline)
@@ -90,8 +89,8 @@ def _export_speech(args: argparse.Namespace) -> int:
     from mmserve.exporters.speech import export_speech
 
     result = export_speech(
-        args.checkpoint, args.repository, name=args.name, task=args.task, int8=args.int8, profile=args.profile,
-        max_seconds=args.max_seconds, keep=args.keep, fp16=args.fp16, tensorrt=args.tensorrt,
+        args.checkpoint, args.repository, name=args.name, task=args.task, max_seconds=args.max_seconds,
+        **_export_options(args),
     )
     print(result.summary())
     _written(args, result.pipeline)
@@ -123,18 +122,30 @@ def _export_clip(args: argparse.Namespace) -> int:
     from mmserve.exporters.clip import export_clip
 
     result = export_clip(
-        args.checkpoint, args.repository, name=args.name, int8=args.int8, profile=args.profile,
-        max_pixels=args.max_pixels, max_labels=args.max_labels, keep=args.keep, fp16=args.fp16,
-        tensorrt=args.tensorrt,
+        args.checkpoint, args.repository, name=args.name, max_pixels=args.max_pixels, max_labels=args.max_labels,
+        **_export_options(args),
     )
     print(result.summary())
     _written(args, result.pipelines[0])  # reloading one reloads the three: one version
     return 0
 
 
+def _export_options(args: argparse.Namespace) -> dict:
+    """What every export command passes on to the export driver (exporters/driver.py ExportOptions)."""
+    return {"int8": args.int8, "profile": args.profile, "keep": args.keep, "layout": args.layout,
+            "fp16": args.fp16, "tensorrt": args.tensorrt}
+
+
 def _add_keep_argument(parser: argparse.ArgumentParser) -> None:
+    """The options every export command shares: --layout and --keep."""
+    from mmserve.exporters.fused import LAYOUTS
     from mmserve.exporters.versions import DEFAULT_KEEP
 
+    parser.add_argument(
+        "--layout", choices=LAYOUTS,
+        help="each pipeline fused into one model (the cpu profile's default: fastest on CPU, docs/benchmarks.md) "
+        "or an ensemble of step models (the gpu profile's)",
+    )
     parser.add_argument(
         "--fp16", action="store_true",
         help="with --profile gpu: serve the graph converted to FP16 (onnxruntime's converter; inputs and outputs "
@@ -145,6 +156,7 @@ def _add_keep_argument(parser: argparse.ArgumentParser) -> None:
         help="with --profile gpu: build TensorRT engines here (needs the tensorrt module and the serving GPU) and "
         "write the encoders as tensorrt_plan models",
     )
+
     parser.add_argument(
         "--keep", type=int, default=DEFAULT_KEEP, metavar="N",
         help=f"versions of the product kept in the repository, this one included (default {DEFAULT_KEEP}); "

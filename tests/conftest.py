@@ -99,30 +99,59 @@ from lines_clip import build_clip_line  # noqa: E402 - the CLIP line's tiny mode
 LINE_BUILDERS.append(build_clip_line)
 
 
-@pytest.fixture(scope="session")
-def repository(workdir: Path, tiny_bert: Path, text_checkpoints: dict[str, Path]) -> Path:
+def build_repository(workdir: Path, name: str, tiny_bert: Path, text_checkpoints: dict[str, Path], layout: str) -> Path:
+    """Every product line's tiny models exported into workdir/name with `layout`."""
     from mmserve.exporters.text import export_text
 
-    repo = workdir / "model_repository"
-    built = workdir / "model_repository.built"
+    repo = workdir / name
+    built = workdir / f"{name}.built"
     if built.exists():  # kept by MMSERVE_TEST_CACHE
         return repo
-    export_text(tiny_bert, repo)
-    export_text(text_checkpoints["classify"], repo)
-    export_text(text_checkpoints["ner"], repo)
-    export_text(text_checkpoints["sentiment"], repo, name="sentiment")
+    export_text(tiny_bert, repo, layout=layout)
+    export_text(text_checkpoints["classify"], repo, layout=layout)
+    export_text(text_checkpoints["ner"], repo, layout=layout)
+    export_text(text_checkpoints["sentiment"], repo, name="sentiment", layout=layout)
     for build in LINE_BUILDERS:
-        build(workdir, repo)
+        build(workdir, repo, layout=layout)
     built.touch()
     return repo
 
 
 @pytest.fixture(scope="session")
-def server(repository: Path, workdir: Path):
+def repository(workdir: Path, tiny_bert: Path, text_checkpoints: dict[str, Path]) -> Path:
+    """The session's repository: every pipeline as an ensemble of step models (the layout
+    whose steps the versioning, lifecycle and bench tests look into)."""
+    return build_repository(workdir, "model_repository", tiny_bert, text_checkpoints, layout="ensemble")
+
+
+@pytest.fixture(scope="session")
+def fused_repository(workdir: Path, tiny_bert: Path, text_checkpoints: dict[str, Path]) -> Path:
+    """The same checkpoints with every pipeline fused into one model (exporters/fused.py)."""
+    return build_repository(workdir, "model_repository_fused", tiny_bert, text_checkpoints, layout="fused")
+
+
+def _serve(repository: Path, log: Path):
     from mmserve.server import ServerPorts, TritonServer
 
-    with TritonServer(repository, ServerPorts.free(), log_file=workdir / "triton.log") as running:
+    with TritonServer(repository, ServerPorts.free(), log_file=log) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def ensemble_server(repository: Path, workdir: Path):
+    yield from _serve(repository, workdir / "triton.log")
+
+
+@pytest.fixture(scope="session")
+def server(ensemble_server):
+    """The session's server (over `repository`); a module may run against both layouts instead."""
+    return ensemble_server
+
+
+@pytest.fixture(scope="session")
+def fused_server(fused_repository: Path, workdir: Path):
+    """A second server, over the fused repository: tests/layouts.py runs a module against both."""
+    yield from _serve(fused_repository, workdir / "triton-fused.log")
 
 
 @pytest.fixture(scope="session")

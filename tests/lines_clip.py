@@ -36,12 +36,15 @@ def tiny_clip_checkpoint(workdir: Path) -> Path:
     return out
 
 
-def build_clip_line(workdir: Path, repository: Path) -> None:
+def build_clip_line(workdir: Path, repository: Path, **options) -> None:
     from mmserve.exporters.clip import export_clip
 
     checkpoint = tiny_clip_checkpoint(workdir)
-    summaries = [export_clip(checkpoint, repository).summary(), export_clip(checkpoint, repository, name=PRODUCT).summary()]
-    (workdir / "clip-export.txt").write_text("\n".join(summaries))
+    summaries = [
+        export_clip(checkpoint, repository, **options).summary(),
+        export_clip(checkpoint, repository, name=PRODUCT, **options).summary(),
+    ]
+    (workdir / f"clip-export-{options.get('layout', 'default')}.txt").write_text("\n".join(summaries))
 
 
 # --- images every CLIP test sends: odd-but-valid ones and broken ones ---------------------

@@ -48,7 +48,7 @@ def tiny_keyword_spec():
     )
 
 
-def build_speech_line(workdir: Path, repository: Path) -> None:
+def build_speech_line(workdir: Path, repository: Path, **options) -> None:
     from mmserve.exporters.speech import export_speech
     from mmserve.training.speech_keywords import synthesise_keywords
     from mmserve.training.speech import SpeechTrainConfig, train_speech
@@ -67,6 +67,6 @@ def build_speech_line(workdir: Path, repository: Path) -> None:
             base=str(base), data=str(data.train), out=str(out), epochs=1, batch_size=16, lr=1e-3, dev_fraction=0.3,
             overwrite=True,  # a kept session folder (MMSERVE_TEST_CACHE) may hold an earlier build's
         ))
-    export_speech(paths.whisper, repository, max_seconds=MAX_SECONDS)
-    export_speech(paths.whisper, repository, task="embed", max_seconds=MAX_SECONDS)
-    export_speech(paths.wav2vec2, repository, name=W2V_PIPELINE, max_seconds=MAX_SECONDS)
+    export_speech(paths.whisper, repository, max_seconds=MAX_SECONDS, **options)
+    export_speech(paths.whisper, repository, task="embed", max_seconds=MAX_SECONDS, **options)
+    export_speech(paths.wav2vec2, repository, name=W2V_PIPELINE, max_seconds=MAX_SECONDS, **options)

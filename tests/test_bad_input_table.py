@@ -36,6 +36,10 @@ from mmserve.serving.image import DEFAULT_MAX_IMAGE_BYTES
 from mmserve.serving.text import DEFAULT_MAX_TEXT_BYTES
 from mmserve.supervisor import python_stubs
 
+from layouts import both_layouts  # noqa: E402
+
+server, triton = both_layouts()  # every test here runs against both cpu layouts
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 TABLE_START, TABLE_END = "<!-- bad-input-table:start -->", "<!-- bad-input-table:end -->"
 INVALID = "StatusCode.INVALID_ARGUMENT"

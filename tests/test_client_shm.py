@@ -18,6 +18,10 @@ from PIL import Image
 
 from mmserve.client import AsyncClient, Classification, Client, InvalidInputError, MmserveError, ZeroShotResult
 
+from layouts import both_layouts  # noqa: E402
+
+server, triton = both_layouts()  # every test here runs against both cpu layouts
+
 GRPC_DEFAULT_LIMIT = 4 * 1024 * 1024  # gRPC's own default message limit (tritonclient raises it to 2 GiB)
 
 

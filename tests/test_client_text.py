@@ -18,12 +18,18 @@ from mmserve.client import (
 )
 from mmserve.server import ServerPorts
 
+from layouts import both_layouts  # noqa: E402
+
+server, triton = both_layouts()  # every test here runs against both cpu layouts
+
 
 def test_ready_and_models(client):
     assert client.ready() and client.ready("text_embed")
     assert not client.ready("no_such_pipeline")
     states = {m.name: m.state for m in client.models()}
-    assert states["text_classify"] == "READY" and states["text_tokenize"] == "READY"
+    assert states["text_classify"] == "READY" and set(states.values()) == {"READY"}
+    steps = {step for product in client.products() for step in product.steps}
+    assert steps <= set(states)  # an ensemble's steps are models too; a fused pipeline has none
 
 
 def test_one_string_or_a_list(client):

@@ -10,6 +10,10 @@ from PIL import Image
 from lines_clip import PRODUCT, broken_images, scene, valid_images
 from mmserve.client import InvalidInputError, ZeroShotResult
 
+from layouts import both_layouts  # noqa: E402
+
+server, triton = both_layouts()  # every test here runs against both cpu layouts
+
 
 def test_embed_images_accepts_paths_bytes_pil_and_arrays(client, tmp_path):
     picture = scene()

@@ -12,6 +12,10 @@ from tritonclient.utils import InferenceServerException
 from lines_clip import PRODUCT, broken_images, encode, scene, tiny_clip_checkpoint, valid_images
 from mmserve.pipelines import spec
 
+from layouts import both_layouts  # noqa: E402
+
+server, triton = both_layouts()  # every test here runs against both cpu layouts
+
 CLIP_PIPELINES = {"image_embed": "image_embed", "clip_text_embed": "clip_text_embed", "zero_shot_image": "zero_shot_image"}
 IMAGE_PIPELINES = ["image_embed", "zero_shot_image"]
 LABELS = ["red circle", "blue star", "green square"]

@@ -11,6 +11,10 @@ import soundfile
 from lines_speech import W2V_PIPELINE, speech_paths
 from mmserve.client import AsyncClient, Classification, InvalidInputError
 
+from layouts import both_layouts  # noqa: E402
+
+server, triton = both_layouts()  # every test here runs against both cpu layouts
+
 
 def tone(rate: int, seconds: float = 0.5, hz: float = 440.0) -> np.ndarray:
     t = np.arange(int(rate * seconds)) / rate

@@ -11,6 +11,10 @@ from tritonclient.utils import InferenceServerException
 from lines_speech import MAX_SECONDS, W2V_PIPELINE, speech_paths
 from mmserve.pipelines import spec
 
+from layouts import both_layouts  # noqa: E402
+
+server, triton = both_layouts()  # every test here runs against both cpu layouts
+
 CLASSIFY_PIPELINES = ["audio_classify", W2V_PIPELINE]
 ALL_PIPELINES = ["audio_classify", "audio_embed", W2V_PIPELINE]
 FIRST_OUTPUT = {"audio_classify": "PROBS", W2V_PIPELINE: "PROBS", "audio_embed": "EMBEDDING"}
@@ -54,8 +58,11 @@ def test_pipelines_state_the_contract_names(triton):
         assert [i["datatype"] for i in metadata["inputs"]] == ["FP32", "INT32"]
         assert [o["name"] for o in metadata["outputs"]] == [t.name for t in contract.outputs]
     index = {m["name"] for m in triton.get_model_repository_index(as_json=True)["models"]}
-    assert "audio_embed_preprocess" not in index  # same feature extractor: one shared audio_preprocess
-    assert f"{W2V_PIPELINE}_preprocess" in index  # a different one: its own
+    if triton.get_model_config("audio_classify").config.platform == "ensemble":
+        assert "audio_embed_preprocess" not in index  # same feature extractor: one shared audio_preprocess
+        assert f"{W2V_PIPELINE}_preprocess" in index  # a different one: its own
+    else:  # fused: each pipeline is one model holding its own steps
+        assert index == {name for name in index if not name.endswith(("_preprocess", "_encoder", "_postprocess"))}
 
 
 def test_raw_tritonclient_classify_returns_probs_and_label(triton, paths):

@@ -11,6 +11,10 @@ from tritonclient.utils import InferenceServerException
 
 from mmserve.pipelines import spec
 
+from layouts import both_layouts  # noqa: E402
+
+server, triton = both_layouts()  # every test here runs against both cpu layouts
+
 TEXT_PIPELINES = ["text_embed", "text_classify", "text_ner", "sentiment"]
 GOOD = "Where is my parcel? I ordered it from Berlin last week."
 

@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mmserve.pipelines import ATTENTION_MASK, AUDIO, INPUT_FEATURES, INPUT_VALUES, SAMPLE_RATE
-from mmserve.serving.runtime import InputError, answer_each, input_array, model_folder, model_parameters, output_tensor
+from mmserve.serving.runtime import InputError, Outputs, PythonStep, input_array, model_folder, model_parameters
 
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 48_000
@@ -410,7 +410,7 @@ class AudioPreprocessor:
 # ---- the Triton Python model (the exported model.py is one line importing it) ----
 
 
-class AudioPreprocessModel:
+class AudioPreprocessModel(PythonStep):
     """`audio_preprocess`: AUDIO + SAMPLE_RATE -> a speech encoder's features, as its training made them.
 
     Shared by every speech pipeline whose feature extractor (preprocessor_config.json) and
@@ -427,9 +427,5 @@ class AudioPreprocessModel:
         )
         self.preprocess = AudioPreprocessor(config, max_seconds=float(parameters["max_seconds"]))
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        return answer_each(requests, self._features)
-
-    def _features(self, request: Any) -> list[Any]:
-        features = self.preprocess(input_array(request, AUDIO.name), input_array(request, SAMPLE_RATE.name))
-        return [output_tensor(name, value) for name, value in features.items()]
+    def answer(self, request: Any) -> Outputs:
+        return self.preprocess(input_array(request, AUDIO.name), input_array(request, SAMPLE_RATE.name))

@@ -34,13 +34,13 @@ from mmserve.pipelines import IMAGE_EMBEDS, INPUT_IDS, LABELS, PROBS, TEXT
 from mmserve.serving.runtime import (
     InputError,
     OnnxRunner,
+    Outputs,
+    PythonStep,
     RunnerSettings,
-    answer_each,
     input_array,
     instance_count,
     model_folder,
     model_parameters,
-    output_tensor,
 )
 from mmserve.serving.text import DEFAULT_MAX_TEXT_BYTES, decode_texts
 
@@ -281,7 +281,7 @@ def zero_shot_probs(image_embedding: np.ndarray, class_embeddings: np.ndarray, l
 # ---- the Triton Python models (each exported model.py is one line importing one of them) ----
 
 
-class ClipTokenizeModel:
+class ClipTokenizeModel(PythonStep):
     """`clip_tokenize`: raw UTF-8 TEXT -> a CLIP text tower's ids, exactly as open_clip's tokenizer.
 
     Shared by every CLIP product whose tokenizer.json, context length and cleaning are the
@@ -299,19 +299,16 @@ class ClipTokenizeModel:
         )
         self.max_text_bytes = int(parameters.get("max_text_bytes", DEFAULT_MAX_TEXT_BYTES))
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        return answer_each(requests, self._tokenize)
-
-    def _tokenize(self, request: Any) -> list[Any]:
+    def answer(self, request: Any) -> Outputs:
         texts = decode_texts(input_array(request, TEXT.name), TEXT.name, self.max_text_bytes)
-        return [output_tensor(INPUT_IDS, self.tokenizer(texts))]
+        return {INPUT_IDS: self.tokenizer(texts)}
 
 
 # Prompts per text-tower call when label embeddings are computed.
 _TEXT_BATCH = 64
 
 
-class ZeroShotClassifyModel:
+class ZeroShotClassifyModel(PythonStep):
     """`zero_shot_classify`: an image embedding and the request's own label names -> PROBS.
 
     Each label becomes the checkpoint's prompt templates ("a photo of a {}."), runs through
@@ -348,10 +345,7 @@ class ZeroShotClassifyModel:
         answers = self.runner.run([{INPUT_IDS: chunk} for chunk in chunks])
         return np.concatenate([answer[self.runner.output_names[0]] for answer in answers])
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        return answer_each(requests, self._classify)
-
-    def _classify(self, request: Any) -> list[Any]:
+    def answer(self, request: Any) -> Outputs:
         images = input_array(request, IMAGE_EMBEDS)
         labels = input_array(request, LABELS.name)
         if labels.ndim < 2 or labels.shape[0] != images.shape[0]:
@@ -361,7 +355,7 @@ class ZeroShotClassifyModel:
             where = LABELS.name if images.shape[0] == 1 else f"{LABELS.name}[{row}]"
             names = decode_labels(labels[row], where, self.max_labels)
             probs.append(zero_shot_probs(images[row], self.labels(names), self.logit_scale))
-        return [output_tensor(PROBS.name, np.stack(probs).astype(np.float32))]
+        return {PROBS.name: np.stack(probs).astype(np.float32)}
 
     def finalize(self) -> None:
         self.runner = None

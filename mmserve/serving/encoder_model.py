@@ -5,21 +5,21 @@ encoders (text, CLIP towers, speech) share one runner and one behaviour.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from mmserve.serving.runtime import (
     OnnxRunner,
+    Outputs,
+    PythonStep,
     RunnerSettings,
-    answer_each,
     input_array,
     instance_count,
     model_folder,
     model_parameters,
-    output_tensor,
 )
 
 
-class OnnxEncoderModel:
+class OnnxEncoderModel(PythonStep):
     def initialize(self, args: dict[str, str]) -> None:
         parameters = model_parameters(args)
         settings = RunnerSettings.for_instances(
@@ -27,23 +27,20 @@ class OnnxEncoderModel:
         )
         self.runner = OnnxRunner(model_folder(args) / parameters.get("onnx_file", "model.onnx"), settings)
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
-
+    def answer_batch(self, requests: Sequence[Any]) -> list[Outputs | Exception]:
+        """The whole batch in one onnxruntime call; request by request only when that fails,
+        so one bad request gets its own error and the others their answers."""
         try:
-            feeds = [{name: input_array(r, name) for name in self.runner.input_names} for r in requests]
-            answers = self.runner.run(feeds)
+            return list(self.runner.run([self._feed(request) for request in requests]))
         except Exception:  # noqa: BLE001 - isolate the bad request, answer the rest
-            return answer_each(requests, self._run_one)
-        return [
-            pb_utils.InferenceResponse(output_tensors=[output_tensor(n, v) for n, v in answer.items()])
-            for answer in answers
-        ]
+            return super().answer_batch(requests)
 
-    def _run_one(self, request: Any) -> list[Any]:
-        feed = {name: input_array(request, name) for name in self.runner.input_names}
-        (answer,) = self.runner.run([feed])
-        return [output_tensor(n, v) for n, v in answer.items()]
+    def answer(self, request: Any) -> Outputs:
+        (outputs,) = self.runner.run([self._feed(request)])
+        return outputs
+
+    def _feed(self, request: Any) -> Outputs:
+        return {name: input_array(request, name) for name in self.runner.input_names}
 
     def finalize(self) -> None:
         self.runner = None

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from mmserve.pipelines import IMAGE, PIXEL_VALUES
-from mmserve.serving.runtime import InputError, answer_each, input_array, model_parameters, output_tensor
+from mmserve.serving.runtime import InputError, Outputs, PythonStep, input_array, model_parameters
 
 # A 40-megapixel photo is about the largest a phone takes; a decoded RGB image that
 # size is 120 MB. Anything larger is refused before decoding (decompression bombs).
@@ -263,7 +263,7 @@ def preprocess_images(
 # ---- the Triton Python model (the exported model.py is one line importing it) ----
 
 
-class ImagePreprocessModel:
+class ImagePreprocessModel(PythonStep):
     """`image_preprocess`: encoded IMAGE bytes -> pixels, exactly as the checkpoint's open_clip transform.
 
     EXIF orientation, transparency on white, CMYK / 16-bit / grayscale / palette images, the
@@ -280,11 +280,8 @@ class ImagePreprocessModel:
         # Pillow's own guard as a second line, beyond the explicit size check
         Image.MAX_IMAGE_PIXELS = self.max_pixels
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        return answer_each(requests, self._preprocess)
-
-    def _preprocess(self, request: Any) -> list[Any]:
+    def answer(self, request: Any) -> Outputs:
         pixels = preprocess_images(
             input_array(request, IMAGE.name), self.transform, self.max_pixels, IMAGE.name, self.max_image_bytes
         )
-        return [output_tensor(PIXEL_VALUES, pixels)]
+        return {PIXEL_VALUES: pixels}

@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -35,23 +35,61 @@ def instance_count(args: dict[str, str]) -> int:
     return max(1, sum(int(group.get("count", 1)) for group in groups))
 
 
-def answer_each(requests: Sequence[Any], handle: Callable[[Any], list[Any]]) -> list[Any]:
-    """Run `handle` per request; a bad request gets its own error, the others their answers.
+Outputs = dict[str, np.ndarray]  # one request's answer: output name -> array
 
-    The model instance never raises out of execute(): Triton would fail every
-    request of the batch, and a Python exception is reported as INTERNAL.
+
+class LocalRequest:
+    """One request answered inside this process: a fused pipeline model hands each step its
+    inputs this way instead of through Triton (mmserve/serving/fused.py)."""
+
+    __slots__ = ("inputs", "requested")
+
+    def __init__(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str] = ()) -> None:
+        self.inputs = inputs
+        self.requested = list(requested)
+
+    def requested_output_names(self) -> list[str]:
+        return self.requested
+
+
+class PythonStep:
+    """Base of every Python model of the repository: one step of a pipeline.
+
+    A step answers a request's inputs with its outputs (`answer`, or `answer_batch` for the
+    whole batch at once). The same object runs as its own Triton model (the ensemble layout:
+    `execute`) or inside a fused pipeline model, which calls `answer_batch` with
+    `LocalRequest`s, so both layouts run the same code.
     """
+
+    def answer(self, request: Any) -> Outputs:
+        raise NotImplementedError
+
+    def answer_batch(self, requests: Sequence[Any]) -> list[Outputs | Exception]:
+        """Each request's outputs, or the exception that request raised: a bad request gets
+        its own error and the others their answers."""
+        results: list[Outputs | Exception] = []
+        for request in requests:
+            try:
+                results.append(self.answer(request))
+            except Exception as error:  # noqa: BLE001 - a server never crashes on a request
+                results.append(error)
+        return results
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        """Triton's entry point: never raises (Triton would fail the whole batch, as INTERNAL)."""
+        return [triton_response(result) for result in self.answer_batch(requests)]
+
+
+def triton_response(result: Outputs | Exception) -> Any:
+    """A step's answer as Triton's response: outputs, or INVALID_ARG for an InputError
+    (the message names the input) and INTERNAL for anything else."""
     import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
-    responses = []
-    for request in requests:
-        try:
-            responses.append(pb_utils.InferenceResponse(output_tensors=handle(request)))
-        except InputError as error:
-            responses.append(error_response(str(error), invalid=True))
-        except Exception as error:  # noqa: BLE001 - a server never crashes on a request
-            responses.append(error_response(f"{type(error).__name__}: {error}", invalid=False))
-    return responses
+    if isinstance(result, InputError):
+        return error_response(str(result), invalid=True)
+    if isinstance(result, Exception):
+        return error_response(f"{type(result).__name__}: {result}", invalid=False)
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, v) for n, v in result.items()])
 
 
 def error_response(message: str, invalid: bool) -> Any:
@@ -62,18 +100,17 @@ def error_response(message: str, invalid: bool) -> Any:
 
 
 def input_array(request: Any, name: str) -> np.ndarray:
-    import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
+    """An input of a Triton request or a LocalRequest; InputError when it is missing."""
+    if isinstance(request, LocalRequest):
+        value = request.inputs.get(name)
+    else:
+        import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        value = None if tensor is None else tensor.as_numpy()
+    if value is None:
         raise InputError(f"input {name} is missing")
-    return tensor.as_numpy()
-
-
-def output_tensor(name: str, array: np.ndarray) -> Any:
-    import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
-
-    return pb_utils.Tensor(name, array)
+    return value
 
 
 def bytes_array(strings: Sequence[str]) -> np.ndarray:

@@ -26,12 +26,12 @@ from mmserve.pipelines import (
 )
 from mmserve.serving.runtime import (
     InputError,
-    answer_each,
+    Outputs,
+    PythonStep,
     bytes_array,
     input_array,
     model_folder,
     model_parameters,
-    output_tensor,
 )
 
 # A token is never longer than this many characters in practice; cutting the text
@@ -192,7 +192,7 @@ def read_labels(path: Path) -> list[str]:
 # ---- the Triton Python models (each exported model.py is one line importing one of them) ----
 
 
-class TextTokenizeModel:
+class TextTokenizeModel(PythonStep):
     """`text_tokenize`: raw UTF-8 TEXT -> a BERT-family encoder's inputs, exactly as training did.
 
     Shared by every text pipeline whose tokenizer.json and maximum length are the same
@@ -209,20 +209,17 @@ class TextTokenizeModel:
         )
         self.max_text_bytes = int(parameters.get("max_text_bytes", DEFAULT_MAX_TEXT_BYTES))
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        return answer_each(requests, self._tokenize)
-
-    def _tokenize(self, request: Any) -> list[Any]:
+    def answer(self, request: Any) -> Outputs:
         batch = self.tokenizer(decode_texts(input_array(request, TEXT.name), TEXT.name, self.max_text_bytes))
-        return [
-            output_tensor(INPUT_IDS, batch.input_ids),
-            output_tensor(ATTENTION_MASK, batch.attention_mask),
-            output_tensor(TOKEN_OFFSETS, batch.offsets),
-            output_tensor(WORD_IDS, batch.word_ids),
-        ]
+        return {
+            INPUT_IDS: batch.input_ids,
+            ATTENTION_MASK: batch.attention_mask,
+            TOKEN_OFFSETS: batch.offsets,
+            WORD_IDS: batch.word_ids,
+        }
 
 
-class ClassifyPostprocessModel:
+class ClassifyPostprocessModel(PythonStep):
     """`<pipeline>_postprocess` of a classifier (text or speech): the encoder's probabilities
     -> PROBS (passed through) and LABEL, the most probable name in labels.txt.
 
@@ -234,27 +231,18 @@ class ClassifyPostprocessModel:
     def initialize(self, args: dict[str, str]) -> None:
         self.labels = read_labels(model_folder(args).parent / "labels.txt")
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        return answer_each(requests, self._classify)
-
-    def _classify(self, request: Any) -> list[Any]:
-        outputs = classification_outputs(
-            input_array(request, ENCODER_PROBS), self.labels, request.requested_output_names()
-        )
-        return [output_tensor(name, value) for name, value in outputs.items()]
+    def answer(self, request: Any) -> Outputs:
+        return classification_outputs(input_array(request, ENCODER_PROBS), self.labels, request.requested_output_names())
 
 
-class NerPostprocessModel:
+class NerPostprocessModel(PythonStep):
     """`<pipeline>_postprocess` of NER: per-token BIO scores -> entity spans (JSON) with
     character offsets into the input text."""
 
     def initialize(self, args: dict[str, str]) -> None:
         self.labels = read_labels(model_folder(args).parent / "labels.txt")
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        return answer_each(requests, self._entities)
-
-    def _entities(self, request: Any) -> list[Any]:
+    def answer(self, request: Any) -> Outputs:
         texts = decode_texts(input_array(request, TEXT.name), TEXT.name)
         offsets = input_array(request, TOKEN_OFFSETS)
         word_ids = input_array(request, WORD_IDS)
@@ -266,4 +254,4 @@ class NerPostprocessModel:
             )
             for i, text in enumerate(texts)
         ]
-        return [output_tensor(ENTITIES.name, bytes_array(documents))]
+        return {ENTITIES.name: bytes_array(documents)}

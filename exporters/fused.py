@@ -1,0 +1,121 @@
+"""The fused cpu layout: each pipeline written as one Python model that runs its steps in
+one process (mmserve/serving/fused.py), instead of an ensemble of step models.
+
+Built from the ensemble a product line describes, so every line gets both layouts from
+one description: the steps are the same model folders (same model.py, ONNX, tokenizer,
+labels), written inside the pipeline's version folder as a small repository of their
+own, and the pipeline keeps the ensemble's name, inputs and outputs (the public
+contract). Why the cpu profile defaults to it: docs/architecture.md, "Layouts".
+"""
+from __future__ import annotations
+
+import json
+from pathlib import PurePosixPath
+from typing import Any, Sequence
+
+from tritonclient.grpc.model_config_pb2 import ModelConfig, ModelDynamicBatching, ModelInstanceGroup
+
+from mmserve.exporters.onnx_export import ExportError
+from mmserve.exporters.repository import VERSION, ModelFolder, python_model_py
+from mmserve.exporters.triton_config import EncoderTuning, copy_config, print_config
+from mmserve.serving.fused import PLAN_FILE, STEP_CONFIG, STEP_VERSION, STEPS_FOLDER
+
+FUSED = "fused"
+ENSEMBLE_LAYOUT = "ensemble"
+LAYOUTS = (FUSED, ENSEMBLE_LAYOUT)
+# The cpu profile's default, chosen by measurement (docs/benchmarks.md); the gpu profile
+# is always an ensemble (its encoders run on Triton's native backends, not in Python).
+DEFAULT_LAYOUT = FUSED
+
+FUSED_MODEL_PY = python_model_py("fused", "FusedPipelineModel", "A whole pipeline in one Python model (the fused cpu layout)")
+
+
+def check_layout(layout: str, profile: str) -> None:
+    """A clear error for a layout this export cannot write."""
+    if layout not in LAYOUTS:
+        raise ExportError(f"unknown layout {layout!r}: use {' or '.join(LAYOUTS)}")
+    if layout == FUSED and profile != "cpu":
+        raise ExportError(
+            f"--layout fused is the cpu profile's layout; the {profile} profile runs its encoders on Triton's "
+            "native backends, which only an ensemble can call: use --layout ensemble (the default there)"
+        )
+
+
+def default_layout(profile: str) -> str:
+    return DEFAULT_LAYOUT if profile == "cpu" else ENSEMBLE_LAYOUT
+
+
+def fuse_pipelines(models: Sequence[ModelFolder], tuning: EncoderTuning) -> list[ModelFolder]:
+    """Each ensemble of `models` as one fused model; the step models are folded into them."""
+    by_name = {model.name: model for model in models}
+    fused = [fused_pipeline(model, by_name, tuning) for model in models if model.is_ensemble]
+    if not fused:
+        raise ExportError("nothing to fuse: the export describes no pipeline (ensemble)")
+    return fused
+
+
+def fused_pipeline(ensemble: ModelFolder, models: dict[str, ModelFolder], tuning: EncoderTuning) -> ModelFolder:
+    """One pipeline as a Python model with the ensemble's name, inputs and outputs."""
+    steps = ensemble.config.ensemble_scheduling.step
+    config = ModelConfig(
+        name=ensemble.config.name,
+        backend="python",
+        max_batch_size=ensemble.config.max_batch_size,
+        input=ensemble.config.input,
+        output=ensemble.config.output,
+        dynamic_batching=ModelDynamicBatching(max_queue_delay_microseconds=tuning.max_queue_delay_us),
+        instance_group=[ModelInstanceGroup(count=tuning.instances, kind=ModelInstanceGroup.KIND_CPU)],
+    )
+    for tensor in config.input:
+        # The Python backend hands each request over on its own, so requests of any shape
+        # may share a batch (audio of different lengths, say).
+        tensor.allow_ragged_batch = True
+    files: dict = {f"{VERSION}/model.py": FUSED_MODEL_PY}
+    files.update({name: content for name, content in ensemble.files.items() if not name.startswith(f"{VERSION}/")})
+    plan = []
+    for step in steps:
+        if step.model_name in {entry["model"] for entry in plan}:
+            continue
+        model = models.get(step.model_name)
+        if model is None or f"{VERSION}/model.py" not in model.files:
+            raise ExportError(f"pipeline {config.name}: step {step.model_name} is not a Python model of this export; it cannot be fused")
+        files.update(_step_files(model, tuning))
+        plan.append({"model": step.model_name, "input_map": dict(step.input_map), "output_map": dict(step.output_map)})
+    files[f"{VERSION}/{PLAN_FILE}"] = json.dumps({"steps": plan}, indent=2) + "\n"
+    files.update(_carry_labels(config, steps, models))
+    return ModelFolder(config.name, config, files, pipeline=True)
+
+
+def _carry_labels(config: ModelConfig, steps: Sequence[Any], models: dict[str, ModelFolder]) -> dict:
+    """An output whose producing step names a label file (PROBS) names it on the pipeline too,
+    with the file at the pipeline's root, so Triton's classification (`class_count`) answers
+    `score:index:label` as through the ensemble."""
+    files = {}
+    for output in config.output:
+        for step in steps:
+            inner = next((i for i, outer in step.output_map.items() if outer == output.name), None)
+            if inner is None:
+                continue
+            model = models[step.model_name]
+            label_file = next((o.label_filename for o in model.config.output if o.name == inner), "")
+            if label_file:
+                output.label_filename = label_file
+                files[label_file] = model.files[label_file]
+    return files
+
+
+def _step_files(model: ModelFolder, tuning: EncoderTuning) -> dict:
+    """A step's folder inside the pipeline's version: steps/<model>/{config.pbtxt, 1/..., labels.txt}.
+
+    Its instance count is the pipeline's, so an encoder splits the cores as the pipeline's
+    instances share them."""
+    base = PurePosixPath(VERSION, STEPS_FOLDER, model.name)
+    config = copy_config(model.config)
+    del config.instance_group[:]
+    config.instance_group.add(count=tuning.instances, kind=ModelInstanceGroup.KIND_CPU)
+    files: dict = {str(base / STEP_CONFIG): print_config(config)}
+    for relative, content in model.files.items():
+        parts = PurePosixPath(relative).parts
+        inner = PurePosixPath(STEP_VERSION, *parts[1:]) if parts[0] == VERSION else PurePosixPath(*parts)
+        files[str(base / inner)] = content
+    return files
