@@ -3,7 +3,10 @@
 The pipeline's models are loaded from the repository and called directly in
 this one process: the same Python models (tokenizer, image/audio
 pre-processing, post-processing), the same ONNX through the same runner with
-the same thread settings, the steps wired exactly as the ensemble wires them.
+the same thread settings, the steps wired exactly as the pipeline wires them.
+Either layout reads the same way: an ensemble's steps are models of the
+repository; a fused pipeline's steps are listed in `pipeline.json` of its served
+version and live in that version's `steps/` folder, a mini repository.
 A whole batch goes through as one request. What is left out is precisely what
 serving adds: gRPC, the scheduler and dynamic batcher, and the hops between
 processes. `triton_python_backend_utils` exists only inside Triton's stub, so
@@ -29,9 +32,11 @@ from tritonclient.grpc.model_config_pb2 import ModelConfig
 from mmserve.bench.inputs import Request, stack
 from mmserve.bench.perf import BenchError
 from mmserve.exporters import triton_config
+from mmserve.exporters.fused import ENSEMBLE_LAYOUT, FUSED
 from mmserve.exporters.triton_config import ENSEMBLE, ensemble_step
 from mmserve.exporters.versions import CONFIG_FILE, active_version, step_version
 from mmserve.serving import backend_stub
+from mmserve.serving.fused import PLAN_FILE, STEP_VERSION, STEPS_FOLDER
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 
@@ -45,6 +50,40 @@ def model_config(repository: Path, name: str) -> ModelConfig:
     if not config.name:
         config.name = name
     return config
+
+
+def pipeline_layout(repository: Path, name: str) -> str | None:
+    """`ensemble` (an ensemble config), `fused` (a Python model with pipeline.json in its served
+    version), None for anything else (a step model, a standalone model, no config)."""
+    config = triton_config.read_config(repository / name / CONFIG_FILE)
+    if config is None:
+        return None
+    if config.platform == ENSEMBLE:
+        return ENSEMBLE_LAYOUT
+    if config.backend == "python":
+        version = active_version(repository, name)
+        if version is not None and (repository / name / str(version) / PLAN_FILE).is_file():
+            return FUSED
+    return None
+
+
+def repository_layout(repository: Path) -> str:
+    """The one layout of a repository's pipelines; a clear error for a mixed or unknown one."""
+    found: dict[str, list[str]] = {}
+    folders = sorted(p for p in Path(repository).iterdir() if (p / CONFIG_FILE).is_file()) if Path(repository).is_dir() else []
+    for folder in folders:
+        layout = pipeline_layout(Path(repository), folder.name)
+        if layout is not None:
+            found.setdefault(layout, []).append(folder.name)
+    if not found:
+        raise BenchError(
+            f"{repository} holds no pipeline of a known layout (an ensemble config, or a Python model with "
+            f"{PLAN_FILE} in its served version folder); export one with `mmserve export ... --layout fused|ensemble`")
+    if len(found) > 1:
+        listed = "; ".join(f"{layout}: {', '.join(names)}" for layout, names in found.items())
+        raise BenchError(f"{repository} mixes layouts ({listed}); export each layout into a repository of its own "
+                         "and pass each with --repository")
+    return next(iter(found))
 
 
 def load_python_model(repository: Path, name: str, version: int | None = None) -> tuple[Any, ModelConfig]:
@@ -80,27 +119,53 @@ def load_python_model(repository: Path, name: str, version: int | None = None) -
 
 
 class InProcessPipeline:
-    """A pipeline's models wired as its ensemble wires them, called in this process."""
+    """A pipeline's models wired as its ensemble (or its fused model) wires them, called in this process."""
 
     def __init__(self, repository: Path, pipeline: str) -> None:
         self.repository = repository.resolve()
         self.pipeline = pipeline
         config = model_config(self.repository, pipeline)
         self.output_names = [o.name for o in config.output]
-        if config.platform == ENSEMBLE:
-            self.steps = list(config.ensemble_scheduling.step)
-        else:  # one model served on its own: a pipeline of one step
-            self.steps = [ensemble_step(pipeline, {i.name: i.name for i in config.input}, {n: n for n in self.output_names})]
-        # the version of each step the ensemble runs: the product version it pins, not the newest folder
-        self.versions = {step.model_name: step_version(self.repository, step) for step in self.steps}
+        self.layout = pipeline_layout(self.repository, pipeline)
+        self.step_root = self.repository  # the repository the steps' folders are in
         self.models: dict[str, Any] = {}
         self.configs: dict[str, ModelConfig] = {}
+        if self.layout == FUSED:
+            self._load_fused(active_version(self.repository, pipeline))
+        else:
+            self._load_models(config)
+        self.captured: dict[str, dict[str, np.ndarray]] = {}  # the last inputs each step saw
+        self.step_times: dict[str, list[float]] = {step.model_name: [] for step in self.steps}  # s per execute()
+
+    def _load_models(self, config: ModelConfig) -> None:
+        """An ensemble's steps, or one model served on its own as a pipeline of one step."""
+        if config.platform == ENSEMBLE:
+            self.steps = list(config.ensemble_scheduling.step)
+        else:
+            self.steps = [ensemble_step(self.pipeline, {i.name: i.name for i in config.input},
+                                        {n: n for n in self.output_names})]
+        # the version of each step the ensemble runs: the product version it pins, not the newest folder
+        self.versions = {step.model_name: step_version(self.repository, step) for step in self.steps}
         for step in self.steps:
             self.models[step.model_name], self.configs[step.model_name] = load_python_model(
                 self.repository, step.model_name, self.versions[step.model_name]
             )
-        self.captured: dict[str, dict[str, np.ndarray]] = {}  # the last inputs each step saw
-        self.step_times: dict[str, list[float]] = {step.model_name: [] for step in self.steps}  # s per execute()
+
+    def _load_fused(self, version: int | None) -> None:
+        """The steps pipeline.json lists, each from its folder of the served version's steps/."""
+        served = self.repository / self.pipeline / str(version)
+        plan_file = served / PLAN_FILE
+        try:
+            plan = json.loads(plan_file.read_text(encoding="utf-8"))["steps"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise BenchError(f"{plan_file} is not a fused pipeline's step list ({error}); export it again") from error
+        self.step_root = served / STEPS_FOLDER
+        self.steps = [ensemble_step(s["model"], s["input_map"], s["output_map"]) for s in plan]
+        self.versions = {step.model_name: int(STEP_VERSION) for step in self.steps}
+        for step in self.steps:  # each step a model of the mini repository, loaded as the fused model loads it
+            self.models[step.model_name], self.configs[step.model_name] = load_python_model(
+                self.step_root, step.model_name, self.versions[step.model_name]
+            )
 
     def encoder_steps(self) -> list[str]:
         """Steps that are an ONNX file through the shared runner: the step's inputs are the graph's inputs.
@@ -118,7 +183,7 @@ class InProcessPipeline:
         """The ONNX file an encoder step serves: its `onnx_file` in the version the ensemble runs."""
         parameters = self.configs[encoder].parameters
         onnx_file = parameters["onnx_file"].string_value if "onnx_file" in parameters else "model.onnx"
-        return self.repository / encoder / str(self.versions[encoder]) / onnx_file
+        return self.step_root / encoder / str(self.versions[encoder]) / onnx_file
 
     def __call__(self, batch: Request) -> dict[str, np.ndarray]:
         tensors = dict(batch)

@@ -205,7 +205,7 @@ def measure_runtimes(
 def _dev_feeds(pipeline: InProcessPipeline, encoder: str, dev: tuple[list[str], list[str]]) -> tuple[list[Feeds], np.ndarray]:
     """The dev texts through the pipeline's own pre-processing, 32 at a time; gold label indices."""
     texts, labels = dev
-    label_file = pipeline.repository / encoder / "labels.txt"
+    label_file = pipeline.step_root / encoder / "labels.txt"
     names = [line.strip() for line in label_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     feeds = []
     for start in range(0, len(texts), 32):
