@@ -28,7 +28,10 @@ def _checkpoint(text: str) -> tuple[str, Path]:
 
 def add_bench_arguments(parser: argparse.ArgumentParser, default_repository: Path) -> None:
     parser.add_argument("pipelines", nargs="*", metavar="PIPELINE", help="default: every pipeline the server offers")
-    parser.add_argument("--repository", type=Path, default=default_repository)
+    parser.add_argument("--repository", dest="repositories", type=Path, action="append", metavar="DIR",
+                        help=f"default: {default_repository}; give it again for each other layout to measure side by "
+                             "side (e.g. an ensemble and a fused export), served one after the other")
+    parser.set_defaults(repository=default_repository)
     parser.add_argument("--url", help="gRPC address of a running server (default: start one over --repository)")
     parser.add_argument("--concurrency", type=_numbers(int), default=[1, 2, 4, 8, 16], help="e.g. 1,2,4,8,16")
     parser.add_argument("--request-rate", type=_numbers(float), default=[], help="open-loop rates, e.g. 50,100")
@@ -52,10 +55,17 @@ def add_bench_arguments(parser: argparse.ArgumentParser, default_repository: Pat
                         help="instead: the typed client vs raw tritonclient (overhead) and shared memory vs gRPC")
 
 
+def repositories(args: argparse.Namespace) -> list[Path]:
+    """Every --repository in the order given; the default when none was."""
+    return list(args.repositories or [args.repository])
+
+
 def command_line(args: argparse.Namespace) -> str:
     parts = ["mmserve", "bench", *args.pipelines]
-    if args.repository != Path("model_repository"):
-        parts += ["--repository", str(args.repository)]
+    given = repositories(args)
+    if given != [Path("model_repository")]:
+        for repository in given:
+            parts += ["--repository", str(repository)]
     if args.url:
         parts += ["--url", args.url]
     if args.concurrency != [1, 2, 4, 8, 16]:
@@ -84,10 +94,11 @@ def bench_command(args: argparse.Namespace) -> int:
     from mmserve.bench.report import load_results, write_report, write_run_summary
     from mmserve.bench.run import BenchConfig, run_bench
 
+    first, *others = repositories(args)
     if args.client:
         from mmserve.bench.client import client_command
 
-        client_command(args.repository, args.url, calls=3000, quick=args.quick)
+        client_command(first, args.url, calls=3000, quick=args.quick)
         return 0
     if args.from_results:
         if not (args.from_results / "results.json").exists():
@@ -96,7 +107,8 @@ def bench_command(args: argparse.Namespace) -> int:
         print(f"report: {write_report(results, args.docs)}")
         return 0
     config = BenchConfig(
-        repository=args.repository, pipelines=tuple(args.pipelines), url=args.url, concurrency=tuple(args.concurrency),
+        repository=first, compare_with=tuple(others), pipelines=tuple(args.pipelines), url=args.url,
+        concurrency=tuple(args.concurrency),
         request_rates=tuple(args.request_rate), shared_memory=args.shared_memory, out=args.out,
         skip_peers=args.skip_peers, skip_runtimes=args.skip_runtimes, quick=args.quick, tune=args.tune,
         cpus=tuple(args.cpus) if args.cpus else None, checkpoints=dict(args.checkpoint),

@@ -2,9 +2,12 @@
 
 For each pipeline the server offers: realistic input data, the in-process
 baseline, then perf_analyzer at each load level with Triton's per-step
-statistics. Then the peers on text_embed, the runtime table, and optionally the
-tuning sweep. Everything lands in `out/results.json` (+ CSV, plots); the report
-module renders it as docs/benchmarks.md.
+statistics. Given several repositories (one per layout: ensemble, fused), each is
+served in turn by its own tritonserver, stopped before the next starts, and every
+pipeline is measured at every load level in each; the baseline and the peers are
+measured once. Then the runtime table, and optionally the tuning sweep.
+Everything lands in `out/results.json` (+ CSV, plots); the report module
+renders it as docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from mmserve.bench import inputs as bench_inputs
 from mmserve.bench.checkpoints import DEFAULT_MANIFEST, known_checkpoints
+from mmserve.bench.inprocess import ENSEMBLE_LAYOUT, FUSED, repository_layout
 from mmserve.bench.perf import BenchError, Load, PerfRow, PerfSettings, find_perf_analyzer, run_level
 from mmserve.bench.server_stats import CpuMeter, difference, snapshot
 from mmserve.pipelines import PIPELINES, Kind
@@ -34,6 +38,7 @@ class BenchConfig:
     """One bench run's settings; frozen, so every stage sees what the run was started with."""
 
     repository: Path = Path("model_repository")
+    compare_with: tuple[Path, ...] = ()  # more repositories (other layouts), served one after the other
     pipelines: tuple[str, ...] = ()  # empty: every pipeline the server offers
     url: str | None = None  # a running server's gRPC address; None: start one over `repository`
     concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -52,6 +57,10 @@ class BenchConfig:
     baseline_seconds: float | None = None
     skip_runtimes: bool = False
     command: str = ""
+
+    @property
+    def repositories(self) -> tuple[Path, ...]:
+        return (self.repository, *self.compare_with)
 
     @property
     def known_checkpoints(self) -> dict[str, Path]:
@@ -175,16 +184,15 @@ def loadavg() -> list[float]:
 
 # ---- the run ----
 def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    import tritonclient.grpc as grpcclient
-
-    from mmserve.server import ServerPorts, TritonServer
-
     find_perf_analyzer()  # fail fast, before a server starts
+    if config.url and config.compare_with:
+        raise BenchError("--url measures one running server; to compare layouts give each repository with "
+                         "--repository and no --url (the bench serves them one after the other)")
     if config.cpus:
         os.sched_setaffinity(0, config.cpus)  # the server, perf_analyzer and the peers inherit these cores
     out = config.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    raw = out / "raw"
+    served = _layouts(config)  # before any server starts: a mixed or unknown repository fails fast
     results: dict[str, Any] = {
         "command": config.command,
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -195,61 +203,20 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
             "shared_memory": config.shared_memory, **asdict(config.settings),
             "baseline_seconds": config.seconds, "requests_per_pipeline": config.requests,
         },
-        "pipelines": [], "perf": [], "baselines": {}, "peers": {}, "runtimes": None, "tuning": None, "notes": [],
+        "layouts": {}, "pipelines": [], "perf": [], "baselines": {}, "peers": {}, "runtimes": None, "tuning": None,
+        "notes": [],
     }
-    repository = config.repository.resolve()
-    local = repository.exists()
-    with ExitStack() as stack:
-        server_pid = None  # known when we started the server: its processes' CPU is metered
-        if config.url:
-            url = config.url
-        else:
-            server = TritonServer(repository, ServerPorts.free(), log_file=out / "triton.log")
-            log(f"starting tritonserver over {repository} ...")
-            stack.enter_context(server)
-            url = server.grpc_url
-            server_pid = server.pid
-        client = grpcclient.InferenceServerClient(url)
-        stack.callback(client.close)
-        results["machine"]["tritonserver"] = client.get_server_metadata(as_json=True).get("version")
-        available = discover(client)
-        if not available:
-            raise BenchError(f"the server at {url} offers no pipeline (no model states a contract's tensor names)")
-        chosen = _choose(available, config.pipelines)
-        loads = [Load("concurrency", c) for c in config.concurrency] + [Load("rate", r) for r in config.request_rates]
-        text_embed = next((name for name, kind in chosen if kind == Kind.TEXT_EMBED), None)
-        peers_wanted = not config.skip_peers and text_embed is not None
-        http_url = None if config.url else server.http_url
-        total = len(chosen) * (len(loads) + (1 if local else 0))
-        if peers_wanted:
-            from mmserve.bench.run_peers import peer_count
-
-            total += peer_count(http_url is not None) * len(config.concurrency) + 1
-        progress = Progress(total)
-        stack.callback(progress.close)
-        requests: dict[str, list] = {}
-        for name, kind in chosen:
-            requests[name] = bench_inputs.requests_for(kind, config.requests, seed=0)
-            data = bench_inputs.perf_json(requests[name], PIPELINES[kind], raw / f"{name}.input.json")
-            results["pipelines"].append(
-                {"name": name, "kind": kind.value, "data": bench_inputs.describe(kind, requests[name]),
-                 "scheduling": _scheduling(client, name)}
-            )
-            if local:
-                progress.step(f"{name}: in-process baseline")
-                results["baselines"][name] = _baseline(repository, name, kind, config, progress)
-                progress.advance()
-            for load in loads:
-                progress.step(f"{name}: {load}")
-                results["perf"].append(_measure(client, url, name, data, load, config.settings, raw, server_pid))
-                progress.advance()
-            if peers_wanted and name == text_embed:  # right after our own figures: same conditions
-                from mmserve.bench.run_peers import run_peers
-
-                results["peers"] = run_peers(config, client, url, http_url, name, requests[name], raw, progress)
-        progress.close()
+    requests: dict[str, list] = {}
+    chosen: list[tuple[str, Kind]] = []  # every pipeline measured, in any layout
+    for label, (layout, repository) in served.items():
+        results["layouts"][label] = {"layout": layout, "repository": str(repository), "scheduling": {}}
+        for name, kind in _serve_and_measure(config, label, repository, results, requests, out / "raw", log):
+            if (name, kind) not in chosen:
+                chosen.append((name, kind))
     results["loadavg_after_serving"] = loadavg()
 
+    repository = config.repository.resolve()
+    local = repository.exists()
     if local and not config.skip_runtimes:
         try:
             from mmserve.bench.runtimes import measure_runtimes
@@ -267,17 +234,114 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
         from mmserve.bench.tune import SWEEPS, tune_pipeline
 
         results["tuning"] = []
+        # the sweep varies an ensemble's step configs: the first repository in that layout
+        ensemble = next((Path(v["repository"]) for v in results["layouts"].values() if v["layout"] == ENSEMBLE_LAYOUT), None)
         for kind, variants in SWEEPS.items():
             name = next((p["name"] for p in results["pipelines"] if p["kind"] == kind.value), None)
-            if name is None or not local:
-                results["notes"].append(f"tuning of {kind.value} skipped: needs a local repository serving it")
+            if name is None or ensemble is None or not ensemble.exists():
+                results["notes"].append(f"tuning of {kind.value} skipped: needs a local ensemble repository serving it")
                 continue
             results["tuning"].append(
-                tune_pipeline(repository, name, kind, requests[name], config, out, log, variants=variants))
+                tune_pipeline(ensemble, name, kind, requests[name], config, out, log, variants=variants))
     results["loadavg_end"] = loadavg()
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     write_results(results, out)
     return results
+
+
+def _layouts(config: BenchConfig) -> dict[str, tuple[str, Path]]:
+    """Each repository's label in the results (its layout; made unique when two share one) -> (layout, path).
+
+    A repository the bench cannot read (only --url) takes the layout its server reports for
+    its pipelines, found once the server answers; until then it is `served`.
+    """
+    found: dict[str, tuple[str, Path]] = {}
+    for repository in config.repositories:
+        repository = repository.resolve()
+        if not repository.exists() and not config.url:
+            raise BenchError(f"{repository} does not exist; export a repository first (`mmserve export`)")
+        layout = repository_layout(repository) if repository.exists() else "served"
+        label, n = layout, 2
+        while label in found:
+            label, n = f"{layout}-{n}", n + 1
+        found[label] = (layout, repository)
+    return found
+
+
+def _serve_and_measure(config: BenchConfig, label: str, repository: Path, results: dict[str, Any],
+                       requests: dict[str, list], raw: Path, log: Callable[[str], None]) -> list[tuple[str, Kind]]:
+    """One repository: its own server (stopped on return), every chosen pipeline at every load level.
+
+    The in-process baseline and the peers are measured the first time a pipeline is seen, so they
+    sit next to the first layout's figures and are not repeated for the next.
+    """
+    import tritonclient.grpc as grpcclient
+
+    from mmserve.server import ServerPorts, TritonServer
+
+    local = repository.exists()
+    layout = results["layouts"][label]
+    with ExitStack() as stack:
+        server_pid = None  # known when we started the server: its processes' CPU is metered
+        if config.url:
+            url = config.url
+        else:
+            server = TritonServer(repository, ServerPorts.free(), log_file=raw.parent / f"triton.{label}.log")
+            log(f"starting tritonserver over {repository} ({label}) ...")
+            stack.enter_context(server)
+            url = server.grpc_url
+            server_pid = server.pid
+        client = grpcclient.InferenceServerClient(url)
+        stack.callback(client.close)
+        results["machine"]["tritonserver"] = client.get_server_metadata(as_json=True).get("version")
+        available = discover(client)
+        if not available:
+            raise BenchError(f"the server at {url} offers no pipeline (no model states a contract's tensor names)")
+        chosen = _choose(available, config.pipelines, repository)
+        if layout["layout"] == "served":
+            layout["layout"] = _served_layout(client, chosen[0][0])
+        loads = [Load("concurrency", c) for c in config.concurrency] + [Load("rate", r) for r in config.request_rates]
+        text_embed = next((name for name, kind in chosen if kind == Kind.TEXT_EMBED), None)
+        peers_wanted = not config.skip_peers and text_embed is not None and not results["peers"]
+        http_url = None if config.url else server.http_url
+        new = [name for name, _ in chosen if name not in results["baselines"]]
+        total = len(chosen) * len(loads) + (len(new) if local else 0)
+        if peers_wanted:
+            from mmserve.bench.run_peers import peer_count
+
+            total += peer_count(http_url is not None) * len(config.concurrency) + 1
+        progress = Progress(total)
+        stack.callback(progress.close)
+        for name, kind in chosen:
+            data = raw / f"{name}.input.json"
+            if name not in requests:
+                requests[name] = bench_inputs.requests_for(kind, config.requests, seed=0)
+                bench_inputs.perf_json(requests[name], PIPELINES[kind], data)
+                results["pipelines"].append(
+                    {"name": name, "kind": kind.value, "data": bench_inputs.describe(kind, requests[name])})
+            layout["scheduling"][name] = _scheduling(client, name)
+            if local and name not in results["baselines"]:
+                progress.step(f"{name}: in-process baseline")
+                results["baselines"][name] = _baseline(repository, name, kind, config, progress)
+                progress.advance()
+            for load in loads:
+                progress.step(f"{name} ({label}): {load}")
+                results["perf"].append(
+                    _measure(client, url, name, data, load, config.settings, raw / label, server_pid, label))
+                progress.advance()
+            if peers_wanted and name == text_embed:  # right after our own figures: same conditions
+                from mmserve.bench.run_peers import run_peers
+
+                results["peers"] = run_peers(config, client, url, http_url, name, requests[name], raw, progress)
+                results["peers"]["layout"] = label  # whose server measured the HTTP row and the vectors
+        progress.close()
+    return chosen
+
+
+def _served_layout(client: Any, pipeline: str) -> str:
+    """The layout a running server reports for a pipeline: an ensemble, else one (fused) model."""
+    config = client.get_model_config(pipeline, as_json=True)["config"]
+    return ENSEMBLE_LAYOUT if config.get("platform") == "ensemble" else FUSED
 
 
 def _scheduling(client: Any, pipeline: str) -> dict[str, dict[str, Any]]:
@@ -297,13 +361,14 @@ def _scheduling(client: Any, pipeline: str) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _choose(available: list[tuple[str, Kind]], wanted: Sequence[str]) -> list[tuple[str, Kind]]:
+def _choose(available: list[tuple[str, Kind]], wanted: Sequence[str], repository: Path | None = None) -> list[tuple[str, Kind]]:
     if not wanted:
         return available
     names = {name: kind for name, kind in available}
     unknown = [w for w in wanted if w not in names]
     if unknown:
-        raise BenchError(f"no pipeline named {', '.join(unknown)} on the server; it offers {', '.join(names)}")
+        over = f" over {repository}" if repository is not None and repository.exists() else ""
+        raise BenchError(f"no pipeline named {', '.join(unknown)} on the server{over}; it offers {', '.join(names)}")
     return [(w, names[w]) for w in wanted]
 
 
@@ -318,15 +383,21 @@ def _baseline(repository: Path, name: str, kind: Kind, config: BenchConfig, prog
 
 
 def _measure(client: Any, url: str, name: str, data: Path, load: Load, settings: PerfSettings, raw: Path,
-             server_pid: int | None = None) -> dict:
+             server_pid: int | None = None, layout: str = ENSEMBLE_LAYOUT) -> dict:
+    """One load level with the server's statistics: per composing model of an ensemble (its own
+    row would count each request twice), or the one model of a fused pipeline."""
     before = snapshot(client)
     meter = CpuMeter(server_pid)
     try:
         row = run_level(url, name, data, load, settings, raw)
     except BenchError as error:
-        return {"pipeline": name, "target": "triton-grpc", "mode": load.mode, "load": load.value, "error": str(error)}
+        return {"pipeline": name, "target": "triton-grpc", "layout": layout, "mode": load.mode, "load": load.value,
+                "error": str(error)}
+    row.layout = layout
     row.cpu = meter.read() if server_pid else {}
-    row.steps = {model: step for model, step in difference(before, snapshot(client)).items() if model != name}
+    steps = difference(before, snapshot(client))
+    row.steps = {model: step for model, step in steps.items() if model != name} or (
+        {name: steps[name]} if name in steps else {})
     return row.as_dict()
 
 
