@@ -224,6 +224,7 @@ class BatchTiming:
 class Baseline:
     pipeline: str
     timings: list[BatchTiming] = field(default_factory=list)
+    encoders: list[str] = field(default_factory=list)  # the steps that run the ONNX graph (where batching pays)
 
     @property
     def best(self) -> BatchTiming:
@@ -235,7 +236,7 @@ class Baseline:
 
     def as_dict(self) -> dict:
         return {"pipeline": self.pipeline, "timings": [asdict(t) for t in self.timings],
-                "best_batch": self.best.batch}
+                "best_batch": self.best.batch, "encoders": list(self.encoders)}
 
 
 def time_calls(call: Callable[[Request], Any], batches: Sequence[Request], seconds: float, min_calls: int = 20) -> list[float]:
@@ -264,7 +265,7 @@ def measure_baseline(
 ) -> Baseline:
     """Items/s and latency per batch size, on the same requests perf_analyzer sends."""
     runner = InProcessPipeline(repository, pipeline)
-    result = Baseline(pipeline)
+    result = Baseline(pipeline, encoders=runner.encoder_steps())
     for size in batch_sizes:
         if progress:
             progress(f"{pipeline} in-process b{size}")
@@ -311,7 +312,7 @@ def measure_baseline_isolated(
         lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
         raise BenchError(f"in-process baseline of {pipeline} failed: {lines[-1]}")
     data = json.loads(done.stdout.strip().splitlines()[-1])
-    return Baseline(pipeline, [BatchTiming(**t) for t in data["timings"]])
+    return Baseline(pipeline, [BatchTiming(**t) for t in data["timings"]], data.get("encoders", []))
 
 
 def _main(argv: Sequence[str]) -> int:

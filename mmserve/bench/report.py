@@ -154,7 +154,7 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
                 f"`{name}` {layout}: c=1 p50 ≤ {LATENCY_RATIO}× in-process b1 (or ≤ +{SMALL_MODEL_ADDED_MS} ms "
                 f"under a {SMALL_MODEL_MS:g} ms model)",
                 f"{_f(eff['c1_p50_ms'], 2)} vs {_f(eff['b1_p50_ms'], 2)} ms = **{_f(ratio, 2)}×** "
-                f"(+{_f(eff['c1_p50_ms'] - eff['b1_p50_ms'], 2)} ms)" if ratio else "no c=1 in this run",
+                f"({eff['c1_p50_ms'] - eff['b1_p50_ms']:+.2f} ms)" if ratio else "no c=1 in this run",
                 verdict(latency_met(eff)),
             ))
     summary = peer_summary(results)
@@ -213,11 +213,16 @@ def _server_split(row: dict) -> dict[str, float]:
     }
 
 
-def _main_step(row: dict) -> tuple[str, dict[str, float]] | None:
-    """The step that computes longest per request: the encoder of an ensemble, the model of a fused pipeline."""
+def _main_step(results: dict, pipeline: str, row: dict) -> tuple[str, dict[str, float]] | None:
+    """Where the batch that matters forms: an ensemble's encoder (as the baseline found it; else the step
+    that computes longest), a fused pipeline's one model."""
     steps = row.get("steps") or {}
     if not steps:
         return None
+    encoders = (results["baselines"].get(pipeline) or {}).get("encoders") or []
+    encoder = next((name for name in encoders if name in steps), None)
+    if encoder is not None:
+        return encoder, steps[encoder]
     return max(steps.items(), key=lambda item: item[1]["compute_infer_us"])
 
 
@@ -240,14 +245,15 @@ def throughput_reason(results: dict, pipeline: str, layout: str) -> str:
     if not row or not eff:
         return ""
     parts = []
-    main = _main_step(row)
+    main = _main_step(results, pipeline, row)
     if main:
         step, stats = main
         formed = stats["avg_batch"]
         timings = sorted(results["baselines"][pipeline]["timings"], key=lambda t: t["batch"])
-        near = [t for t in timings if t["batch"] <= max(1.0, formed)][-1:] or timings[:1]
+        near = ([t for t in timings if t["batch"] <= max(1, round(formed))] or timings)[-1]
         parts.append(f"`{step}` formed batches of {_f(formed, 2)} on average vs the in-process best b{eff['best_batch']} "
-                     f"(in-process b{near[0]['batch']} gives {_f(near[0]['throughput'])} infer/s)")
+                     f"(in-process b{near['batch']} gives {_f(near['throughput'])} infer/s; served reaches "
+                     f"{_f(row['throughput'] / near['throughput'], 2)}× that)")
     split = _server_split(row)
     if row.get("steps"):
         outside = (row["avg_us"] or row["p50_us"]) / 1000 - sum(split.values())
