@@ -428,7 +428,7 @@ def test_report_and_terminal_judge_every_target_per_layout(two_layout_run):
             assert ("formed batches of" if kind.startswith("c=8") else "serving adds") in reason
     faster = [line for line in printed.splitlines() if line.startswith("`text_embed`: **")]
     assert len(faster) == 1 and "faster on CPU" in faster[0]
-    assert "## Layouts: which is faster on CPU" in text and faster[0] in text
+    assert "## Layouts: which is faster on CPU" in text and faster[0] in text and " in 1 of 1 pipelines." in text
     assert "| layout | concurrency | infer/s |" in text and "| fused | 8 |" in text and "| ensemble | 1 |" in text
 
 

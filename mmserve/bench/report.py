@@ -6,6 +6,7 @@ measuring again (`mmserve bench --from-results DIR --report`).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -319,10 +320,10 @@ def target_reasons(results: dict) -> list[str]:
     return lines
 
 
-def faster_layouts(results: dict) -> list[str]:
-    """Per pipeline measured in more than one layout: which is faster on CPU (c=8 throughput decides;
-    c=1 p50 is named beside it, and said when it favours the other layout)."""
-    lines = []
+def layout_race(results: dict) -> list[tuple[str, str, str]]:
+    """(pipeline, the layout faster on CPU, the figures) per pipeline measured in more than one layout:
+    c=8 throughput decides; c=1 p50 is named beside it, and said when it favours the other layout."""
+    race = []
     for pipeline in results["pipelines"]:
         name = pipeline["name"]
         measured = measured_layouts(results, name)
@@ -334,18 +335,22 @@ def faster_layouts(results: dict) -> list[str]:
             figures[layout] = (_at(rows, TARGET_CONCURRENCY) or rows[-1], _at(rows, 1))
         top = {layout: row["throughput"] for layout, (row, _) in figures.items()}
         fastest = max(top, key=top.get)
-        others = [layout for layout in measured if layout != fastest]
+        order = [fastest, *(layout for layout in measured if layout != fastest)]
         level = int(figures[fastest][0]["load"])
-        parts = [f"c={level} " + " vs ".join(f"{_f(top[l])}" for l in [fastest, *others]) + " infer/s "
-                 f"({' vs '.join([fastest, *others])})"]
+        parts = [f"c={level} " + " vs ".join(_f(top[layout]) for layout in order) + f" infer/s ({' vs '.join(order)})"]
         c1 = {layout: row["p50_us"] / 1000 for layout, (_, row) in figures.items() if row}
         if len(c1) == len(measured):
-            parts.append("c=1 p50 " + " vs ".join(f"{_f(c1[l], 2)}" for l in [fastest, *others]) + " ms")
+            parts.append("c=1 p50 " + " vs ".join(_f(c1[layout], 2) for layout in order) + " ms")
             quickest = min(c1, key=c1.get)
             if quickest != fastest:
                 parts.append(f"at c=1 {quickest} answers sooner")
-        lines.append(f"`{name}`: **{fastest}** faster on CPU: " + "; ".join(parts) + ".")
-    return lines
+        race.append((name, fastest, "; ".join(parts)))
+    return race
+
+
+def faster_layouts(results: dict) -> list[str]:
+    """One line per pipeline measured in more than one layout: which is faster on CPU, with the figures."""
+    return [f"`{name}`: **{fastest}** faster on CPU: {figures}." for name, fastest, figures in layout_race(results)]
 
 
 def int8_summary(results: dict) -> dict[str, Any] | None:
@@ -676,7 +681,11 @@ def layouts_section(results: dict) -> str:
     out = ("Each repository was served by its own tritonserver, one after the other (each stopped before the "
            "next started), on the same requests and cores; the in-process baseline and the peers were measured "
            "once, during the first.\n\n" + _table(["label", "layout", "repository"], rows) + "\n")
-    return out + "".join(f"- {line}\n" for line in faster_layouts(results))
+    race = layout_race(results)
+    wins = Counter(fastest for _, fastest, _ in race)
+    overall = ", ".join(f"**{layout}** in {count} of {len(race)}" for layout, count in wins.most_common())
+    return (out + "".join(f"- {line}\n" for line in faster_layouts(results))
+            + (f"\nFaster on CPU: {overall} pipelines.\n" if race else ""))
 
 
 def render(results: dict, images: dict[str, str]) -> str:
