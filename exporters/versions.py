@@ -295,7 +295,13 @@ def _preflight(
         _plan_copies(repository, stage, steps, active)
         for ensemble in ensembles:
             folder = stage.stage(copies[ensemble])
-            (folder / str(active)).mkdir(parents=True)
+            source = repository / ensemble / str(active)
+            if _is_ensemble_at(repository, ensemble, active):
+                (folder / str(active)).mkdir(parents=True)
+            else:  # a fused pipeline: its version folder holds its steps (exporters/fused.py)
+                _link_tree(source, folder / str(active))
+                for file_name, content in _root_files(source / MODEL_ROOT).items():
+                    (folder / file_name).write_bytes(content)
             (folder / CONFIG_FILE).write_bytes(_renamed_ensemble(repository, ensemble, active, copies))
             stage.replace(folder, repository / copies[ensemble])
         stage.commit()
@@ -314,6 +320,11 @@ def _preflight(
             f"still serves version {served}, and {disk}. Triton said: {error}"
         ) from error
     _remove_copies(repository, set(copies.values()), unload)
+
+
+def _is_ensemble_at(repository: Path, pipeline: str, version: int) -> bool:
+    """Whether the pipeline's `version` is an ensemble (else a fused model, exporters/fused.py)."""
+    return parse_config(_snapshot_bytes(repository, pipeline, version).decode("utf-8")).platform == ENSEMBLE
 
 
 def _copy_name(model: str, version: int) -> str:

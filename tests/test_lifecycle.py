@@ -237,15 +237,18 @@ def test_rollback_goes_back_a_version_on_disk_and_on_the_server(
     assert "READY" in {m.state for m in lc_client.models() if m.name == "sentiment" and m.version == str(first + 1)}
 
 
+@pytest.mark.parametrize("layout", ["ensemble", "fused"])
 def test_a_version_that_does_not_load_is_not_switched_to(
-    repo: Path, lifecycle: Lifecycle, lc_client: Client, text_checkpoints: dict[str, Path]
+    repo: Path, lifecycle: Lifecycle, lc_client: Client, text_checkpoints: dict[str, Path], layout: str
 ):
     from mmserve.exporters.text import export_text
 
     served = lifecycle.product("sentiment").active_version
-    export_text(text_checkpoints["sentiment"], repo, name="sentiment")
+    export_text(text_checkpoints["sentiment"], repo, name="sentiment", layout=layout)
     broken = lifecycle.product("sentiment").active_version
-    for onnx in (repo / "sentiment_encoder" / str(broken)).glob("*.onnx"):
+    graphs = [*(repo / "sentiment_encoder" / str(broken)).glob("*.onnx"), *(repo / "sentiment" / str(broken)).glob("steps/*/1/*.onnx")]
+    assert graphs
+    for onnx in graphs:
         onnx.write_bytes(b"not an onnx graph")  # a corrupt upload, say
 
     with pytest.raises(SwitchFailedError, match=f"version {broken} of sentiment failed to load"):

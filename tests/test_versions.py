@@ -30,8 +30,8 @@ STEPS = ("text_classify_encoder", "text_classify_postprocess")
 def two_versions(tmp_path_factory, text_checkpoints) -> Path:
     """text_classify exported twice from one checkpoint (same labels, same settings)."""
     repository = tmp_path_factory.mktemp("versions") / "repo"
-    export_text(text_checkpoints["classify"], repository)
-    export_text(text_checkpoints["classify"], repository)
+    export_text(text_checkpoints["classify"], repository, layout="ensemble")
+    export_text(text_checkpoints["classify"], repository, layout="ensemble")
     return repository
 
 
@@ -146,7 +146,7 @@ def test_live_switches_fail_no_request_and_the_served_version_survives_a_restart
     from mmserve.server import ServerPorts, TritonServer
 
     repo = tmp_path / "repo"
-    export_text(text_checkpoints["classify"], repo)
+    export_text(text_checkpoints["classify"], repo, layout="ensemble")
     classify_labels = len((text_checkpoints["classify"] / "labels.txt").read_text().split())
     sentiment_labels = len((text_checkpoints["sentiment"] / "labels.txt").read_text().split())
     assert classify_labels != sentiment_labels  # the third switch changes the label set
@@ -159,13 +159,13 @@ def test_live_switches_fail_no_request_and_the_served_version_survives_a_restart
 
         with Traffic(server.grpc_url) as traffic:
             # a re-export with the same labels: version 1 stays loaded beside 2
-            traffic.during(lambda: (export_text(text_checkpoints["classify"], repo), go_live(1)))
+            traffic.during(lambda: (export_text(text_checkpoints["classify"], repo, layout="ensemble"), go_live(1)))
             assert _served(admin, PRODUCT) == ["2"] and _policy(repo, "text_classify_encoder") == [1, 2]
             # a rollback through the API, with the server's model control
             traffic.during(lambda: versions.set_active_version(repo, PRODUCT, 1, admin.load_model, admin.unload_model))
             assert _served(admin, PRODUCT) == ["1"]
             # another label set: the configs differ, so the served version is bridged
-            traffic.during(lambda: (export_text(text_checkpoints["sentiment"], repo, name=PRODUCT), go_live(1)))
+            traffic.during(lambda: (export_text(text_checkpoints["sentiment"], repo, name=PRODUCT, layout="ensemble"), go_live(1)))
             assert _served(admin, PRODUCT) == ["3"] and _policy(repo, "text_classify_encoder") == [3]
             traffic.during(lambda: None)
         assert traffic.errors == [], traffic.errors[:3]
@@ -184,15 +184,52 @@ def test_live_switches_fail_no_request_and_the_served_version_survives_a_restart
         admin.close()
 
 
+def test_a_fused_pipeline_switches_versions_live_without_a_failed_request(tmp_path: Path, text_checkpoints):
+    """The fused layout's pipeline is one model: Triton loads version V beside U and swaps."""
+    from mmserve.server import ServerPorts, TritonServer
+
+    repo = tmp_path / "repo"
+    export_text(text_checkpoints["classify"], repo, layout="fused")
+    classify_labels = len((text_checkpoints["classify"] / "labels.txt").read_text().split())
+    sentiment_labels = len((text_checkpoints["sentiment"] / "labels.txt").read_text().split())
+    log = tmp_path / "triton.log"
+    with TritonServer(repo, ServerPorts.free(), log_file=log) as server:
+        admin = grpcclient.InferenceServerClient(server.grpc_url)
+        assert [m["name"] for m in admin.get_model_repository_index(as_json=True)["models"]] == [PRODUCT]
+
+        def go_live(served: int) -> None:
+            versions.serve_active(repo, PRODUCT, served, admin.load_model, admin.unload_model)
+
+        with Traffic(server.grpc_url) as traffic:
+            traffic.during(lambda: (export_text(text_checkpoints["classify"], repo, layout="fused"), go_live(1)))
+            assert _served(admin, PRODUCT) == ["2"]
+            traffic.during(lambda: versions.set_active_version(repo, PRODUCT, 1, admin.load_model, admin.unload_model))
+            assert _served(admin, PRODUCT) == ["1"]
+            # another label set (labels.txt at the pipeline's root changes with the version)
+            traffic.during(lambda: (export_text(text_checkpoints["sentiment"], repo, name=PRODUCT, layout="fused"), go_live(1)))
+            assert _served(admin, PRODUCT) == ["3"]
+            traffic.during(lambda: None)
+        assert traffic.errors == [], traffic.errors[:3]
+        assert traffic.answers[-1] == sentiment_labels and classify_labels in traffic.answers
+        assert (repo / PRODUCT / "labels.txt").read_text().split() == (text_checkpoints["sentiment"] / "labels.txt").read_text().split()
+        assert not [p.name for p in repo.iterdir() if "__v" in p.name]
+        versions.set_active_version(repo, PRODUCT, 2)  # on disk only: served from the next start
+        admin.close()
+    with TritonServer(repo, ServerPorts.free(), log_file=log) as server:
+        admin = grpcclient.InferenceServerClient(server.grpc_url)
+        assert _served(admin, PRODUCT) == ["2"]
+        admin.close()
+
+
 def test_keep_removes_old_versions_but_never_a_served_one(tmp_path: Path, text_checkpoints):
     repo = tmp_path / "repo"
     for _ in range(3):
-        written = export_text(text_checkpoints["classify"], repo, keep=2)
+        written = export_text(text_checkpoints["classify"], repo, keep=2, layout="ensemble")
     assert written.version == 3
     for model in (PRODUCT, *STEPS):
         assert versions.version_folders(repo / model) == [2, 3]
     versions.set_active_version(repo, PRODUCT, 2)
-    export_text(text_checkpoints["classify"], repo, keep=1)  # version 4; 2 was served until now
+    export_text(text_checkpoints["classify"], repo, keep=1, layout="ensemble")  # version 4; 2 was served until now
     assert versions.active_version(repo, PRODUCT) == 4
     for model in STEPS:
         assert versions.version_folders(repo / model) == [2, 4] and _policy(repo, model) == [2, 4]
@@ -235,10 +272,10 @@ def test_a_version_that_fails_to_load_is_not_switched_to(tmp_path: Path, text_ch
     from mmserve.server import ServerPorts, TritonServer
 
     repo = tmp_path / "repo"
-    export_text(text_checkpoints["classify"], repo)
+    export_text(text_checkpoints["classify"], repo, layout="ensemble")
     with TritonServer(repo, ServerPorts.free(), log_file=tmp_path / "triton.log") as server:
         admin = grpcclient.InferenceServerClient(server.grpc_url)
-        export_text(text_checkpoints["classify"], repo)
+        export_text(text_checkpoints["classify"], repo, layout="ensemble")
         (repo / "text_classify_encoder" / "2" / "model.onnx").write_bytes(b"not an ONNX graph")  # broken on disk
         with Traffic(server.grpc_url) as traffic:
 
