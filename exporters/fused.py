@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from tritonclient.grpc.model_config_pb2 import ModelConfig, ModelDynamicBatching, ModelInstanceGroup
 
 from mmserve.exporters.onnx_export import ExportError
-from mmserve.exporters.repository import VERSION, ModelFolder, python_model_py
+from mmserve.exporters.repository import ENCODER_MODEL_PY, VERSION, ModelFolder, python_model_py
 from mmserve.exporters.triton_config import EncoderTuning, copy_config, print_config
 from mmserve.serving.fused import PLAN_FILE, STEP_CONFIG, STEP_VERSION, STEPS_FOLDER
 
@@ -54,9 +54,24 @@ def fuse_pipelines(models: Sequence[ModelFolder], tuning: EncoderTuning) -> list
     return fused
 
 
+def fused_instances(steps: Sequence[ModelFolder], tuning: EncoderTuning) -> int:
+    """How many instances of a fused pipeline run: as many as its busiest step asks for.
+
+    A decoder (image_preprocess, audio_preprocess) holds the GIL for most of a request and
+    asks for DECODER_INSTANCES: its pipeline then runs that many instances, each with its
+    share of the cores. A text pipeline runs one instance whose encoder spins (see
+    _step_files): measured on 2 cores, 1 instance spinning beat 2 instances of 1 thread
+    at concurrency 1 and matched them at 8 (docs/benchmarks.md).
+    """
+    asked = [group.count for step in steps for group in step.config.instance_group]
+    return max([tuning.instances, *asked])
+
+
 def fused_pipeline(ensemble: ModelFolder, models: dict[str, ModelFolder], tuning: EncoderTuning) -> ModelFolder:
     """One pipeline as a Python model with the ensemble's name, inputs and outputs."""
     steps = ensemble.config.ensemble_scheduling.step
+    step_models = [models[name] for name in dict.fromkeys(step.model_name for step in steps) if name in models]
+    instances = fused_instances(step_models, tuning)
     config = ModelConfig(
         name=ensemble.config.name,
         backend="python",
@@ -64,7 +79,7 @@ def fused_pipeline(ensemble: ModelFolder, models: dict[str, ModelFolder], tuning
         input=ensemble.config.input,
         output=ensemble.config.output,
         dynamic_batching=ModelDynamicBatching(max_queue_delay_microseconds=tuning.max_queue_delay_us),
-        instance_group=[ModelInstanceGroup(count=tuning.instances, kind=ModelInstanceGroup.KIND_CPU)],
+        instance_group=[ModelInstanceGroup(count=instances, kind=ModelInstanceGroup.KIND_CPU)],
     )
     for tensor in config.input:
         # The Python backend hands each request over on its own, so requests of any shape
@@ -79,7 +94,7 @@ def fused_pipeline(ensemble: ModelFolder, models: dict[str, ModelFolder], tuning
         model = models.get(step.model_name)
         if model is None or f"{VERSION}/model.py" not in model.files:
             raise ExportError(f"pipeline {config.name}: step {step.model_name} is not a Python model of this export; it cannot be fused")
-        files.update(_step_files(model, tuning))
+        files.update(_step_files(model, instances))
         plan.append({"model": step.model_name, "input_map": dict(step.input_map), "output_map": dict(step.output_map)})
     files[f"{VERSION}/{PLAN_FILE}"] = json.dumps({"steps": plan}, indent=2) + "\n"
     files.update(_carry_labels(config, steps, models))
@@ -104,15 +119,22 @@ def _carry_labels(config: ModelConfig, steps: Sequence[Any], models: dict[str, M
     return files
 
 
-def _step_files(model: ModelFolder, tuning: EncoderTuning) -> dict:
+def _step_files(model: ModelFolder, instances: int) -> dict:
     """A step's folder inside the pipeline's version: steps/<model>/{config.pbtxt, 1/..., labels.txt}.
 
     Its instance count is the pipeline's, so an encoder splits the cores as the pipeline's
-    instances share them."""
+    instances share them. With one instance the encoder's onnxruntime threads spin between
+    parallel sections instead of sleeping: on a VM every wake-up is an interrupt to the
+    hypervisor, and on 2 cores spinning took MiniLM from 8.3 to 6.4 ms at concurrency 1 and
+    191 to 248 infer/s at 8. (The ensemble layout cannot: its spinning encoder starves the
+    tokenizer's and post-processing's processes.)
+    """
     base = PurePosixPath(VERSION, STEPS_FOLDER, model.name)
     config = copy_config(model.config)
     del config.instance_group[:]
-    config.instance_group.add(count=tuning.instances, kind=ModelInstanceGroup.KIND_CPU)
+    config.instance_group.add(count=instances, kind=ModelInstanceGroup.KIND_CPU)
+    if instances == 1 and model.files.get(f"{VERSION}/model.py") == ENCODER_MODEL_PY:
+        config.parameters["allow_spinning"].string_value = "1"
     files: dict = {str(base / STEP_CONFIG): print_config(config)}
     for relative, content in model.files.items():
         parts = PurePosixPath(relative).parts

@@ -3,7 +3,8 @@
 The pipeline's models are loaded from the repository and called directly in
 this one process: the same Python models (tokenizer, image/audio
 pre-processing, post-processing), the same ONNX through the same runner with
-the same thread settings, the steps wired exactly as the pipeline wires them.
+the same settings but every core for onnxruntime (one instance), the steps wired exactly
+as the pipeline wires them.
 Either layout reads the same way: an ensemble's steps are models of the
 repository; a fused pipeline's steps are listed in `pipeline.json` of its served
 version and live in that version's `steps/` folder, a mini repository.
@@ -103,9 +104,14 @@ def load_python_model(repository: Path, name: str, version: int | None = None) -
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     model = module.TritonPythonModel()
+    # One instance: this process gives onnxruntime every core, whatever the server runs (the
+    # best one process does; a served layout with 2 instances of 1 thread is measured
+    # against that, not against a single thread).
+    whole_machine = triton_config.copy_config(config)
+    del whole_machine.instance_group[:]
     args = {
         # what the Python backend hands initialize(): the config as JSON with proto field names
-        "model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
+        "model_config": json.dumps(json_format.MessageToDict(whole_machine, preserving_proto_field_name=True)),
         "model_repository": str(folder),
         "model_version": str(version),
         "model_name": name,

@@ -729,9 +729,11 @@ def render(results: dict, images: dict[str, str]) -> str:
           if len(layouts(results)) > 1 else []),
         "\n## Serving efficiency: served vs in-process\n\n",
         "The in-process baseline runs the pipeline's own models (tokenizer or pre-processing, the same ONNX "
-        "through the same runner and thread settings, post-processing) in one Python process on the same "
-        "requests, with the whole batch in one call; the best batch size is the one with the highest "
-        "items/s.\n\n",
+        "through the same runner and settings, post-processing) in one Python process on the same "
+        "requests, with the whole batch in one call and every core given to onnxruntime (one instance); "
+        "the best batch size is the one with the highest items/s. A served ratio above 1× at c=8 is the "
+        "server running several instances side by side (a fused image or audio pipeline runs 2 of 1 "
+        "thread each), which one process making one call at a time does not.\n\n",
         baseline_section(results),
         "\n## Pipelines under load\n\n",
     ]

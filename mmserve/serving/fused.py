@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from mmserve.serving.runtime import LocalRequest, Outputs, PythonStep, model_folder, triton_response
+from mmserve.serving.runtime import LocalRequest, Outputs, PythonStep, instance_count, model_folder, triton_response
 
 PLAN_FILE = "pipeline.json"
 STEPS_FOLDER = "steps"
@@ -44,12 +44,18 @@ class FusedStep:
     output_map: Mapping[str, str]  # the step's output name -> the pipeline tensor it writes
 
 
-def step_args(folder: Path, model: str, instance_kind: str = "CPU") -> dict[str, str]:
-    """The `args` Triton would give the step's initialize(), from its folder's config.pbtxt."""
+def step_args(folder: Path, model: str, instance_kind: str = "CPU", instances: int | None = None) -> dict[str, str]:
+    """The `args` Triton would give the step's initialize(), from its folder's config.pbtxt.
+
+    `instances`: the pipeline's own instance count, which the step takes (an encoder splits
+    the cores by it), so editing the pipeline's config.pbtxt retunes its steps too."""
     from google.protobuf import json_format, text_format
     from tritonclient.grpc.model_config_pb2 import ModelConfig
 
     config = text_format.Parse((folder / STEP_CONFIG).read_text(encoding="utf-8"), ModelConfig())
+    if instances is not None:
+        del config.instance_group[:]
+        config.instance_group.add(count=instances)
     return {
         "model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
         "model_repository": str(folder),
@@ -69,14 +75,14 @@ def load_step_class(model_py: Path) -> type:
     return module.TritonPythonModel
 
 
-def load_steps(version_folder: Path, instance_kind: str = "CPU") -> list[FusedStep]:
+def load_steps(version_folder: Path, instance_kind: str = "CPU", instances: int | None = None) -> list[FusedStep]:
     """Every step of the pipeline.json in `version_folder`, initialised, in call order."""
     plan = json.loads((version_folder / PLAN_FILE).read_text(encoding="utf-8"))
     steps = []
     for entry in plan["steps"]:
         folder = version_folder / STEPS_FOLDER / entry["model"]
         step = load_step_class(folder / STEP_VERSION / "model.py")()
-        step.initialize(step_args(folder, entry["model"], instance_kind))
+        step.initialize(step_args(folder, entry["model"], instance_kind, instances))
         steps.append(FusedStep(entry["model"], step, dict(entry["input_map"]), dict(entry["output_map"])))
     return steps
 
@@ -87,33 +93,35 @@ class FusedPipeline:
     def __init__(self, steps: Sequence[FusedStep], outputs: Sequence[str]) -> None:
         self.steps = list(steps)
         self.outputs = list(outputs)
-        self._plans: dict[frozenset[str], list[tuple[FusedStep, list[str]]]] = {}
+        self._plans: dict[frozenset[str], dict[int, list[str]]] = {}
 
-    def plan(self, wanted: frozenset[str]) -> list[tuple[FusedStep, list[str]]]:
-        """The steps that `wanted` outputs need, each with the outputs asked of it."""
+    def plan(self, wanted: frozenset[str]) -> dict[int, list[str]]:
+        """The steps (by index) that the `wanted` outputs need, each with the outputs asked of it."""
         if wanted not in self._plans:
-            needed, plan = set(wanted), []
-            for step in reversed(self.steps):
+            needed: set[str] = set(wanted)
+            plan: dict[int, list[str]] = {}
+            for index in reversed(range(len(self.steps))):
+                step = self.steps[index]
                 produced = [inner for inner, outer in step.output_map.items() if outer in needed]
                 if produced:
-                    plan.append((step, produced))
+                    plan[index] = produced
                     needed.update(step.input_map.values())
-            self._plans[wanted] = plan[::-1]
+            self._plans[wanted] = plan
         return self._plans[wanted]
 
     def run(self, inputs: Sequence[Outputs], requested: Sequence[Sequence[str]]) -> list[Outputs | Exception]:
         """Each request's outputs (the ones it asked for; all when none) or its error."""
         wanted = [frozenset(names or self.outputs) for names in requested]
+        plans = [self.plan(names) for names in wanted]
         tensors = [dict(request_inputs) for request_inputs in inputs]
         errors: list[Exception | None] = [None] * len(inputs)
-        plans = [{id(step): produced for step, produced in self.plan(names)} for names in wanted]
-        for step in self.steps:
-            batch = [i for i in range(len(inputs)) if errors[i] is None and id(step) in plans[i]]
+        for index, step in enumerate(self.steps):
+            batch = [i for i in range(len(inputs)) if errors[i] is None and index in plans[i]]
             if not batch:
                 continue
             calls = [
                 LocalRequest({inner: tensors[i][outer] for inner, outer in step.input_map.items() if outer in tensors[i]},
-                             plans[i][id(step)])
+                             plans[i][index])
                 for i in batch
             ]
             for i, result in zip(batch, step.step.answer_batch(calls)):
@@ -133,7 +141,8 @@ class FusedPipelineModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         kind = args.get("model_instance_kind", "CPU")
-        self.pipeline = FusedPipeline(load_steps(model_folder(args), kind), [o["name"] for o in config["output"]])
+        instances = instance_count(args)
+        self.pipeline = FusedPipeline(load_steps(model_folder(args), kind, instances), [o["name"] for o in config["output"]])
 
     def execute(self, requests: list[Any]) -> list[Any]:
         inputs = [{tensor.name(): tensor.as_numpy() for tensor in request.inputs()} for request in requests]
