@@ -30,7 +30,7 @@ def test_session_export_wrote_configs_logit_scale_and_templates(repository: Path
 def test_int8_export_reports_its_cost(workdir: Path, tmp_path: Path):
     from mmserve.exporters.clip import export_clip
 
-    result = export_clip(tiny_clip_checkpoint(workdir), tmp_path / "repo", int8=True, name="small")
+    result = export_clip(tiny_clip_checkpoint(workdir), tmp_path / "repo", int8=True, name="small", layout="ensemble")
     assert result.pipelines == ("small_image_embed", "small_clip_text_embed", "small_zero_shot_image")
     image_quantization, text_quantization = (result.graphs[g].quantization for g in ("image_tower", "text_tower"))
     assert image_quantization is not None and text_quantization is not None

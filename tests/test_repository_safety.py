@@ -145,7 +145,7 @@ def served_repository(tmp_path: Path, text_checkpoints, request):
     repository = tmp_path / "repo"
     if getattr(request, "param", None) == "tmpfs":
         request.getfixturevalue("tmpfs")(repository, size="24m")
-    export_text(text_checkpoints["classify"], repository)
+    export_text(text_checkpoints["classify"], repository, layout="ensemble")
     with TritonServer(repository, ServerPorts.free(), log_file=tmp_path / "triton.log") as server:
         yield repository, server
 
