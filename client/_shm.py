@@ -184,7 +184,7 @@ def _cuda_region(name: str, size: int, device: int) -> CudaRegion:
 
 CUDA_ADVICE = (
     "shared_memory='cuda' needs an NVIDIA GPU on the server's host, visible to this process, and "
-    "tritonclient's CUDA utilities (pip install 'tritonclient[grpc,cuda]': cuda-python below 13, whose "
+    "tritonclient's CUDA utilities (pip install 'mmserve[cuda-client]': tritonclient[cuda] with cuda-python below 13, whose "
     "`cuda.cudart` they import, and setuptools' pkg_resources); otherwise use shared_memory='system' or none"
 )
 
