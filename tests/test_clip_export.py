@@ -23,7 +23,7 @@ def test_session_export_wrote_configs_logit_scale_and_templates(repository: Path
     assert ensemble.count("model_name") == 3 and 'platform: "ensemble"' in ensemble
     preprocess = read_config(repository / "image_preprocess" / "config.pbtxt")
     assert list(preprocess.output[0].dims) == [3, 32, 32] and "max_pixels" in preprocess.parameters
-    summary = (workdir / "clip-export.txt").read_text()
+    summary = (workdir / "clip-export-ensemble.txt").read_text()  # tests/lines_clip.py, the session's repository
     assert "image tower parity fp32" in summary and "ids equal to open_clip's" in summary
 
 

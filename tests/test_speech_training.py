@@ -238,7 +238,7 @@ def tiny_classifier(keywords, tiny_whisper, workdir):
 def test_int8_export_writes_the_quantized_graph_and_reports_its_cost(tiny_classifier, tmp_path):
     from mmserve.exporters.speech import export_speech
 
-    result = export_speech(tiny_classifier, tmp_path / "repo", name="kws_int8", int8=True)
+    result = export_speech(tiny_classifier, tmp_path / "repo", name="kws_int8", int8=True, layout="ensemble")
     quantization = result.graphs["encoder"].quantization
     assert quantization is not None and quantization.min_cosine > 0.9
     assert quantization.fp32_accuracy is not None  # measured on the checkpoint's dev split
