@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from mmserve.pipelines import MAX_BATCH_SIZE
 
@@ -73,6 +73,15 @@ def _at(rows: Sequence[dict], load: float) -> dict | None:
 
 
 # ---- derived figures ----
+def measured_efficiencies(results: dict) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(pipeline, layout, efficiency) for every pipeline and layout measured against a baseline."""
+    for pipeline in results["pipelines"]:
+        for layout in measured_layouts(results, pipeline["name"]):
+            eff = efficiency(results, pipeline["name"], layout)
+            if eff:
+                yield pipeline["name"], layout, eff
+
+
 def efficiency(results: dict, pipeline: str, layout: str | None = None) -> dict[str, Any] | None:
     """Served ÷ in-process: throughput at c=8 over the best batch, p50 at c=1 over batch 1."""
     baseline = results["baselines"].get(pipeline)
@@ -136,28 +145,23 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
     def verdict(ok: bool | None) -> str:
         return "not measured" if ok is None else ("**met**" if ok else "**not met**")
 
-    for pipeline in results["pipelines"]:
-        name = pipeline["name"]
-        for layout in measured_layouts(results, name):
-            eff = efficiency(results, name, layout)
-            if not eff:
-                continue
-            ratio = eff["throughput_ratio"]
-            same_batch = (f"; vs in-process b{TARGET_CONCURRENCY}: {_f(eff['b8_ratio'], 2)}×") if eff["b8_ratio"] else ""
-            verdicts.append((
-                f"`{name}` {layout}: c={TARGET_CONCURRENCY} throughput ≥ {THROUGHPUT_RATIO}× in-process best batch",
-                f"{_f(eff['c8_throughput'])} vs {_f(eff['best_throughput'])} infer/s (b{eff['best_batch']}) = "
-                f"**{_f(ratio, 2)}×**{same_batch}" if ratio else f"no c={TARGET_CONCURRENCY} in this run",
-                verdict(throughput_met(eff)),
-            ))
-            ratio = eff["latency_ratio"]
-            verdicts.append((
-                f"`{name}` {layout}: c=1 p50 ≤ {LATENCY_RATIO}× in-process b1 (or ≤ +{SMALL_MODEL_ADDED_MS} ms "
-                f"under a {SMALL_MODEL_MS:g} ms model)",
-                f"{_f(eff['c1_p50_ms'], 2)} vs {_f(eff['b1_p50_ms'], 2)} ms = **{_f(ratio, 2)}×** "
-                f"({eff['c1_p50_ms'] - eff['b1_p50_ms']:+.2f} ms)" if ratio else "no c=1 in this run",
-                verdict(latency_met(eff)),
-            ))
+    for name, layout, eff in measured_efficiencies(results):
+        ratio = eff["throughput_ratio"]
+        same_batch = (f"; vs in-process b{TARGET_CONCURRENCY}: {_f(eff['b8_ratio'], 2)}×") if eff["b8_ratio"] else ""
+        verdicts.append((
+            f"`{name}` {layout}: c={TARGET_CONCURRENCY} throughput ≥ {THROUGHPUT_RATIO}× in-process best batch",
+            f"{_f(eff['c8_throughput'])} vs {_f(eff['best_throughput'])} infer/s (b{eff['best_batch']}) = "
+            f"**{_f(ratio, 2)}×**{same_batch}" if ratio else f"no c={TARGET_CONCURRENCY} in this run",
+            verdict(throughput_met(eff)),
+        ))
+        ratio = eff["latency_ratio"]
+        verdicts.append((
+            f"`{name}` {layout}: c=1 p50 ≤ {LATENCY_RATIO}× in-process b1 (or ≤ +{SMALL_MODEL_ADDED_MS} ms "
+            f"under a {SMALL_MODEL_MS:g} ms model)",
+            f"{_f(eff['c1_p50_ms'], 2)} vs {_f(eff['b1_p50_ms'], 2)} ms = **{_f(ratio, 2)}×** "
+            f"({eff['c1_p50_ms'] - eff['b1_p50_ms']:+.2f} ms)" if ratio else "no c=1 in this run",
+            verdict(latency_met(eff)),
+        ))
     summary = peer_summary(results)
     for ours in _ours(summary):
         label = f"text_embed {ours['layout']}" if len(_ours(summary)) > 1 else "text_embed"
@@ -290,18 +294,13 @@ def latency_reason(results: dict, pipeline: str, layout: str) -> str:
 def target_reasons(results: dict) -> list[str]:
     """One line per missed serving target: the computed reason."""
     lines = []
-    for pipeline in results["pipelines"]:
-        name = pipeline["name"]
-        for layout in measured_layouts(results, name):
-            eff = efficiency(results, name, layout)
-            if not eff:
-                continue
-            if throughput_met(eff) is False:
-                lines.append(f"`{name}` {layout}, c={TARGET_CONCURRENCY} throughput {_f(eff['throughput_ratio'], 2)}×: "
-                             + throughput_reason(results, name, layout) + ".")
-            if latency_met(eff) is False:
-                lines.append(f"`{name}` {layout}, c=1 p50 {_f(eff['latency_ratio'], 2)}×: "
-                             + latency_reason(results, name, layout) + ".")
+    for name, layout, eff in measured_efficiencies(results):
+        if throughput_met(eff) is False:
+            lines.append(f"`{name}` {layout}, c={TARGET_CONCURRENCY} throughput {_f(eff['throughput_ratio'], 2)}×: "
+                         + throughput_reason(results, name, layout) + ".")
+        if latency_met(eff) is False:
+            lines.append(f"`{name}` {layout}, c=1 p50 {_f(eff['latency_ratio'], 2)}×: "
+                         + latency_reason(results, name, layout) + ".")
     summary = peer_summary(results)
     ort = next((t for t in summary if t["name"].startswith("infinity") and "torch" not in t["name"]
                 and _at(t["rows"], TARGET_CONCURRENCY)), None)
