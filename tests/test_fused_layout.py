@@ -161,3 +161,13 @@ def test_an_exported_fused_pipeline_loads_its_steps_as_triton_would(fused_reposi
     (answer,) = fused.run([text("where is my parcel?")], [[]])
     assert answer["LABEL"][0][0].decode() in labels and answer["PROBS"].shape == (1, len(labels))
     np.testing.assert_allclose(answer["PROBS"].sum(), 1.0, rtol=1e-5)
+
+
+def test_the_command_line_refuses_a_fused_gpu_export_before_reading_anything(tmp_path: Path, capsys):
+    from mmserve.cli import main
+
+    code = main(["export", "text", str(tmp_path / "no-checkpoint"), "--repository", str(tmp_path / "repo"),
+                 "--profile", "gpu", "--layout", "fused"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--layout fused is the cpu profile's layout" in err and "Traceback" not in err
+    assert not (tmp_path / "repo").exists()
