@@ -28,7 +28,8 @@ from mmserve.supervisor import python_stubs
 MMSERVE = [sys.executable, "-m", "mmserve.cli"]
 ADMIN_KEY = "healing-" + "0123456789abcdef" * 2
 PIPELINE = "text_classify"
-ENCODER = "text_classify_encoder"
+# The model whose stub is killed: the encoder step of the ensemble layout, the whole pipeline of the fused one.
+KILLED = {"ensemble": "text_classify_encoder", "fused": "text_classify"}
 CLIENTS = 4
 GENEROUS_S = 60.0  # a bound on "it comes back", not a performance target
 pytestmark = pytest.mark.timeout(600)
@@ -41,6 +42,7 @@ class Served:
     triton_pid: int
     stderr: Path
     crashed_shm: list[str]  # shared-memory regions of killed stubs: gone once the server stops
+    stub_model: str  # the model whose stub the tests kill and unload
 
     def recoveries(self) -> dict[str, int]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ports.supervisor}/metrics", timeout=5) as response:
@@ -48,8 +50,9 @@ class Served:
         return {m: int(n) for m, n in re.findall(r'mmserve_model_recoveries_total\{model="([^"]+)"\} (\d+)', text)}
 
 
-@pytest.fixture(scope="module")
-def served(repository: Path, tmp_path_factory) -> Served:
+@pytest.fixture(scope="module", params=sorted(KILLED))
+def served(request, tmp_path_factory) -> Served:
+    repository = request.getfixturevalue("repository" if request.param == "ensemble" else "fused_repository")
     folder = tmp_path_factory.mktemp("healing")
     ports = ServerPorts.free()
     stdout, stderr = folder / "stdout", folder / "stderr"
@@ -67,7 +70,7 @@ def served(repository: Path, tmp_path_factory) -> Served:
             pytest.fail(f"mmserve serve did not start: {stderr.read_text()}")
         time.sleep(0.2)
     triton = next(p for p in _children(process.pid) if Path(f"/proc/{p}/comm").read_text().strip() == "tritonserver")
-    running = Served(process, ports, triton, stderr, [])
+    running = Served(process, ports, triton, stderr, [], KILLED[request.param])
     yield running
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 0, stderr.read_text()
@@ -118,7 +121,7 @@ def test_a_killed_stub_is_reloaded_without_a_restart(served: Served):
         while sum(c.ok for c in calls) < 20:  # all four are being served
             assert time.monotonic() < deadline, "no successful calls before the kill"
             time.sleep(0.05)
-        before = [s for s in python_stubs(served.triton_pid).values() if s.model == ENCODER]
+        before = [s for s in python_stubs(served.triton_pid).values() if s.model == served.stub_model]
         assert len(before) == 1
         served.crashed_shm.append(before[0].shm_region)
         killed_at = time.monotonic()
@@ -146,25 +149,25 @@ def test_a_killed_stub_is_reloaded_without_a_restart(served: Served):
     assert all(c.ok for c in calls if c.started > last_failure), "failures did not stop"
     assert last_failure - killed_at < GENEROUS_S
     assert served.process.poll() is None, "the server restarted or died"
-    assert served.recoveries().get(ENCODER) == 1
-    now = {s.pid for s in python_stubs(served.triton_pid).values() if s.model == ENCODER}
+    assert served.recoveries().get(served.stub_model) == 1
+    now = {s.pid for s in python_stubs(served.triton_pid).values() if s.model == served.stub_model}
     assert len(now) == 1, "the encoder has no live stub again"
-    assert f"supervisor: {ENCODER} reloaded" in served.stderr.read_text()
+    assert f"supervisor: {served.stub_model} reloaded" in served.stderr.read_text()
 
 
 def test_an_operator_unload_is_not_undone(served: Served):
-    """The encoder's stub ends on an unload too: the supervisor must tell it from a crash."""
+    """The stub ends on an unload too: the supervisor must tell it from a crash."""
     http = httpclient.InferenceServerClient(f"127.0.0.1:{served.ports.http}")
     admin = {"admin-key": ADMIN_KEY}
     before = served.recoveries()
-    http.unload_model(ENCODER, headers=admin)
+    http.unload_model(served.stub_model, headers=admin)
     deadline = time.monotonic() + GENEROUS_S
-    while any(s.model == ENCODER for s in python_stubs(served.triton_pid).values()):
+    while any(s.model == served.stub_model for s in python_stubs(served.triton_pid).values()):
         assert time.monotonic() < deadline, "the unloaded encoder's stub did not end"
         time.sleep(0.1)
     time.sleep(5)  # ten stub polls and several repository-index reads of the supervisor
-    assert not http.is_model_ready(ENCODER), "the supervisor reloaded a model the operator unloaded"
+    assert not http.is_model_ready(served.stub_model), "the supervisor reloaded a model the operator unloaded"
     assert served.recoveries() == before
-    http.load_model(ENCODER, headers=admin)
+    http.load_model(served.stub_model, headers=admin)
     http.load_model(PIPELINE, headers=admin)
     assert http.is_model_ready(PIPELINE)
