@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from mmserve.training.text_checkpoint import LABELS_FILE, TRAINING_CONFIG_FILE, read_labels
+from mmserve.training.text_checkpoint import TRAINING_CONFIG_FILE, checked_labels
 from mmserve.training.errors import CheckpointError, TrainingError
 from mmserve.training.files import read_json_if_present
 from mmserve.training.quiet import load_pretrained
@@ -198,12 +198,7 @@ def load_speech_checkpoint(path: str | Path) -> SpeechCheckpoint:
         else:
             model = AutoModel.from_pretrained(path)
         return SpeechCheckpoint(model.eval(), extractor, [], "embed", family, path)
-    if not (path / LABELS_FILE).is_file():
-        raise CheckpointError(f"{path}: no {LABELS_FILE} (one label per line, in model output order)")
-    labels = read_labels(path)
-    config_labels = [config.id2label[i] for i in range(config.num_labels)]
-    if labels != config_labels:
-        raise CheckpointError(f"{path}: {LABELS_FILE} {labels} does not match config.json id2label {config_labels}")
+    labels = checked_labels(path, config)
     cls = WhisperForAudioClassification if family == WHISPER else AutoModelForAudioClassification
     model = cls.from_pretrained(path)
     return SpeechCheckpoint(model.eval(), extractor, labels, "classify", family, path)

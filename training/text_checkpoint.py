@@ -74,6 +74,18 @@ def read_labels(path: Path) -> list[str]:
     return [line for line in (path / LABELS_FILE).read_text(encoding="utf-8").splitlines() if line]
 
 
+def checked_labels(path: Path, config: Any) -> list[str]:
+    """A classifier checkpoint's labels.txt, refused unless it names the model's classes
+    (config.json id2label) in output order: a mismatch would serve wrong label names."""
+    if not (path / LABELS_FILE).is_file():
+        raise CheckpointError(f"{path}: no {LABELS_FILE} (one label per line, in model output order)")
+    labels = read_labels(path)
+    config_labels = [config.id2label[i] for i in range(config.num_labels)]
+    if labels != config_labels:
+        raise CheckpointError(f"{path}: {LABELS_FILE} {labels} does not match config.json id2label {config_labels}")
+    return labels
+
+
 def load_text_checkpoint(path: str | Path) -> TextCheckpoint:
     """Load a fine-tuned checkpoint (classify/ner) or a raw encoder folder (embed).
 
@@ -92,12 +104,7 @@ def load_text_checkpoint(path: str | Path) -> TextCheckpoint:
         return TextCheckpoint(model.eval(), tokenizer, [], "embed", _embed_max_length(path, tokenizer, config))
 
     task = training_config["task"]
-    if not (path / LABELS_FILE).is_file():
-        raise CheckpointError(f"{path}: no {LABELS_FILE} (one label per line, in model output order)")
-    labels = read_labels(path)
-    config_labels = [config.id2label[i] for i in range(config.num_labels)]
-    if labels != config_labels:
-        raise CheckpointError(f"{path}: {LABELS_FILE} {labels} does not match config.json id2label {config_labels}")
+    labels = checked_labels(path, config)
     model = _MODEL_CLASSES[task].from_pretrained(path)
     return TextCheckpoint(model.eval(), tokenizer, labels, task, int(training_config["max_length"]))
 
