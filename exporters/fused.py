@@ -70,7 +70,12 @@ def fused_instances(steps: Sequence[ModelFolder], tuning: EncoderTuning) -> int:
 def fused_pipeline(ensemble: ModelFolder, models: dict[str, ModelFolder], tuning: EncoderTuning) -> ModelFolder:
     """One pipeline as a Python model with the ensemble's name, inputs and outputs."""
     steps = ensemble.config.ensemble_scheduling.step
-    step_models = [models[name] for name in dict.fromkeys(step.model_name for step in steps) if name in models]
+    step_models = []  # each model the ensemble calls, once, in call order
+    for name in dict.fromkeys(step.model_name for step in steps):
+        model = models.get(name)
+        if model is None or f"{VERSION}/model.py" not in model.files:
+            raise ExportError(f"pipeline {ensemble.name}: step {name} is not a Python model of this export; it cannot be fused")
+        step_models.append(model)
     instances = fused_instances(step_models, tuning)
     config = ModelConfig(
         name=ensemble.config.name,
@@ -87,15 +92,12 @@ def fused_pipeline(ensemble: ModelFolder, models: dict[str, ModelFolder], tuning
         tensor.allow_ragged_batch = True
     files: dict = {f"{VERSION}/model.py": FUSED_MODEL_PY}
     files.update({name: content for name, content in ensemble.files.items() if not name.startswith(f"{VERSION}/")})
-    plan = []
-    for step in steps:
-        if step.model_name in {entry["model"] for entry in plan}:
-            continue
-        model = models.get(step.model_name)
-        if model is None or f"{VERSION}/model.py" not in model.files:
-            raise ExportError(f"pipeline {config.name}: step {step.model_name} is not a Python model of this export; it cannot be fused")
+    for model in step_models:
         files.update(_step_files(model, instances))
-        plan.append({"model": step.model_name, "input_map": dict(step.input_map), "output_map": dict(step.output_map)})
+    plan = [
+        {"model": step.model_name, "input_map": dict(step.input_map), "output_map": dict(step.output_map)}
+        for step in steps
+    ]
     files[f"{VERSION}/{PLAN_FILE}"] = json.dumps({"steps": plan}, indent=2) + "\n"
     files.update(_carry_labels(config, steps, models))
     return ModelFolder(config.name, config, files, pipeline=True)

@@ -78,12 +78,15 @@ def load_step_class(model_py: Path) -> type:
 def load_steps(version_folder: Path, instance_kind: str = "CPU", instances: int | None = None) -> list[FusedStep]:
     """Every step of the pipeline.json in `version_folder`, initialised, in call order."""
     plan = json.loads((version_folder / PLAN_FILE).read_text(encoding="utf-8"))
+    loaded: dict[str, PythonStep] = {}  # a model the pipeline calls twice is loaded once
     steps = []
     for entry in plan["steps"]:
-        folder = version_folder / STEPS_FOLDER / entry["model"]
-        step = load_step_class(folder / STEP_VERSION / "model.py")()
-        step.initialize(step_args(folder, entry["model"], instance_kind, instances))
-        steps.append(FusedStep(entry["model"], step, dict(entry["input_map"]), dict(entry["output_map"])))
+        model = entry["model"]
+        if model not in loaded:
+            folder = version_folder / STEPS_FOLDER / model
+            loaded[model] = load_step_class(folder / STEP_VERSION / "model.py")()
+            loaded[model].initialize(step_args(folder, model, instance_kind, instances))
+        steps.append(FusedStep(model, loaded[model], dict(entry["input_map"]), dict(entry["output_map"])))
     return steps
 
 
@@ -154,7 +157,7 @@ class FusedPipelineModel:
         return [triton_response(result) for result in results]
 
     def finalize(self) -> None:
-        for fused in self.pipeline.steps:
-            finalize = getattr(fused.step, "finalize", None)
+        for step in {id(fused.step): fused.step for fused in self.pipeline.steps}.values():
+            finalize = getattr(step, "finalize", None)
             if finalize is not None:
                 finalize()
