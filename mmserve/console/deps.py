@@ -1,0 +1,139 @@
+"""What every page of the console shares: the app's state, the session, the templates,
+the form check (CSRF, sign-in) and small helpers for products and errors.
+
+A page module (``mmserve/console/pages/``) imports from here and nowhere else in the
+console's web layer, so the rules (who may see what, how a POST is checked, how an
+error is shown) live in one place.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+from mmserve.client import InvalidInputError, MmserveError, PermissionDeniedError
+from mmserve.lifecycle import Lifecycle, LifecycleError, Product
+from mmserve.pipelines import Kind
+
+from . import cards, playground
+from .auth import CSRF_FIELD, CSRF_HEADER, Session, csrf_ok
+from .runtime import Console
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+
+def console_of(request: Request) -> Console:
+    """The app's one :class:`Console` (set by :func:`mmserve.console.app.create_app`)."""
+    return request.app.state.console
+
+
+def session_of(request: Request) -> Session:
+    """This request's session: the one signed in during this request, else the cookie's."""
+    return request.state.new_session or request.state.session
+
+
+def render(request: Request, name: str, context: dict[str, Any] | None = None, status_code: int = 200) -> HTMLResponse:
+    """A template with what every page needs (session, CSRF field, nav state) in its context."""
+    settings = console_of(request).settings
+    base = {
+        "session": session_of(request),
+        "csrf_field": CSRF_FIELD,
+        "admin_enabled": settings.admin_enabled,
+        "server": settings.server,
+        "path": request.url.path,
+        "partial": is_htmx(request),
+    }
+    return templates.TemplateResponse(request, name, {**base, **(context or {})}, status_code=status_code)
+
+
+async def checked_form(request: Request, *, admin: bool) -> Any:
+    """The POST's form after the CSRF check (403) and, for admin routes, the sign-in check (401)."""
+    settings = console_of(request).settings
+    size = request.headers.get("content-length", "")
+    if size.isdigit() and int(size) > settings.max_upload_bytes:
+        raise HTTPException(413, f"the upload is {int(size) / 1e6:.1f} MB; the console takes at most "
+                                 f"{settings.max_upload_bytes / 1e6:.3g} MB per request")
+    form = await request.form(max_files=playground.MAX_FILES, max_part_size=settings.max_upload_bytes)
+    session: Session = request.state.session
+    token = request.headers.get(CSRF_HEADER) or form.get(CSRF_FIELD)
+    if not csrf_ok(session, token if isinstance(token, str) else None):
+        raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
+    if admin and not session.is_admin:
+        raise HTTPException(401, "sign in with the admin key first")
+    return form
+
+
+# --- products ---------------------------------------------------------------------------------
+
+
+def products_of(console: Console) -> tuple[list[Product], str | None]:
+    """The lifecycle's products; the server being down is shown, not raised."""
+    try:
+        return console.lifecycle().products(), None
+    except MmserveError as error:
+        try:
+            return Lifecycle(console.settings.repository, None).products(), f"server {console.settings.server}: {error}"
+        except (OSError, LifecycleError) as inner:
+            return [], f"{error}; {inner}"
+
+
+def product_or_404(console: Console, name: str, products: list[Product] | None = None) -> Product:
+    products = products if products is not None else products_of(console)[0]
+    for product in products:
+        if product.name == name:
+            return product
+    listed = ", ".join(p.name for p in products) or "none"
+    raise HTTPException(404, f"no product '{name}'; products: {listed}")
+
+
+def shown_labels(product: Product) -> tuple[str, ...]:
+    """What a person reads as the product's classes: NER's BIO tags as entity types."""
+    if product.kind != Kind.TEXT_NER:
+        return product.labels
+    types: dict[str, None] = {}
+    for tag in product.labels:
+        if tag != "O":
+            types[tag.split("-", 1)[-1]] = None
+    return tuple(types)
+
+
+# --- requests and errors ----------------------------------------------------------------------
+
+
+def status_for(error: MmserveError) -> int:
+    """The HTTP status a page answers with when the client raised ``error``."""
+    if isinstance(error, InvalidInputError):
+        return 400
+    if isinstance(error, PermissionDeniedError):
+        return 403
+    if error.status in ("UNAVAILABLE", "NOT_FOUND"):
+        return 503
+    if error.status == "DEADLINE_EXCEEDED":
+        return 504
+    return 502
+
+
+def is_htmx(request: Request) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def local_path(target: str) -> str:
+    """Only redirect within the console (no open redirect via ?next=)."""
+    return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/products"
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else (f"{value:.1f} ms" if value >= 10 else f"{value:.2f} ms")
+
+
+templates.env.filters["when"] = cards.when
+templates.env.filters["facts"] = cards.card_facts
+templates.env.filters["card_json"] = cards.card_json
+templates.env.filters["ms"] = _ms
+templates.env.filters["shown_labels"] = shown_labels
+templates.env.filters["by_modality"] = playground.by_modality
+templates.env.globals["kind_title"] = lambda kind: playground.KIND_TITLES.get(Kind(kind), str(kind))
