@@ -52,7 +52,8 @@ class ClientBase:
     default: the system's), ``certificate_chain`` and ``private_key`` (a client
     certificate, for mutual TLS); each a file path or PEM bytes.
     ``tls_server_name`` checks the server's certificate against that name instead of
-    the URL's host.
+    the URL's host. With no ``admin_key`` and a loopback URL, the key a local
+    `mmserve serve` of this user generated for that port is used (mmserve.local_servers).
 
     Channel: one gRPC channel per client, shared by all threads or tasks; ``keepalive``
     (tritonclient's ``KeepAliveOptions``), ``max_send_message_size`` /
@@ -96,6 +97,10 @@ class ClientBase:
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidInputError(f"retry must be a RetryPolicy or None, not {type(retry).__name__}")
         self.url = normalize_url(url)
+        if admin_key is None:
+            from mmserve.local_servers import admin_key_for
+
+            admin_key = admin_key_for(self.url)
         self.timeout = timeout
         self.max_batch_size = max_batch_size
         self.max_concurrency = max(1, int(max_concurrency))

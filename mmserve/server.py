@@ -9,12 +9,17 @@ so another server already on the port can never pass for it.
 
 Security (docs/security.md): gRPC over TLS (`tls_cert`/`tls_key`, mutual with
 `tls_ca`), Triton's restricted protocols behind an admin key (model repository, shared
-memory, trace, logging) and optionally an API key (inference). Listening beyond
-loopback without an admin key is refused unless `insecure`.
+memory, trace, logging) and optionally an API key (inference). `generate_admin_key`
+(what `mmserve serve` does when given none) makes a new key per start, kept in a 0600
+file of the run folder, so model control is never open. gRPC beyond loopback without
+TLS, or without an admin key, is refused unless `insecure`. tritonserver runs in its
+private run folder (its working directory: nothing planted where it was launched is
+imported) and dies with the process that started it (parent-death signal).
 """
 from __future__ import annotations
 
 import atexit
+import ctypes
 import ipaddress
 import json
 import os
@@ -25,12 +30,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
+
+from mmserve import local_servers
 
 # Triton's restricted-protocol groups. The key names are what Triton checks: the HTTP
 # header as is, the gRPC metadata header with the prefix Triton adds
@@ -44,6 +52,7 @@ MIN_KEY_LENGTH = 16
 # group is killed.
 STOP_GRACE_S = 40.0
 LOOPBACK = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class LaunchError(RuntimeError):
@@ -151,7 +160,8 @@ def new_run_dir(root: Path | None = None) -> Path:
     for suffix in ("", *(f"-{i}" for i in range(1, 100))):
         path = root / f"serve-{stamp}{suffix}"
         try:
-            path.mkdir(parents=True)
+            root.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700)  # private: tritonserver's working directory, the generated admin key
             return path
         except FileExistsError:
             continue
@@ -200,6 +210,24 @@ def is_loopback(host: str) -> bool:
     return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
+def _die_with_launcher() -> Any:
+    """A preexec_fn asking Linux to SIGKILL the child when the thread that started it dies
+    (the OOM killer's `kill -9` of `mmserve serve` included); its Python stubs notice their
+    parent is gone and exit within a second. Only from the main thread: a worker thread that
+    starts a server and ends would take the server with it. None elsewhere (atexit stays)."""
+    if threading.current_thread() is not threading.main_thread() or not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def arm() -> None:  # runs in the child between fork and exec: no allocation-heavy work
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the launcher died before the signal was armed
+            os._exit(1)
+
+    return arm
+
+
 def _probe_host(bind: str) -> str:
     """The address to reach a listener bound to `bind` from this machine, URL-ready."""
     if bind in ("0.0.0.0", ""):
@@ -243,15 +271,22 @@ class TritonServer:
     tls_ca: Path | None = None  # set: clients must present a certificate signed by it (mTLS)
     admin_key: str | None = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
-    insecure: bool = False  # allow a non-loopback bind without an admin key
+    insecure: bool = False  # allow gRPC beyond loopback without TLS or without an admin key
     http_host: str | None = None
     supervise: bool = False
+    # tritonserver's working directory, where a generated admin key is kept (None: a private
+    # temporary folder, removed at stop)
+    run_dir: Path | None = None
+    generate_admin_key: bool = False  # no admin_key given: make one for this start (`mmserve serve`)
     _process: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _log: IO | None = field(default=None, init=False, repr=False)
     _log_path: Path | None = field(default=None, init=False, repr=False)
     _server_id: str = field(default_factory=lambda: f"mmserve-{secrets.token_hex(6)}", init=False)
     _supervisor: Any = field(default=None, init=False, repr=False)
     _stopping: bool = field(default=False, init=False, repr=False)
+    _cwd: Path | None = field(default=None, init=False, repr=False)
+    _temporary_cwd: bool = field(default=False, init=False, repr=False)
+    admin_key_file: Path | None = field(default=None, init=False)  # where a generated key was written
 
     # --- where it listens ------------------------------------------------------------
 
@@ -314,8 +349,14 @@ class TritonServer:
         for key, what in ((self.admin_key, "admin key"), (self.api_key, "API key")):
             if key is not None:
                 _check_key(key, what)
+        if not is_loopback(self.host) and self.tls_cert is None and not self.insecure:
+            raise LaunchError(
+                f"refusing to serve gRPC on {self.host} without TLS: keys and data would cross the network "
+                "readable. Add --tls-cert FILE --tls-key FILE (docs/security.md shows how to make them), keep "
+                "--host 127.0.0.1 behind a TLS-terminating proxy, or pass --insecure on a network you trust."
+            )
         exposed = [h for h in (self.host, self.effective_http_host) if not is_loopback(h)]
-        if exposed and self.admin_key is None and not self.insecure:
+        if exposed and self.admin_key is None and not self.generate_admin_key and not self.insecure:
             raise LaunchError(
                 f"refusing to listen on {exposed[0]} without an admin key: anyone who reaches the port could "
                 "load a model and run Python code in the server. Add --admin-key-file FILE (or set "
@@ -350,9 +391,10 @@ class TritonServer:
             raise LaunchError(f"the ports must differ: {', '.join(f'{n} {p}' for n, _, p, _ in wanted)}")
         for name, host, port, flag in wanted:
             if _port_taken(host, port):
+                holder = local_servers.holder_of(port) or "another server (perhaps an earlier `mmserve serve`)"
                 raise LaunchError(
-                    f"port {port} ({name}) is already in use on {host}: another server (perhaps an earlier "
-                    f"`mmserve serve`) is listening there. Stop it, or choose another port with {flag}."
+                    f"port {port} ({name}) is already in use on {host}: {holder}. Stop it, or choose another "
+                    f"port with {flag}."
                 )
 
     # --- the command line -----------------------------------------------------------------
@@ -409,14 +451,42 @@ class TritonServer:
         return args
 
     def _environment(self) -> dict[str, str]:
-        """The stub takes its Python prefix from the first python3 on PATH: make it ours."""
+        """The stub takes its Python prefix from the first python3 on PATH: make it ours.
+
+        Its sys.path gets no working directory (PYTHONSAFEPATH; the cwd is the private run
+        folder anyway) and no relative PYTHONPATH entry, which would name the launch folder."""
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env.setdefault("OMP_NUM_THREADS", "1")
+        env["PYTHONSAFEPATH"] = "1"
+        if "PYTHONPATH" in env:
+            kept = [entry for entry in env["PYTHONPATH"].split(os.pathsep) if entry and os.path.isabs(entry)]
+            env["PYTHONPATH"] = os.pathsep.join(kept)
         for secret in ("MMSERVE_ADMIN_KEY", "MMSERVE_API_KEY"):
             env.pop(secret, None)  # model code has no business with them
         return env
+
+    def _prepare_run_dir(self) -> Path:
+        """tritonserver's private working directory (0700), and the admin key made for this start."""
+        if self.run_dir is not None:
+            folder = Path(self.run_dir).resolve()
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)
+        else:
+            folder = Path(tempfile.mkdtemp(prefix="mmserve-run-"))
+            self._temporary_cwd = True
+        self._cwd = folder
+        if self.admin_key is None and self.generate_admin_key:
+            key_file = folder / local_servers.KEY_FILE
+            key = secrets.token_hex(32)
+            try:
+                key_file.unlink(missing_ok=True)  # an earlier start's, in a reused folder
+                local_servers.write_private(key_file, key + "\n")
+            except OSError as error:
+                raise LaunchError(f"cannot write the admin key file {key_file}: {error.strerror or error}") from None
+            self.admin_key, self.admin_key_file = key, key_file
+        return folder
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -424,7 +494,7 @@ class TritonServer:
         if self._process is not None:
             return self
         self.check()
-        cmd = self.command()
+        self.command()  # the binary and the models are found before anything is written
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log_path = self.log_file
@@ -435,14 +505,24 @@ class TritonServer:
         self._log = open(self._log_path, "w")
         self._stopping = False
         try:
+            cwd = self._prepare_run_dir()
+            cmd = self.command()  # with the generated key, if one was made
             self._process = subprocess.Popen(
                 cmd,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 env=self._environment(),
+                cwd=cwd,
                 start_new_session=True,  # its own process group: signals are ours to forward, stop() kills the group
+                preexec_fn=_die_with_launcher(),
             )
             atexit.register(self.stop)  # an uncaught exception in the caller must not orphan the server
+            local_servers.register(
+                self._server_id, pid=self._process.pid, launcher_pid=os.getpid(), run_dir=str(cwd),
+                key_file=str(self.admin_key_file) if self.admin_key_file else None, host=self.host,
+                ports={"grpc": self.ports.grpc, "http": self.ports.http, "metrics": self.ports.metrics,
+                       "supervisor": self.ports.supervisor},
+            )
             self.wait_ready()
             if self.supervise:
                 from mmserve.supervisor import ModelSupervisor
@@ -536,6 +616,7 @@ class TritonServer:
         process, self._process = self._process, None
         if process is None:
             self._close_log()
+            self._forget_run()
             return None
         self._stopping = True
         try:
@@ -554,7 +635,19 @@ class TritonServer:
             if supervisor is not None:
                 supervisor.remove_shared_memory()
             self._close_log()
+            self._forget_run()
         return process.returncode
+
+    def _forget_run(self) -> None:
+        """After the process is gone: its registry entry, its generated key (a new one per start)
+        and a temporary working directory go too."""
+        local_servers.unregister(self._server_id)
+        if self.admin_key_file is not None:
+            self.admin_key_file.unlink(missing_ok=True)
+            self.admin_key, self.admin_key_file = None, None
+        if self._temporary_cwd and self._cwd is not None:
+            shutil.rmtree(self._cwd, ignore_errors=True)
+            self._temporary_cwd = False
 
     def _close_log(self) -> None:
         if self._log:

@@ -28,7 +28,8 @@ def _serve(args: argparse.Namespace) -> int:
         signal.signal(signum, interrupt)
     admin_key = resolve_key(args.admin_key, args.admin_key_file, "MMSERVE_ADMIN_KEY", "admin key")
     api_key = resolve_key(args.api_key, args.api_key_file, "MMSERVE_API_KEY", "API key")
-    log = args.log or new_run_dir() / "triton.log"
+    run_dir = new_run_dir()  # tritonserver's private working directory; the generated admin key's home
+    log = args.log or run_dir / "triton.log"
     server = TritonServer(
         args.repository,
         ServerPorts(grpc=args.grpc_port, http=args.http_port, metrics=args.metrics_port, supervisor=args.supervisor_port),
@@ -44,13 +45,18 @@ def _serve(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         http_host=args.http_host,
         supervise=not args.no_supervise,
+        run_dir=run_dir,
+        generate_admin_key=admin_key is None,  # model control is never open: a new key per start
     )
     try:
         server.start()
     except BaseException:
-        if args.log is None and not log.exists():
-            log.parent.rmdir()  # stopped before Triton started: no empty run folder left behind
+        if not any(run_dir.iterdir()):
+            run_dir.rmdir()  # stopped before Triton started: no empty run folder left behind
         raise
+    if server.admin_key_file is not None:
+        print(f"admin key (new for this run): {server.admin_key_file}; the mmserve commands, the client and the "
+              "console on this host read it from there (docs/security.md)", flush=True)
     http = server.effective_http_host
     print(
         f"Triton is ready: gRPC {args.host}:{args.grpc_port}{' (TLS)' if args.tls_cert else ''}, "
@@ -62,7 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not args.console:
         return server.wait()
     try:
-        console = _console_beside(server, args, admin_key, api_key)
+        console = _console_beside(server, args, server.admin_key, api_key)
     except BaseException:
         server.stop()
         raise
@@ -92,7 +98,7 @@ def _console_beside(server: "TritonServer", args: argparse.Namespace, admin_key:
     settings = ConsoleSettings(
         server=server.grpc_url, repository=args.repository, port=args.console_port,
         metrics_url=server.metrics_url, admin_key=admin_key, api_key=api_key,
-        sign_in_key=None if admin_key else one_time_key(),
+        sign_in_key=one_time_key() if server.admin_key_file is not None else None,  # a generated key: nobody typed it
     )
     try:
         console = ConsoleServer(settings).start()
@@ -170,7 +176,7 @@ def register(commands) -> None:
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--supervisor-port", type=int, default=8003, help="the supervisor's /metrics and /status")
     serve.add_argument("--host", default="127.0.0.1",
-                       help="gRPC address; 0.0.0.0 listens on every interface (needs an admin key, or --insecure)")
+                       help="gRPC address; 0.0.0.0 listens on every interface (needs TLS, or --insecure)")
     serve.add_argument("--http-host", help="HTTP, metrics and supervisor address (default: --host; 127.0.0.1 with TLS)")
     serve.add_argument("--model", action="append", help="load only this model (repeatable)")
     serve.add_argument("--log", type=Path,
@@ -185,13 +191,13 @@ def register(commands) -> None:
     keys = serve.add_argument_group("access keys (prefer the files or the environment: values show in `ps`)")
     admin = keys.add_mutually_exclusive_group()
     admin.add_argument("--admin-key", help="required for load/unload/index, shared memory, trace, logging "
-                       "(default: $MMSERVE_ADMIN_KEY)")
+                       "(default: $MMSERVE_ADMIN_KEY, else a new one per start in RUN_FOLDER/admin.key, mode 0600)")
     admin.add_argument("--admin-key-file", type=Path, help="read the admin key from this file (a mounted secret)")
     api = keys.add_mutually_exclusive_group()
     api.add_argument("--api-key", help="required for inference as well (default: $MMSERVE_API_KEY)")
     api.add_argument("--api-key-file", type=Path, help="read the API key from this file")
     keys.add_argument("--insecure", action="store_true",
-                      help="listen beyond loopback without an admin key (a network you trust only)")
+                      help="serve gRPC beyond loopback without TLS or without a key of yours (a network you trust only)")
     console = serve.add_argument_group("the web console beside the server (docs/console.md)")
     console.add_argument("--console", action="store_true",
                          help="also serve the management console (on loopback; the admin key signs people in)")
