@@ -6,6 +6,12 @@ once here: bytes and files go as they are, PIL images and arrays are encoded
 which keeps alpha). Audio travels as mono float32 PCM in [-1, 1] plus its sample
 rate; files are decoded with ``soundfile``, imported only when a file is given so
 the client works without it.
+
+Untrusted bytes are bounded before they are decoded (the console's playground decodes
+visitors' uploads here): an audio file's header (format, rate, channels, length) is
+checked against the pipelines' limits first, and the read stops one frame past the
+limit whatever the header claims; an image is opened only as one of the contract's
+formats, its size checked before any pixel is decoded (``open_image``).
 """
 from __future__ import annotations
 
@@ -30,6 +36,9 @@ __all__ = [
     "to_mono_float32",
     "decode_audio",
     "load_audio",
+    "open_image",
+    "IMAGE_FORMATS",
+    "MAX_AUDIO_SECONDS",
 ]
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
@@ -40,6 +49,15 @@ JPEG_QUALITY = 95
 _PNG_MODES = {"1", "L", "LA", "P", "I", "I;16", "RGB", "RGBA"}
 _JPEG_MODES = {"L", "RGB", "CMYK"}
 _MAX_CHANNELS = 32  # more "channels" than this is an array given as [channels, n]
+# What the audio pipelines accept (mmserve/serving/audio.py: the sample-rate range and the
+# default clip limit `mmserve export speech --max-seconds` sets; tests hold them equal).
+MAX_AUDIO_SECONDS = 30.0
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 48_000
+MAX_FILE_CHANNELS = 8
+AUDIO_FILE_FORMATS = ("WAV", "WAVEX", "FLAC", "OGG")  # libsndfile's names; nothing else is parsed further
+# The image formats the contract names (mmserve/serving/image.py IMAGE_FORMATS).
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
+MAX_IMAGE_PIXELS = 40_000_000
 
 
 def is_single_image(x: object) -> bool:
@@ -164,8 +182,56 @@ def to_mono_float32(audio: np.ndarray, *, index: int = 0) -> np.ndarray:
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 
-def decode_audio(data: bytes | str | os.PathLike, *, index: int = 0) -> tuple[np.ndarray, int]:
-    """Decode a WAV/FLAC/OGG file or its bytes to (mono float32, sample rate)."""
+def open_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS, where: str = "image") -> Image.Image:
+    """Untrusted encoded bytes -> a PIL image opened as JPEG/PNG/WebP/BMP only, its size checked
+    before any pixel is decoded; InvalidInputError otherwise. The caller decodes (``.load()``)."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(bytes(data)), formats=IMAGE_FORMATS)
+    except Exception as exc:  # noqa: BLE001 - unidentified, a bomb, or a broken header
+        raise InvalidInputError(
+            f"{where} is not a JPEG, PNG, WebP or BMP image Pillow may open ({len(data)} bytes starting "
+            f"{bytes(data[:8])!r}: {exc}); send one of those formats"
+        ) from exc
+    width, height = image.size
+    if width < 1 or height < 1 or width * height > max_pixels:
+        raise InvalidInputError(
+            f"{where} is {width}x{height} pixels; accepted: 1 to {max_pixels:,} pixels (resize it first)"
+        )
+    return image
+
+
+def _check_audio_header(info: object, where: str, max_seconds: float) -> int:
+    """The header's promises against the pipelines' limits; the frames to read at most."""
+    fmt, rate, channels, frames = (getattr(info, name) for name in ("format", "samplerate", "channels", "frames"))
+    if fmt not in AUDIO_FILE_FORMATS:
+        raise InvalidInputError(f"{where} is {fmt} audio; send WAV, FLAC or OGG, or a numpy array")
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise InvalidInputError(
+            f"{where} is {rate} Hz; the pipelines accept {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz: resample it first"
+        )
+    if not 1 <= channels <= MAX_FILE_CHANNELS:
+        raise InvalidInputError(f"{where} has {channels} channels; at most {MAX_FILE_CHANNELS} are accepted")
+    limit = int(max_seconds * rate)
+    if frames > limit:
+        raise InvalidInputError(
+            f"{where} says it is {frames / rate:,.1f} s long ({frames:,} frames at {rate} Hz); the pipelines accept "
+            f"at most {max_seconds:g} s per clip: split longer audio (refused before decoding)"
+        )
+    return limit
+
+
+def decode_audio(
+    data: bytes | str | os.PathLike, *, index: int = 0, max_seconds: float = MAX_AUDIO_SECONDS
+) -> tuple[np.ndarray, int]:
+    """Decode a WAV/FLAC/OGG file or its bytes to (mono float32, sample rate).
+
+    The header is checked before decoding (format, rate, channels, length up to
+    `max_seconds`, the pipeline's limit), and decoding stops one frame past the limit
+    whatever the header says, so a small file that expands to hours costs nothing."""
     where = f"audio clip {index}"
     try:
         import soundfile  # lazy: only apps sending encoded audio need it
@@ -175,24 +241,36 @@ def decode_audio(data: bytes | str | os.PathLike, *, index: int = 0) -> tuple[np
             "or pass a numpy array with sample_rate="
         ) from exc
     if isinstance(data, (str, os.PathLike)):
-        source: object = os.fspath(data)
-        if not Path(source).is_file():  # type: ignore[arg-type]
-            raise InvalidInputError(f"{where}: no such file {source!r}")
+        path = os.fspath(data)
+        if not Path(path).is_file():  # type: ignore[arg-type]
+            raise InvalidInputError(f"{where}: no such file {path!r}")
+
+        def source() -> object:
+            return path
     else:
         if not data:
             raise InvalidInputError(f"{where} is empty bytes: pass the encoded file contents")
-        source = io.BytesIO(bytes(data))
+        raw = bytes(data)
+
+        def source() -> object:
+            return io.BytesIO(raw)
     try:
-        samples, rate = soundfile.read(source, dtype="float32", always_2d=True)
+        limit = _check_audio_header(soundfile.info(source()), where, max_seconds)
+        samples, rate = soundfile.read(source(), frames=limit + 1, dtype="float32", always_2d=True)
     except (RuntimeError, TypeError, ValueError) as exc:  # LibsndfileError is a RuntimeError
         raise InvalidInputError(
             f"{where}: cannot decode audio ({exc}); pass WAV, FLAC or OGG, or a numpy array"
         ) from exc
+    if samples.shape[0] > limit:  # the header under-stated the length
+        raise InvalidInputError(
+            f"{where} is longer than {max_seconds:g} s, whatever its header says; the pipelines accept at most "
+            f"{max_seconds:g} s per clip: split longer audio"
+        )
     return to_mono_float32(samples, index=index), int(rate)
 
 
 def load_audio(
-    audio: AudioInput, sample_rate: int | None, *, index: int = 0
+    audio: AudioInput, sample_rate: int | None, *, index: int = 0, max_seconds: float = MAX_AUDIO_SECONDS
 ) -> tuple[np.ndarray, int]:
     """(mono float32 samples, sample rate) for one clip given any supported way."""
     where = f"audio clip {index}"
@@ -208,7 +286,7 @@ def load_audio(
             )
         return to_mono_float32(audio, index=index), int(sample_rate)
     if isinstance(audio, (str, os.PathLike, bytes, bytearray, memoryview)):
-        samples, rate = decode_audio(audio, index=index)  # type: ignore[arg-type]
+        samples, rate = decode_audio(audio, index=index, max_seconds=max_seconds)  # type: ignore[arg-type]
         if sample_rate is not None and int(sample_rate) != rate:
             raise InvalidInputError(
                 f"{where}: the file says {rate} Hz but sample_rate={sample_rate}; "

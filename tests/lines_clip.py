@@ -104,7 +104,6 @@ def valid_images() -> dict[str, bytes]:
         "png": encode(picture, "PNG"),
         "webp": encode(picture, "WEBP"),
         "bmp": encode(picture, "BMP"),
-        "tiff": encode(picture, "TIFF"),
         "grayscale_jpeg": encode(picture.convert("L"), "JPEG"),
         "cmyk_jpeg": encode(picture.convert("CMYK"), "JPEG"),
         "png_16bit_gray": encode(gray16, "PNG"),
@@ -113,7 +112,8 @@ def valid_images() -> dict[str, bytes]:
         "la_png": encode(rgba.convert("LA"), "PNG"),
         "palette_png": encode(palette, "PNG"),
         "palette_transparent_png": encode(transparent_palette, "PNG", transparency=0),
-        "animated_gif": encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0),
+        "animated_webp": encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=100, loop=0,
+                                lossless=True),
         "exif_rotated_jpeg": encode(picture, "JPEG", quality=95, exif=exif),
         "one_pixel_png": encode(Image.new("RGB", (1, 1), (10, 200, 30)), "PNG"),
         "panorama_jpeg": encode(scene(600, 60), "JPEG"),
@@ -127,6 +127,9 @@ def broken_images() -> dict[str, tuple[bytes, str]]:
     return {
         "empty": (b"", r"IMAGE\[0\] is empty"),
         "text_file": (b"name,caption\ncat.jpg,a cat\n", r"IMAGE\[0\] is not an image"),
+        # formats outside the contract (JPEG/PNG/WebP/BMP) are never opened (issue 18)
+        "tiff": (encode(picture, "TIFF"), r"IMAGE\[0\] is not an image in an accepted format"),
+        "gif": (encode(picture, "GIF"), r"IMAGE\[0\] is not an image in an accepted format"),
         "truncated_jpeg": (jpeg[: len(jpeg) // 2], r"IMAGE\[0\] .*(truncated|corrupt)"),
         "truncated_png": (png[: len(png) // 2], r"IMAGE\[0\] .*(truncated|corrupt)"),
         "bomb_png_20000x20000": (png_bytes(20000, 20000, 8, 2, b"\x00" * 64), r"IMAGE\[0\] is 20000x20000"),

@@ -83,8 +83,8 @@ def test_exif_orientation_is_applied():
     assert np.abs(np.asarray(decoded, dtype=int) - expected).mean() < 4  # JPEG noise only
 
 
-def test_animated_gif_uses_the_first_frame_and_cmyk_converts():
-    first = np.asarray(decode_image(valid_images()["animated_gif"]))
+def test_an_animation_uses_the_first_frame_and_cmyk_converts():
+    first = np.asarray(decode_image(valid_images()["animated_webp"]))
     assert first[..., 0].mean() > 150 and first[..., 2].mean() < 60  # red, not the blue second frame
     cmyk = np.asarray(decode_image(valid_images()["cmyk_jpeg"]), dtype=int)
     assert np.abs(cmyk - np.asarray(scene(), dtype=int)).mean() < 8

@@ -176,11 +176,9 @@ def test_top_labels_names_the_argmax(probs):
 IMAGE_MODES = ("1", "L", "P", "RGB", "RGBA", "LA", "CMYK", "I;16", "I", "F", "YCbCr", "PA")
 FORMATS = {  # modes each encoder writes without converting
     "PNG": {"1", "L", "P", "RGB", "RGBA", "LA", "I;16"},
-    "TIFF": {"1", "L", "P", "RGB", "RGBA", "LA", "CMYK", "I;16", "I", "F", "YCbCr"},
     "JPEG": {"L", "RGB", "CMYK", "YCbCr"},
     "BMP": {"1", "L", "P", "RGB", "RGBA"},
     "WEBP": {"RGB", "RGBA"},
-    "GIF": {"L", "P"},
 }
 
 

@@ -279,14 +279,17 @@ def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
                           env={**os.environ, "MMSERVE_ADMIN_KEY": "", **(env or {})})
 
 
-@pytest.mark.parametrize("flags", [("--host", "0.0.0.0"), ("--http-host", "0.0.0.0")])
-def test_an_exposed_bind_without_an_admin_key_is_refused(repository, tmp_path, flags):
+@pytest.mark.parametrize("flags, refusal, remedy", [
+    (("--host", "0.0.0.0"), "refusing to serve gRPC on 0.0.0.0 without TLS", "--tls-cert"),
+    (("--http-host", "0.0.0.0"), "refusing to listen on 0.0.0.0 without an admin key", "--admin-key-file"),
+])
+def test_an_exposed_bind_without_tls_or_an_admin_key_is_refused(repository, tmp_path, flags, refusal, remedy):
     ports = ServerPorts.free()
     result = _serve("--repository", str(repository), "--grpc-port", str(ports.grpc), "--http-port", str(ports.http),
                     "--metrics-port", str(ports.metrics), "--log", str(tmp_path / "triton.log"), *flags)
     assert result.returncode == 2, result.stderr
-    assert "refusing to listen on 0.0.0.0 without an admin key" in result.stderr
-    assert "--admin-key-file" in result.stderr and "--insecure" in result.stderr
+    assert refusal in result.stderr
+    assert remedy in result.stderr and "--insecure" in result.stderr
     assert not (tmp_path / "triton.log").exists(), "tritonserver was started"
     for port in (ports.grpc, ports.http):
         assert not _connects("127.0.0.1", port)
@@ -314,6 +317,9 @@ def test_the_launcher_refuses_too(repository):
         TritonServer(repository, ServerPorts.free(), http_host="0.0.0.0").start()
     insecure = TritonServer(repository, ServerPorts.free(), host="0.0.0.0", insecure=True)
     insecure.check()  # the operator said so: no refusal
+    # Finding 5: a key over plaintext gRPC beyond loopback crossed the network readable.
+    with pytest.raises(LaunchError, match="without TLS"):
+        TritonServer(repository, ServerPorts.free(), host="0.0.0.0", admin_key=ADMIN_KEY).check()
     assert ADMIN_KEY not in repr(TritonServer(repository, admin_key=ADMIN_KEY, api_key=API_KEY))
     assert API_KEY not in repr(TritonServer(repository, admin_key=ADMIN_KEY, api_key=API_KEY))
 

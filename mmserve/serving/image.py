@@ -33,6 +33,10 @@ from mmserve.serving.runtime import InputError, Outputs, PythonStep, input_array
 # A 40-megapixel photo is about the largest a phone takes; a decoded RGB image that
 # size is 120 MB. Anything larger is refused before decoding (decompression bombs).
 DEFAULT_MAX_PIXELS = 40_000_000
+# The formats the contract names (DESIGN.md: IMAGE is encoded JPEG/PNG/WebP/BMP). Pillow
+# opens nothing else: EPS (Ghostscript), PSD, FITS, TIFF and the rest of its decoders, each
+# with its own advisories, are never reached by untrusted bytes.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
 # Largest encoded IMAGE item (config parameter `max_image_bytes`): a 40-megapixel JPEG is
 # 10-20 MB. Checked before the header is read, so an over-size upload costs nothing more.
 DEFAULT_MAX_IMAGE_BYTES = 32 << 20
@@ -56,7 +60,7 @@ def decode_image(
     the server's pre-processing passes its `max_image_bytes`)."""
     where = f"{input_name}[{index}]"
     if not data:
-        raise InputError(f"{where} is empty; send the encoded image file (JPEG, PNG, WebP, BMP, GIF, TIFF)")
+        raise InputError(f"{where} is empty; send the encoded image file (JPEG, PNG, WebP or BMP)")
     if max_bytes is not None and len(data) > max_bytes:
         raise InputError(
             f"{where} is {len(data):,} bytes, above this server's limit of {max_bytes:,} bytes per image; "
@@ -66,8 +70,8 @@ def decode_image(
         image = _open_header(data)
     except UnidentifiedImageError:
         raise InputError(
-            f"{where} is not an image Pillow can read ({len(data)} bytes starting {data[:8]!r}); "
-            "send the encoded image file (JPEG, PNG, WebP, BMP, GIF, TIFF)"
+            f"{where} is not an image in an accepted format ({len(data)} bytes starting {data[:8]!r}); "
+            "send the encoded image file as JPEG, PNG, WebP or BMP"
         ) from None
     except Image.DecompressionBombError as error:
         raise InputError(f"{where} is too large to decode: {error}") from None
@@ -105,7 +109,7 @@ def _open_header(data: bytes) -> Image.Image:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
-            return Image.open(io.BytesIO(data))
+            return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         finally:
             Image.MAX_IMAGE_PIXELS = saved
 
