@@ -20,6 +20,8 @@ from typing import Any, Generic, TypeVar, Union
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from mmserve import kinds
+from mmserve.kinds import AnswerShape, InputShape
 from mmserve.pipelines import (
     AUDIO,
     EMBEDDING,
@@ -53,6 +55,7 @@ __all__ = [
     "Outputs",
     "Request",
     "Plan",
+    "plan",
     "chunk_ranges",
     "encode_texts",
     "plan_embed_text",
@@ -111,6 +114,15 @@ class Plan(Generic[T]):
         for request, output in zip(self.requests, outputs):
             values.extend(self.parse(output, request.batch_size))
         return self.collect(values)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A call's data as requests: whether it was one item, and (zero-shot) its labels."""
+
+    requests: tuple[Request, ...]
+    single: bool
+    labels: tuple[str, ...] = ()
 
 
 def chunk_ranges(n: int, max_batch: int = MAX_BATCH_SIZE) -> list[tuple[int, int]]:
@@ -182,39 +194,35 @@ def encode_texts(texts: Sequence[str | bytes]) -> np.ndarray:
     return out
 
 
-def _text_plan(
-    kind: Kind,
-    texts: TextInput,
-    parse: Callable[[Outputs, int], list[Any]],
-    collect: Callable[[bool], Callable[[list[Any]], Any]],
-    max_batch: int,
-) -> Plan[Any]:
+def _text_batch(
+    kind: Kind, texts: TextInput, *, max_batch: int = MAX_BATCH_SIZE, **_: Any
+) -> Batch:
     items, single = _text_items(texts)
     encoded = encode_texts(items)
     requests = tuple(
         _request(kind, {TEXT.name: encoded[start:end]})
         for start, end in chunk_ranges(len(items), max_batch)
     )
-    return Plan(requests, parse, collect(single))
+    return Batch(requests, single)
 
 
 def plan_embed_text(
     texts: TextInput, *, kind: Kind = Kind.TEXT_EMBED, max_batch: int = MAX_BATCH_SIZE
 ) -> Plan[np.ndarray]:
     """str -> [D]; list -> [N, D] (``[0, 0]`` for an empty list). Also CLIP text."""
-    return _text_plan(kind, texts, parse_embeddings, _one_or_stack, max_batch)
+    return plan(kind, texts, max_batch=max_batch)
 
 
 def plan_classify_text(
     texts: TextInput, *, max_batch: int = MAX_BATCH_SIZE
 ) -> Plan[Classification | list[Classification]]:
-    return _text_plan(Kind.TEXT_CLASSIFY, texts, parse_classifications, _one_or_list, max_batch)
+    return plan(Kind.TEXT_CLASSIFY, texts, max_batch=max_batch)
 
 
 def plan_extract_entities(
     texts: TextInput, *, max_batch: int = MAX_BATCH_SIZE
 ) -> Plan[list[Entity] | list[list[Entity]]]:
-    return _text_plan(Kind.TEXT_NER, texts, parse_entities, _one_or_list, max_batch)
+    return plan(Kind.TEXT_NER, texts, max_batch=max_batch)
 
 
 # --- images -----------------------------------------------------------------------
@@ -241,19 +249,30 @@ def _encode_images(items: Sequence[ImageInput], image_format: ImageFormat) -> np
     return out
 
 
+def _image_batch(
+    kind: Kind,
+    images: ImageInput | Iterable[ImageInput],
+    *,
+    image_format: ImageFormat = "auto",
+    max_batch: int = MAX_BATCH_SIZE,
+    **_: Any,
+) -> Batch:
+    items, single = _image_items(images)
+    encoded = _encode_images(items, image_format)
+    requests = tuple(
+        _request(kind, {IMAGE.name: encoded[start:end]})
+        for start, end in chunk_ranges(len(items), max_batch)
+    )
+    return Batch(requests, single)
+
+
 def plan_embed_images(
     images: ImageInput | Iterable[ImageInput],
     *,
     image_format: ImageFormat = "auto",
     max_batch: int = MAX_BATCH_SIZE,
 ) -> Plan[np.ndarray]:
-    items, single = _image_items(images)
-    encoded = _encode_images(items, image_format)
-    requests = tuple(
-        _request(Kind.IMAGE_EMBED, {IMAGE.name: encoded[start:end]})
-        for start, end in chunk_ranges(len(items), max_batch)
-    )
-    return Plan(requests, parse_embeddings, _one_or_stack(single))
+    return plan(Kind.IMAGE_EMBED, images, image_format=image_format, max_batch=max_batch)
 
 
 def _labels(labels: Sequence[str]) -> tuple[str, ...]:
@@ -273,13 +292,15 @@ def _labels(labels: Sequence[str]) -> tuple[str, ...]:
     return result
 
 
-def plan_zero_shot(
+def _image_and_labels_batch(
+    kind: Kind,
     images: ImageInput | Iterable[ImageInput],
-    labels: Sequence[str],
     *,
+    labels: Sequence[str] = (),
     image_format: ImageFormat = "auto",
     max_batch: int = MAX_BATCH_SIZE,
-) -> Plan[ZeroShotResult | list[ZeroShotResult]]:
+    **_: Any,
+) -> Batch:
     """Every image against the same candidate labels: ``LABELS`` is [N, K]."""
     names = _labels(labels)
     items, single = _image_items(images)
@@ -291,22 +312,35 @@ def plan_zero_shot(
         label_rows[:, :] = row[None, :]
         requests.append(
             _request(
-                Kind.ZERO_SHOT_IMAGE,
+                kind,
                 {IMAGE.name: encoded[start:end], LABELS.name: label_rows},
             )
         )
-    return Plan(tuple(requests), partial(parse_zero_shot, labels=names), _one_or_list(single))
+    return Batch(tuple(requests), single, names)
+
+
+def plan_zero_shot(
+    images: ImageInput | Iterable[ImageInput],
+    labels: Sequence[str],
+    *,
+    image_format: ImageFormat = "auto",
+    max_batch: int = MAX_BATCH_SIZE,
+) -> Plan[ZeroShotResult | list[ZeroShotResult]]:
+    """Every image against the same candidate labels: ``LABELS`` is [N, K]."""
+    return plan(Kind.ZERO_SHOT_IMAGE, images, labels=labels, image_format=image_format, max_batch=max_batch)
 
 
 # --- audio ------------------------------------------------------------------------
 
 
-def _audio_requests(
+def _audio_batch(
     kind: Kind,
     audio: AudioInput | Iterable[AudioInput],
-    sample_rate: int | None,
-    max_batch: int,
-) -> tuple[tuple[Request, ...], bool]:
+    *,
+    sample_rate: int | None = None,
+    max_batch: int = MAX_BATCH_SIZE,
+    **_: Any,
+) -> Batch:
     single = is_single_audio(audio)
     if single:
         clips: list[AudioInput] = [audio]  # type: ignore[list-item]
@@ -319,7 +353,7 @@ def _audio_requests(
         )
     loaded = [load_audio(clip, sample_rate, index=i) for i, clip in enumerate(clips)]
     if not loaded:
-        return (), single
+        return Batch((), single)
     rates = {rate for _, rate in loaded}
     lengths = {samples.shape[0] for samples, _ in loaded}
     if len(rates) == 1 and len(lengths) == 1:  # one batch: nothing to pad
@@ -345,7 +379,7 @@ def _audio_requests(
             )
             for samples, rate in loaded
         )
-    return requests, single
+    return Batch(requests, single)
 
 
 def plan_classify_audio(
@@ -354,8 +388,7 @@ def plan_classify_audio(
     *,
     max_batch: int = MAX_BATCH_SIZE,
 ) -> Plan[Classification | list[Classification]]:
-    requests, single = _audio_requests(Kind.AUDIO_CLASSIFY, audio, sample_rate, max_batch)
-    return Plan(requests, parse_classifications, _one_or_list(single))
+    return plan(Kind.AUDIO_CLASSIFY, audio, sample_rate=sample_rate, max_batch=max_batch)
 
 
 def plan_embed_audio(
@@ -364,8 +397,7 @@ def plan_embed_audio(
     *,
     max_batch: int = MAX_BATCH_SIZE,
 ) -> Plan[np.ndarray]:
-    requests, single = _audio_requests(Kind.AUDIO_EMBED, audio, sample_rate, max_batch)
-    return Plan(requests, parse_embeddings, _one_or_stack(single))
+    return plan(Kind.AUDIO_EMBED, audio, sample_rate=sample_rate, max_batch=max_batch)
 
 
 # --- responses --------------------------------------------------------------------
@@ -457,6 +489,35 @@ def parse_zero_shot(outputs: Outputs, n: int, labels: tuple[str, ...]) -> list[Z
             ZeroShotResult(labels=labels, probs=probs[i], label=labels[best], score=float(probs[i, best]))
         )
     return results
+
+
+# --- one plan per kind, from the kind table's shapes -------------------------------
+
+# How a call's data becomes requests, per input shape, and how responses become its result,
+# per answer shape (mmserve/kinds.py). A new kind of known shapes needs nothing here;
+# tests/test_kind_table.py checks every row's shapes have an entry.
+BATCHERS: dict[InputShape, Callable[..., Batch]] = {
+    InputShape.TEXT: _text_batch,
+    InputShape.IMAGE: _image_batch,
+    InputShape.IMAGE_AND_LABELS: _image_and_labels_batch,
+    InputShape.AUDIO: _audio_batch,
+}
+READERS: dict[AnswerShape, Callable[[Batch], tuple[Callable[[Outputs, int], list[Any]], Callable[[list[Any]], Any]]]] = {
+    AnswerShape.EMBEDDING: lambda batch: (parse_embeddings, _one_or_stack(batch.single)),
+    AnswerShape.CLASSIFICATION: lambda batch: (parse_classifications, _one_or_list(batch.single)),
+    AnswerShape.ZERO_SHOT: lambda batch: (partial(parse_zero_shot, labels=batch.labels), _one_or_list(batch.single)),
+    AnswerShape.ENTITIES: lambda batch: (parse_entities, _one_or_list(batch.single)),
+}
+
+
+def plan(kind: Kind | str, data: Any, *, max_batch: int = MAX_BATCH_SIZE, **options: Any) -> Plan[Any]:
+    """The plan of one call of ``kind`` (its row of the kind table picks how ``data`` is sent
+    and how answers are read). ``options``: ``labels`` (zero-shot), ``image_format`` (images),
+    ``sample_rate`` (audio)."""
+    row = kinds.info(kind)
+    batch = BATCHERS[row.input](row.kind, data, max_batch=max_batch, **options)
+    parse, collect = READERS[row.answer](batch)
+    return Plan(batch.requests, parse, collect)
 
 
 # --- tritonclient glue (shared by both transports) --------------------------------

@@ -26,12 +26,15 @@ import textwrap
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from mmserve import kinds
+from mmserve.kinds import InputShape
 from mmserve.pipelines import AUDIO, IMAGE, TEXT, Kind
 
 EXIT_PASS = 0
@@ -85,29 +88,47 @@ class SoakConfig:
 Call = Callable[[Any], Any]  # (client) -> answer
 
 
-def calls_for(kind: Kind, pipeline: str, n: int) -> list[Call]:
-    """`n` client calls of one product, each a realistic single-item request (bench inputs)."""
-    from mmserve.bench.inputs import SAMPLE_RATE, ZERO_SHOT_LABELS, requests_for
+def _text_args(request: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
+    return (bytes(request[TEXT.name][0]).decode("utf-8"),)
 
-    calls: list[Call] = []
-    for request in requests_for(kind, n):
-        if TEXT.name in request:
-            text = bytes(request[TEXT.name][0]).decode("utf-8")
-            method = {
-                Kind.TEXT_EMBED: "embed_text", Kind.TEXT_CLASSIFY: "classify_text",
-                Kind.TEXT_NER: "extract_entities", Kind.CLIP_TEXT_EMBED: "embed_clip_texts",
-            }[kind]
-            calls.append(lambda c, m=method, t=text: getattr(c, m)(t, pipeline))
-        elif kind is Kind.ZERO_SHOT_IMAGE:
-            image = bytes(request[IMAGE.name][0])
-            calls.append(lambda c, i=image: c.zero_shot(i, list(ZERO_SHOT_LABELS), pipeline))
-        elif kind is Kind.IMAGE_EMBED:
-            image = bytes(request[IMAGE.name][0])
-            calls.append(lambda c, i=image: c.embed_images(i, pipeline))
-        else:
-            method = "classify_audio" if kind is Kind.AUDIO_CLASSIFY else "embed_audio"
-            calls.append(lambda c, m=method, a=request[AUDIO.name]: getattr(c, m)(a, SAMPLE_RATE, pipeline))
-    return calls
+
+def _image_args(request: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
+    return (bytes(request[IMAGE.name][0]),)
+
+
+def _image_and_labels_args(request: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
+    from mmserve.bench.inputs import ZERO_SHOT_LABELS
+
+    return (bytes(request[IMAGE.name][0]), list(ZERO_SHOT_LABELS))
+
+
+def _audio_args(request: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
+    from mmserve.bench.inputs import SAMPLE_RATE
+
+    return (request[AUDIO.name], SAMPLE_RATE)
+
+
+# A bench request as the arguments of the kind's client method (before `pipeline`), per input
+# shape of the kind table (tests/test_kind_table.py checks every row's shape is here).
+CALL_ARGUMENTS: dict[InputShape, Callable[[Mapping[str, np.ndarray]], tuple[Any, ...]]] = {
+    InputShape.TEXT: _text_args,
+    InputShape.IMAGE: _image_args,
+    InputShape.IMAGE_AND_LABELS: _image_and_labels_args,
+    InputShape.AUDIO: _audio_args,
+}
+
+
+def calls_for(kind: Kind, pipeline: str, n: int) -> list[Call]:
+    """`n` client calls of one product, each a realistic single-item request (bench inputs),
+    through the kind's own client method (the kind table's ``client_method``)."""
+    from mmserve.bench.inputs import requests_for
+
+    row = kinds.info(kind)
+    arguments = CALL_ARGUMENTS[row.input]
+    return [
+        lambda c, m=row.client_method, a=arguments(request): getattr(c, m)(*a, pipeline)
+        for request in requests_for(kind, n)
+    ]
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ Each kind has one small generator that returns `n` single-item requests, each a
 dict {input name: per-item array} (no batch axis): real sentences of varied
 length from the embedded data sets, photo-like 640x480 JPEGs, one-second
 spoken clips. `perf_json` writes them as perf_analyzer's --input-data file;
-`stack` makes a batch of them for the in-process runs. A new kind adds one
-generator to GENERATORS.
+`stack` makes a batch of them for the in-process runs. Generators are per input
+shape (mmserve/kinds.py): a new kind of a known shape needs nothing here.
 """
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mmserve.pipelines import AUDIO, IMAGE, LABELS, TEXT, Kind, PipelineSpec, spec
+from mmserve import kinds
+from mmserve.kinds import InputShape
+from mmserve.pipelines import AUDIO, IMAGE, LABELS, TEXT, Kind, PipelineSpec
 from mmserve.pipelines import SAMPLE_RATE as SAMPLE_RATE_INPUT
 
 Request = dict[str, np.ndarray]
@@ -191,20 +193,18 @@ def _audio_requests(n: int, seed: int) -> list[Request]:
     return [{AUDIO.name: clip, SAMPLE_RATE_INPUT.name: rate} for clip in speech_clips(n, seed)]
 
 
-GENERATORS: dict[Kind, Callable[[int, int], list[Request]]] = {
-    Kind.TEXT_EMBED: _text_requests,
-    Kind.TEXT_CLASSIFY: _text_requests,
-    Kind.TEXT_NER: _text_requests,
-    Kind.CLIP_TEXT_EMBED: _text_requests,
-    Kind.IMAGE_EMBED: _image_requests,
-    Kind.ZERO_SHOT_IMAGE: _zero_shot_requests,
-    Kind.AUDIO_CLASSIFY: _audio_requests,
-    Kind.AUDIO_EMBED: _audio_requests,
+# One generator per input shape of the kind table: a new kind with a known shape needs no
+# entry; a new shape adds one (tests/test_kind_table.py checks every row's shape is here).
+GENERATORS: dict[InputShape, Callable[[int, int], list[Request]]] = {
+    InputShape.TEXT: _text_requests,
+    InputShape.IMAGE: _image_requests,
+    InputShape.IMAGE_AND_LABELS: _zero_shot_requests,
+    InputShape.AUDIO: _audio_requests,
 }
 
 
 def requests_for(kind: Kind | str, n: int, seed: int = 0) -> list[Request]:
-    return GENERATORS[Kind(kind)](n, seed)
+    return GENERATORS[kinds.info(kind).input](n, seed)
 
 
 def _perf_value(array: np.ndarray, triton_dtype: str) -> dict:
@@ -251,14 +251,13 @@ def texts_of(requests: Sequence[Request]) -> list[str]:
 
 def describe(kind: Kind | str, requests: Sequence[Request]) -> str:
     """One line about the data, for the report."""
-    kind = Kind(kind)
-    first = spec(kind).inputs[0].name
-    if first == TEXT.name:
+    shape = kinds.info(kind).input
+    if shape is InputShape.TEXT:
         words = [len(t.split()) for t in texts_of(requests)]
         return f"{len(requests)} real sentences, {min(words)}–{max(words)} words (median {int(np.median(words))})"
-    if first == IMAGE.name:
+    if shape in (InputShape.IMAGE, InputShape.IMAGE_AND_LABELS):
         sizes = [len(bytes(r[IMAGE.name][0])) for r in requests]
-        extra = f", {len(ZERO_SHOT_LABELS)} candidate labels" if kind == Kind.ZERO_SHOT_IMAGE else ""
+        extra = f", {len(ZERO_SHOT_LABELS)} candidate labels" if shape is InputShape.IMAGE_AND_LABELS else ""
         return f"{len(requests)} requests over {len(set(sizes))} photo-like 640x480 JPEGs (q85, median {int(np.median(sizes)) // 1024} KiB){extra}"
     seconds = [len(r[AUDIO.name]) / SAMPLE_RATE for r in requests]
     source = "espeak-ng speech" if shutil.which("espeak-ng") else "synthetic voiced audio"

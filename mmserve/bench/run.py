@@ -27,6 +27,8 @@ from mmserve.bench.checkpoints import DEFAULT_MANIFEST, known_checkpoints
 from mmserve.bench.inprocess import ENSEMBLE_LAYOUT, FUSED, repository_layout
 from mmserve.bench.perf import BenchError, Load, PerfRow, PerfSettings, find_perf_analyzer, run_level
 from mmserve.bench.server_stats import CpuMeter, difference, snapshot
+from mmserve import kinds
+from mmserve.kinds import AnswerShape, Modality
 from mmserve.pipelines import PIPELINES, Kind
 
 DEFAULT_OUT = Path("artifacts/bench/latest")
@@ -236,10 +238,12 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
         results["tuning"] = []
         # the sweep varies an ensemble's step configs: the first repository in that layout
         ensemble = next((Path(v["repository"]) for v in results["layouts"].values() if v["layout"] == ENSEMBLE_LAYOUT), None)
-        for kind, variants in SWEEPS.items():
-            name = next((p["name"] for p in results["pipelines"] if p["kind"] == kind.value), None)
-            if name is None or ensemble is None or not ensemble.exists():
-                results["notes"].append(f"tuning of {kind.value} skipped: needs a local ensemble repository serving it")
+        for shape, variants in SWEEPS.items():
+            name, kind = next(((p["name"], Kind(p["kind"])) for p in results["pipelines"]
+                               if kinds.info(p["kind"]).input is shape), (None, None))
+            if name is None or kind is None or ensemble is None or not ensemble.exists():
+                results["notes"].append(
+                    f"tuning of a {shape.value} pipeline skipped: needs a local ensemble repository serving it")
                 continue
             results["tuning"].append(
                 tune_pipeline(ensemble, name, kind, requests[name], config, out, log, variants=variants))
@@ -301,7 +305,7 @@ def _serve_and_measure(config: BenchConfig, label: str, repository: Path, result
         if layout["layout"] == "served":
             layout["layout"] = _served_layout(client, chosen[0][0])
         loads = [Load("concurrency", c) for c in config.concurrency] + [Load("rate", r) for r in config.request_rates]
-        text_embed = next((name for name, kind in chosen if kind == Kind.TEXT_EMBED), None)
+        text_embed = next((name for name, kind in chosen if _compared_with_peers(kind)), None)
         peers_wanted = not config.skip_peers and text_embed is not None and not results["peers"]
         http_url = None if config.url else server.http_url
         new = [name for name, _ in chosen if name not in results["baselines"]]
@@ -359,6 +363,12 @@ def _scheduling(client: Any, pipeline: str) -> dict[str, dict[str, Any]]:
             "intra_op_threads": c.get("parameters", {}).get("intra_op_threads", {}).get("string_value"),
         }
     return found
+
+
+def _compared_with_peers(kind: Kind) -> bool:
+    """The peers (sentence-embedding servers) answer what the text line's embedding kind does."""
+    row = kinds.info(kind)
+    return row.modality is Modality.TEXT and row.answer is AnswerShape.EMBEDDING
 
 
 def _choose(available: list[tuple[str, Kind]], wanted: Sequence[str], repository: Path | None = None) -> list[tuple[str, Kind]]:

@@ -23,13 +23,12 @@ import numpy as np
 from mmserve.bench.inprocess import InProcessPipeline, time_calls
 from mmserve.bench.inputs import Request, stack
 from mmserve.exporters.similarity import drift
+from mmserve import kinds
+from mmserve.kinds import AnswerShape, InputShape, Modality
 from mmserve.pipelines import TEXT, Kind
 
 Feeds = dict[str, np.ndarray]
 Forward = Callable[[Feeds], np.ndarray]
-
-TEXT_KINDS = (Kind.TEXT_EMBED, Kind.TEXT_CLASSIFY, Kind.TEXT_NER)
-
 
 @dataclass
 class RuntimeRow:
@@ -67,7 +66,7 @@ def _speech_torch(checkpoint: Path, kind: Kind, input_names: Sequence[str]) -> F
     from mmserve.exporters.speech import serving_graphs  # the exact graph the exporter traces
     from mmserve.training.speech_checkpoint import load_speech_checkpoint
 
-    task = "classify" if kind == Kind.AUDIO_CLASSIFY else "embed"
+    task = "classify" if kinds.info(kind).answer is AnswerShape.CLASSIFICATION else "embed"
     return _torch_forward(serving_graphs(load_speech_checkpoint(checkpoint), task)["encoder"], input_names)
 
 
@@ -82,12 +81,19 @@ def _torch_forward(graph: Any, input_names: Sequence[str]) -> Forward:
     return forward
 
 
-# A product line adds its kinds here; a kind without a source gets ORT rows only.
-TORCH_SOURCES: dict[Kind, Callable[[Path, Kind, Sequence[str]], Forward]] = {
-    **{kind: _text_torch for kind in TEXT_KINDS},
-    Kind.AUDIO_CLASSIFY: _speech_torch,
-    Kind.AUDIO_EMBED: _speech_torch,
+# One source per product line (the kind table's modality); a product line adds its own here or
+# in WITHOUT_TORCH_SOURCE (tests/test_kind_table.py checks every modality is in one of them).
+TORCH_SOURCES: dict[Modality, Callable[[Path, Kind, Sequence[str]], Forward]] = {
+    Modality.TEXT: _text_torch,
+    Modality.SPEECH: _speech_torch,
 }
+WITHOUT_TORCH_SOURCE = frozenset({Modality.VISION_TEXT})  # CLIP towers: ORT rows only
+TEXT_KINDS = tuple(row.kind for row in kinds.KINDS.values() if row.modality is Modality.TEXT)
+
+
+def torch_source(kind: Kind) -> Callable[[Path, Kind, Sequence[str]], Forward] | None:
+    """The torch-eager wrapper of a kind's checkpoint, None when its product line has none."""
+    return TORCH_SOURCES.get(kinds.info(kind).modality)
 
 
 def classify_dev_set(checkpoint: Path) -> tuple[list[str], list[str]] | None:
@@ -167,9 +173,10 @@ def measure_runtimes(
             forwards: dict[str, Forward] = {}
             checkpoint = checkpoints.get(name)
             input_names = pipeline.models[encoder].runner.input_names
-            if torch is not None and checkpoint is not None and kind in TORCH_SOURCES and checkpoint.exists():
-                forwards["torch eager"] = TORCH_SOURCES[kind](checkpoint, kind, input_names)
-            elif kind not in TORCH_SOURCES:
+            source = torch_source(kind)
+            if torch is not None and checkpoint is not None and source is not None and checkpoint.exists():
+                forwards["torch eager"] = source(checkpoint, kind, input_names)
+            elif source is None:
                 table.notes.append(f"{encoder}: no torch source registered for {kind.value}; ORT rows only")
             else:
                 table.notes.append(f"{encoder}: checkpoint unknown (--checkpoint {name}=PATH); ORT rows only")
@@ -180,7 +187,9 @@ def measure_runtimes(
             reference_name = next(iter(forwards))
             reference = forwards[reference_name]
             references = [reference(f) for f in b8 + b1]
-            dev = classify_dev_set(checkpoint) if checkpoint is not None and kind == Kind.TEXT_CLASSIFY else None
+            row = kinds.info(kind)
+            reads_text_labels = row.input is InputShape.TEXT and row.answer is AnswerShape.CLASSIFICATION
+            dev = classify_dev_set(checkpoint) if checkpoint is not None and reads_text_labels else None
             dev_feeds, gold = _dev_feeds(pipeline, encoder, dev) if dev else ([], None)
             for runtime, forward in forwards.items():
                 t1 = time_calls(forward, b1, seconds / 2, min_calls=min_calls)
