@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -139,11 +140,33 @@ class ModelFolder:
 def _put(content: Path | bytes | str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(content, Path):
-        shutil.copy2(content, target)
+        _copy_once(content, target)
     elif isinstance(content, bytes):
         target.write_bytes(content)
     else:
         target.write_text(content, encoding="utf-8")
+
+
+# A source file (its path, size and mtime) -> the first copy written of it. Pipelines that
+# carry the same encoder (the CLIP trio's towers, each fused pipeline's steps) hold one
+# file on disk: every later copy is a hard link to the first (repository files are never
+# changed in place: exports stage and rename). Where a link cannot be made (another
+# filesystem, a link limit) the file is copied.
+_WRITTEN: dict[tuple[str, int, int], Path] = {}
+
+
+def _copy_once(source: Path, target: Path) -> None:
+    info = source.stat()
+    key = (str(source.resolve()), info.st_size, info.st_mtime_ns)
+    first = _WRITTEN.get(key)
+    if first is not None and first.is_file() and first.stat().st_size == info.st_size:
+        try:
+            os.link(first, target)
+            return
+        except OSError:
+            pass
+    shutil.copy2(source, target)
+    _WRITTEN[key] = target
 
 
 @dataclass(frozen=True)

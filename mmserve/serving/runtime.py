@@ -154,7 +154,7 @@ class OnnxRunner:
         spinning = "1" if settings.allow_spinning else "0"
         options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=list(providers))
+        self.session = _inference_session(onnx_path, options, list(providers))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._input_dtypes = {i.name: _numpy_dtype(i.type) for i in self.session.get_inputs()}
@@ -185,6 +185,27 @@ class OnnxRunner:
             answers.append(answer)
             start += size
         return answers
+
+
+def _inference_session(onnx_path: Path, options: Any, providers: list[Any]) -> Any:
+    """A session over the machine's one shareable copy of the weights (mmserve/serving/shared_weights.py)
+    when it runs on the CPU alone, else over the plain file."""
+    import onnxruntime as ort
+
+    from mmserve.serving.shared_weights import load_failed, prepared_model
+
+    names = [p[0] if isinstance(p, tuple) else p for p in providers]
+    prepared = prepared_model(Path(onnx_path)) if names == ["CPUExecutionProvider"] else None
+    if prepared is not None:
+        # The prepared graph is already optimised for this CPU: optimising it again would only
+        # copy weights out of the shared mapping.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            return ort.InferenceSession(str(prepared), options, providers=providers)
+        except Exception as error:  # noqa: BLE001 - the plain file always works
+            load_failed(onnx_path, prepared, error)
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(onnx_path), options, providers=providers)
 
 
 def _pad_and_stack(arrays: Sequence[np.ndarray]) -> np.ndarray:

@@ -1,0 +1,158 @@
+"""The mechanisms behind real-size serving (issue 23), on tiny graphs in seconds:
+
+- one copy of an encoder's weights per machine: onnxruntime's prepared copy (optimised,
+  prepacked weights in an external file) is memory-mapped, so a second process shares the
+  first one's pages; same answers as the plain file; an unsafe or broken cache falls back;
+- one copy on disk: pipelines carrying the same encoder file hold hard links to one file;
+- a pipeline whose encoder is real-size runs one instance with every core.
+
+The real-size figures themselves: tests/test_real_size_serving.py (MMSERVE_SLOW=1) and
+`mmserve bench --real-size`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+WIDTH = 1024  # a 4 MiB weight: big enough to see in /proc/PID/smaps, quick to prepare
+
+
+def _graph(path: Path, seed: int = 0) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(seed).standard_normal((WIDTH, WIDTH)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", WIDTH])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def _answer(onnx_path: Path) -> np.ndarray:
+    from mmserve.serving.runtime import OnnxRunner, RunnerSettings
+
+    runner = OnnxRunner(onnx_path, RunnerSettings(intra_op_threads=1))
+    x = np.random.default_rng(1).standard_normal((3, WIDTH)).astype(np.float32)
+    return runner.run([{"x": x}])[0]["y"]
+
+
+@pytest.fixture()
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "ort-cache"
+    monkeypatch.setenv("MMSERVE_ORT_CACHE", str(folder))
+    return folder
+
+
+def test_an_encoder_loads_from_its_prepared_copy_with_the_same_answers(tmp_path: Path, cache: Path, monkeypatch):
+    from mmserve.serving.shared_weights import DONE_FILE, PREPARED_DATA, prepared_model
+
+    model = _graph(tmp_path / "a" / "model.onnx")
+    shared = _answer(model)
+    (entry,) = [p for p in cache.iterdir() if p.is_dir()]
+    assert (entry / DONE_FILE).is_file() and (entry / PREPARED_DATA).stat().st_size >= WIDTH * WIDTH * 4
+    assert oct(cache.stat().st_mode & 0o777) == "0o700"
+    # the same bytes elsewhere (another pipeline's copy) use the same entry; other weights another
+    assert prepared_model(_graph(tmp_path / "b" / "model.onnx")) == entry / "model.onnx"
+    assert prepared_model(_graph(tmp_path / "c" / "model.onnx", seed=2)).parent != entry
+    monkeypatch.setenv("MMSERVE_ORT_CACHE", "off")
+    assert prepared_model(model) is None
+    np.testing.assert_array_equal(shared, _answer(model))
+
+
+def test_a_second_process_shares_the_first_ones_weight_pages(tmp_path: Path, cache: Path):
+    model = _graph(tmp_path / "model.onnx")
+    held = _answer(model)  # this process maps the prepared weights and has touched them
+    from mmserve.serving.runtime import OnnxRunner, RunnerSettings
+
+    runner = OnnxRunner(model, RunnerSettings(intra_op_threads=1))
+    runner.run([{"x": np.ones((1, WIDTH), np.float32)}])
+    child = textwrap.dedent(f"""
+        import json, numpy as np
+        from pathlib import Path
+        from mmserve.serving.runtime import OnnxRunner, RunnerSettings
+        runner = OnnxRunner(Path({str(model)!r}), RunnerSettings(intra_op_threads=1))
+        runner.run([{{"x": np.ones((1, {WIDTH}), np.float32)}}])
+        rss = pss = 0
+        inside = False
+        for line in open("/proc/self/smaps"):
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:
+                inside = fields[-1].endswith("model.data")
+            elif inside and fields[0] == "Rss:":
+                rss += int(fields[1])
+            elif inside and fields[0] == "Pss:":
+                pss += int(fields[1])
+        print(json.dumps({{"rss_kib": rss, "pss_kib": pss}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MMSERVE_ORT_CACHE": str(cache)})
+    assert done.returncode == 0, done.stderr
+    pages = json.loads(done.stdout.strip().splitlines()[-1])
+    # the (prepacked) weight is mapped from the prepared file, and half of it is counted here:
+    # the other half is this process's, which maps the same pages
+    assert pages["rss_kib"] >= WIDTH * WIDTH * 4 // 1024, (pages, done.stderr)
+    assert pages["pss_kib"] <= pages["rss_kib"] * 0.6, (pages, done.stderr)
+    assert held.shape == (3, WIDTH) and runner is not None
+
+
+def test_an_unsafe_or_broken_cache_falls_back_to_the_plain_file(tmp_path: Path, cache: Path, capfd):
+    from mmserve.serving.shared_weights import PREPARED_DATA, prepared_model
+
+    model = _graph(tmp_path / "model.onnx")
+    expected = _answer(model)
+    (entry,) = [p for p in cache.iterdir() if p.is_dir()]
+    (entry / PREPARED_DATA).write_bytes(b"")  # truncated weights: onnxruntime refuses the copy
+    np.testing.assert_array_equal(_answer(model), expected)
+    assert "without shared weights" in capfd.readouterr().err
+    cache.chmod(0o777)  # another user could plant a model there: never used
+    assert prepared_model(model) is None
+    assert "must be owned by this user and not writable by others" in capfd.readouterr().err
+    cache.chmod(0o700)
+
+
+def test_pipelines_carrying_one_encoder_hold_one_file_on_disk(tmp_path: Path):
+    from mmserve.exporters.repository import ModelFolder
+    from mmserve.exporters.triton_config import ModelConfig
+
+    onnx_file = _graph(tmp_path / "export" / "model.onnx")
+    for name in ("image_embed", "zero_shot_image"):
+        model = ModelFolder(name, ModelConfig(name=name), {"1/steps/enc/1/model.onnx": onnx_file, "1/x.txt": name})
+        model.write_version(tmp_path / "repo" / name / "1", model.config)
+    first, second = (tmp_path / "repo" / n / "1" / "steps" / "enc" / "1" / "model.onnx" for n in ("image_embed", "zero_shot_image"))
+    assert first.stat().st_ino == second.stat().st_ino and first.stat().st_nlink == 2
+    assert first.read_bytes() == onnx_file.read_bytes()
+
+
+def test_a_real_size_encoder_makes_its_pipeline_one_instance_with_every_core(tmp_path: Path, monkeypatch):
+    from mmserve.exporters import fused
+    from mmserve.exporters.repository import ENCODER_MODEL_PY, PYTHON_MODELS, ModelFolder
+    from mmserve.exporters.triton_config import DECODER_INSTANCES, EncoderTuning, Tensor, python_model_config
+
+    onnx_file = _graph(tmp_path / "model.onnx")
+    encoder = ModelFolder("enc", python_model_config("enc", [Tensor("x", "TYPE_FP32", (WIDTH,))],
+                                                     [Tensor("y", "TYPE_FP32", (WIDTH,))], {"onnx_file": "model.onnx"}),
+                          {"1/model.py": ENCODER_MODEL_PY, "1/model.onnx": onnx_file})
+    decoder = ModelFolder("image_preprocess", python_model_config("image_preprocess", [], [], instances=DECODER_INSTANCES),
+                          {"1/model.py": PYTHON_MODELS["image_preprocess"]})
+    measured = fused.encoder_ms(encoder)
+    assert measured is not None and measured > 0
+    monkeypatch.setattr(fused, "LARGE_ENCODER_MS", float("inf"))  # a small encoder: the decoder's instances
+    assert fused.fused_instances([decoder, encoder], EncoderTuning()) == DECODER_INSTANCES
+    monkeypatch.setattr(fused, "LARGE_ENCODER_MS", 0.0)  # a real-size one: one instance, every core
+    assert fused.fused_instances([decoder, encoder], EncoderTuning()) == 1
+    assert fused.fused_instances([decoder, encoder], EncoderTuning(instances=3)) == 3  # asked for: kept
