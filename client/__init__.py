@@ -55,8 +55,9 @@ for lossless); paths and bytes are sent as they are.
 Errors are typed (see :mod:`mmserve.client.errors` for the mapping from gRPC
 statuses) and keep the server's message: ``InvalidInputError`` (fix the input; also
 raised locally before sending), ``ModelNotReadyError``, ``ServerUnavailableError``,
-``DeadlineExceededError``, ``PermissionDeniedError`` (a missing or wrong key or
-certificate), ``ServerError``, all subclasses of ``MmserveError``.
+``DeadlineExceededError``, ``PermissionDeniedError`` (a missing or wrong key),
+``TLSError`` (a refused TLS handshake; its subclass says whose certificate is wrong),
+``ServerError``, all subclasses of ``MmserveError``.
 """
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ from .errors import (
     PermissionDeniedError,
     ServerError,
     ServerUnavailableError,
+    TLSError,
 )
 from .products import ProductInfo
 from .results import Classification, Entity, ModelInfo, ZeroShotResult
@@ -94,4 +96,5 @@ __all__ = [
     "DeadlineExceededError",
     "ServerError",
     "PermissionDeniedError",
+    "TLSError",
 ]

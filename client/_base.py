@@ -26,6 +26,7 @@ from .errors import (
     ServerError,
     ServerUnavailableError,
     is_tls_failure,
+    tls_error,
 )
 from .media import ImageFormat
 from .retry import Attempts, Resend, RetryBudget, RetryPolicy
@@ -155,7 +156,15 @@ class ClientBase:
         return Deadline(self.timeout if timeout is None else timeout)
 
     def _attempts(self, deadline: Deadline) -> Attempts:
-        return Attempts(self._retry, self._budget, deadline, self.url)
+        return Attempts(self._retry, self._budget, deadline, self.url, self._explained)
+
+    def _explained(self, error: MmserveError) -> MmserveError:
+        """A TLS error naming the cause, when "server unavailable" was a refused handshake
+        (client/_tls.py probes once); the error itself otherwise."""
+        if not isinstance(error, ServerUnavailableError):
+            return error
+        cls = self._connection.probe.diagnose(self.url, error.server_message)
+        return tls_error(cls, self.url, error.server_message, error.pipeline) if cls is not None else error
 
     def _retry_missing(self, error: MmserveError) -> bool:
         """Whether requests of a call that failed on their first try go again one by one."""

@@ -17,6 +17,7 @@ import grpc
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 
+from ._tls import TlsProbe
 from .errors import InvalidInputError
 
 __all__ = [
@@ -97,6 +98,8 @@ class Connection:
     channel_args: tuple[tuple[str, Any], ...]
     headers: Mapping[str, str] | None  # every call: metadata + api key
     admin_headers: Mapping[str, str] | None  # admin calls: the above + admin key
+    # what a handshake probe needs to tell a refused certificate from a server down (client/_tls.py)
+    probe: TlsProbe = TlsProbe(False)
 
     @classmethod
     def build(
@@ -149,7 +152,7 @@ class Connection:
         admin = dict(base)
         for header in ADMIN_KEY_HEADERS if admin_key else ():
             admin[header] = admin_key  # type: ignore[assignment]
-        return cls(url, credentials, tuple(args.items()), base or None, admin or None)
+        return cls(url, credentials, tuple(args.items()), base or None, admin or None, TlsProbe(tls, chain, key))
 
     @property
     def tls(self) -> bool:

@@ -305,7 +305,8 @@ class AsyncClient(ClientBase):
                 **kwargs,
             )
         except InferenceServerException as exc:
-            raise from_triton(exc, pipeline) from exc
+            error = from_triton(exc, pipeline)  # a refused TLS handshake is told by a probe, off the loop
+            raise (await asyncio.get_running_loop().run_in_executor(None, self._explained, error)) from exc
 
     async def _run(self, pipeline: str, plan: Plan[T], timeout: float | None) -> T:
         deadline = self._deadline(timeout)

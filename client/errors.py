@@ -21,11 +21,14 @@ any status, message says "is not ready"        :class:`ModelNotReadyError`
 ``UNAVAILABLE`` otherwise (connection refused, :class:`ServerUnavailableError`
 server shutting down, no route)
 ``DEADLINE_EXCEEDED``                          :class:`DeadlineExceededError`
+``UNAVAILABLE``, the TLS handshake failed      a :class:`TLSError`: which one
+(gRPC's text, or a handshake probe when gRPC   says whose certificate is wrong
+only says "Socket closed", see client/_tls.py) and what to pass instead
 anything else (``INTERNAL``, ``UNKNOWN``, ...) :class:`ServerError`
 =============================================  ============================
 
 Only :class:`ServerUnavailableError` is retried by the client (inference calls only,
-see :class:`mmserve.client.RetryPolicy`); a refusal is never retried.
+see :class:`mmserve.client.RetryPolicy`); a refusal (a key, a certificate) is never retried.
 
 Every error has ``.status`` (the gRPC status name without the ``StatusCode.``
 prefix, e.g. ``"INVALID_ARGUMENT"``) and ``.server_message`` (the server's text,
@@ -50,6 +53,12 @@ __all__ = [
     "DeadlineExceededError",
     "ServerError",
     "PermissionDeniedError",
+    "TLSError",
+    "ServerCertificateError",
+    "ServerNameMismatchError",
+    "ClientCertificateRequiredError",
+    "ClientCertificateRejectedError",
+    "TLSRequiredError",
     "from_triton",
     "is_tls_failure",
     "status_name",
@@ -133,6 +142,34 @@ class PermissionDeniedError(MmserveError):
     default_status = "PERMISSION_DENIED"
 
 
+class TLSError(MmserveError):
+    """The TLS handshake failed: a certificate setting is wrong, the server is up; retrying
+    will not help. The subclass says whose certificate and what to pass instead."""
+
+    default_status = "UNAVAILABLE"
+
+
+class ServerCertificateError(TLSError):
+    """The client does not trust the server's certificate (signed by another CA than the
+    one given, expired, or not a TLS server at all)."""
+
+
+class ServerNameMismatchError(TLSError):
+    """The server's certificate is for another name than the one dialled."""
+
+
+class ClientCertificateRequiredError(TLSError):
+    """The server asks for a client certificate (mutual TLS) and none was given."""
+
+
+class ClientCertificateRejectedError(TLSError):
+    """The server does not trust the client certificate given (another CA signed it)."""
+
+
+class TLSRequiredError(TLSError):
+    """A plaintext client called a server that speaks only TLS."""
+
+
 # Triton answers a call to a restricted protocol (--grpc-restricted-protocol) without the
 # right header with UNAVAILABLE and this text; it is a refusal, not an outage.
 RESTRICTED_PROTOCOL = "This protocol is restricted"
@@ -140,11 +177,44 @@ RESTRICTED_PROTOCOL = "This protocol is restricted"
 MESSAGE_TOO_LARGE = ("larger than max", "message too large")
 # ... and when TLS fails (untrusted certificate, wrong name): no retry fixes that.
 TLS_HANDSHAKE_FAILED = "handshake failed"
+NAME_MISMATCH = "hostname verification check failed"
+NOT_TLS = "wrong_version_number"  # a TLS client's hello answered by a plaintext server
+
+# What to pass instead, per TLS failure (the client's options; the CLI adds its flags).
+TLS_ADVICE: dict[type[TLSError], str] = {
+    ServerCertificateError: "the server's certificate is not trusted: pass root_certificates= (the CA that signed "
+                            "it); if the server does not use TLS at all, connect without TLS",
+    ServerNameMismatchError: "the server's certificate is for another name: dial that name, or pass "
+                             "tls_server_name= with the name it carries",
+    ClientCertificateRequiredError: "the server requires a client certificate (mutual TLS): pass "
+                                    "certificate_chain= and private_key=",
+    ClientCertificateRejectedError: "the server does not trust this client certificate: pass one signed by "
+                                    "the CA the server trusts (its --tls-ca)",
+    TLSRequiredError: "the server speaks TLS only: pass root_certificates= (or ssl=True)",
+}
+
+
+def tls_error(cls: type[TLSError], url: str, server_message: str | None, pipeline: str | None = None) -> TLSError:
+    """A TLS error whose message names the cause and what to do."""
+    said = f" (gRPC said: {server_message})" if server_message else ""
+    return cls(f"TLS with {url} failed: {TLS_ADVICE[cls]}{said}", status="UNAVAILABLE",
+               server_message=server_message, pipeline=pipeline)
 
 
 def is_tls_failure(error: MmserveError) -> bool:
     """The TLS handshake failed: the client's certificate settings are wrong, not the server down."""
-    return TLS_HANDSHAKE_FAILED in (error.server_message or "").lower()
+    return isinstance(error, TLSError) or TLS_HANDSHAKE_FAILED in (error.server_message or "").lower()
+
+
+def tls_failure_class(server_message: str) -> type[TLSError] | None:
+    """The TLS error gRPC's own text names (None: it names none; "Socket closed" may still
+    be one, which only a handshake probe tells)."""
+    lowered = server_message.lower()
+    if NAME_MISMATCH in lowered:
+        return ServerNameMismatchError
+    if TLS_HANDSHAKE_FAILED in lowered:
+        return ServerCertificateError
+    return None
 
 
 def status_name(status: object) -> str:
@@ -167,6 +237,8 @@ def _classify(status: str, message: str, pipeline: str | None) -> type[MmserveEr
         return DeadlineExceededError
     if status == "NOT_FOUND" or "is not ready" in lowered:
         return ModelNotReadyError
+    if status == "UNAVAILABLE" and tls_failure_class(message) is not None:
+        return tls_failure_class(message)  # type: ignore[return-value]
     if status == "UNAVAILABLE":
         names_model = "model" in lowered or (bool(pipeline) and f"'{pipeline}'" in message)
         return ModelNotReadyError if names_model else ServerUnavailableError
@@ -186,10 +258,20 @@ def from_triton(
     else:  # pragma: no cover - defensive: only the two above reach here
         status, server_message = "", str(error)
     cls = _classify(status, server_message, pipeline)
+    if issubclass(cls, TLSError):
+        return tls_error(cls, _address(server_message), server_message, pipeline)
     where = f"pipeline '{pipeline}' " if pipeline else ""
     shown = status or "CLIENT"
     message = f"{where}[{shown}] {server_message}" + _advice(cls, server_message)
     return cls(message, status=status or None, server_message=server_message, pipeline=pipeline)
+
+
+def _address(server_message: str) -> str:
+    """The server's address as gRPC's text names it ("ipv4:127.0.0.1:8001: ..."), else "the server"."""
+    for word in server_message.split():
+        if word.startswith(("ipv4:", "ipv6:")):
+            return word.split(":", 1)[1].rstrip(":")
+    return "the server"
 
 
 def _advice(cls: type[MmserveError], server_message: str) -> str:

@@ -19,7 +19,9 @@ from mmserve.pipelines import PIPELINES, Kind, TensorSpec
 
 from .results import ModelInfo
 
-__all__ = ["ProductInfo", "find_products", "kind_of", "model_state", "products_from", "steps_of", "tensor_specs"]
+__all__ = [
+    "ProductInfo", "find_products", "kind_of", "model_state", "products_from", "served_version", "steps_of", "tensor_specs",
+]
 
 ENSEMBLE = "ensemble"
 
@@ -34,6 +36,9 @@ class ProductInfo:
     state: str  # READY / UNAVAILABLE / UNLOADED / LOADING, as the repository index says
     reason: str
     versions: tuple[str, ...]  # versions the server has loaded or tried to load
+    served_version: int | None = None  # the version it answers with (READY); None: not served
+    inputs: tuple[TensorSpec, ...] = ()  # as the server's config states them
+    outputs: tuple[TensorSpec, ...] = ()
 
 
 def steps_of(config: model_config_pb2.ModelConfig) -> tuple[str, ...]:
@@ -123,6 +128,13 @@ def model_state(rows: Sequence[ModelInfo], version: int | str | None = None) -> 
     return row.state, row.reason
 
 
+def served_version(rows: Sequence[ModelInfo]) -> int | None:
+    """The version a model answers with: its READY row's (the newest while a switch has
+    two ready for a moment); None when no version is READY."""
+    ready = [int(row.version) for row in rows if row.state == "READY" and row.version.isdigit()]
+    return max(ready) if ready else None
+
+
 def products_from(
     index: Sequence[ModelInfo], configs: Mapping[str, model_config_pb2.ModelConfig]
 ) -> list[ProductInfo]:
@@ -134,5 +146,8 @@ def products_from(
     for name, kind in find_products(configs).items():
         state, reason = model_state(rows.get(name, []))
         versions = tuple(sorted({row.version for row in rows.get(name, []) if row.version}))
-        products.append(ProductInfo(name, kind, steps_of(configs[name]), state, reason, versions))
+        products.append(ProductInfo(
+            name, kind, steps_of(configs[name]), state, reason, versions, served_version(rows.get(name, [])),
+            tensor_specs(configs[name].input), tensor_specs(configs[name].output),
+        ))
     return products

@@ -13,10 +13,11 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._transport import Deadline
-from .errors import DeadlineExceededError, InvalidInputError, MmserveError, ServerUnavailableError, is_tls_failure
+from .errors import DeadlineExceededError, InvalidInputError, MmserveError, ServerUnavailableError, TLSError, is_tls_failure
 
 __all__ = ["RetryPolicy", "RetryBudget", "Attempts", "Resend"]
 
@@ -103,8 +104,16 @@ class Attempts:
             sleep(pause)
     """
 
-    def __init__(self, policy: RetryPolicy | None, budget: RetryBudget | None, deadline: Deadline, url: str) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy | None,
+        budget: RetryBudget | None,
+        deadline: Deadline,
+        url: str,
+        explain: Callable[[MmserveError], MmserveError] | None = None,
+    ) -> None:
         self._policy = policy
+        self._explain = explain  # a closed connection that was a refused TLS handshake (client/_tls.py)
         self._budget = budget
         self._deadline = deadline
         self._url = url
@@ -120,6 +129,10 @@ class Attempts:
             self._resent = True
             return 0.0
         if isinstance(error, ServerUnavailableError) and not is_tls_failure(error):
+            if self.failures == 0 and self._explain is not None:
+                explained = self._explain(error)
+                if isinstance(explained, TLSError):
+                    raise explained  # a certificate to fix, not an outage to wait out
             return self.pause_after(error)
         if isinstance(error, DeadlineExceededError):
             raise self.timed_out(error)

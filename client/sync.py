@@ -80,6 +80,11 @@ class Client(ClientBase):
         except NOT_READY_ERRORS:
             return False
 
+    def server_id(self, *, timeout: float | None = None) -> str:
+        """The id the server reports (Triton's server metadata name; open, no key). mmserve's
+        launcher puts the served repository's id in it (mmserve.served_repository)."""
+        return str(self._call(self._grpc.get_server_metadata, deadline=self._deadline(timeout)).name)
+
     # --- admin (the server's admin key: admin_key=) -----------------------------------
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
@@ -304,7 +309,7 @@ class Client(ClientBase):
                 **kwargs,
             )
         except InferenceServerException as exc:
-            raise from_triton(exc, pipeline) from exc
+            raise self._explained(from_triton(exc, pipeline)) from exc
 
     def _run(self, pipeline: str, plan: Plan[T], timeout: float | None) -> T:
         deadline = self._deadline(timeout)

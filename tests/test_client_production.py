@@ -30,6 +30,12 @@ from mmserve.client import (
     RetryPolicy,
     ServerUnavailableError,
 )
+from mmserve.client.errors import (
+    ClientCertificateRejectedError,
+    ClientCertificateRequiredError,
+    ServerCertificateError,
+    TLSRequiredError,
+)
 from mmserve.server import ServerPorts, TritonServer
 
 TEXT_CLASSIFY = ["text_classify", "text_classify_encoder", "text_classify_postprocess", "text_tokenize"]
@@ -93,15 +99,15 @@ def test_tls_with_the_servers_ca_as_a_path_or_pem_bytes(secure_server, certs):
 def test_an_untrusted_server_certificate_fails_at_once_with_advice(secure_server, certs):
     patient = RetryPolicy(max_attempts=100, initial_backoff=0.01, max_backoff=0.05)
     with Client(secure_server.grpc_url, root_certificates=certs.other_ca, api_key=API_KEY, retry=patient) as client:
-        with pytest.raises(ServerUnavailableError, match="root_certificates=") as error:
+        with pytest.raises(ServerCertificateError, match="root_certificates=") as error:
             client.classify_text("hi", timeout=60)
     assert "attempt(s)" not in str(error.value)  # a handshake failure is not retried
-    with Client(secure_server.grpc_url, api_key=API_KEY, timeout=2.0) as plaintext:  # TLS server, plain client
-        with pytest.raises(ServerUnavailableError):
+    with Client(secure_server.grpc_url, api_key=API_KEY, timeout=60.0, retry=patient) as plaintext:  # TLS server, plain client
+        with pytest.raises(TLSRequiredError, match="speaks TLS only"):
             plaintext.classify_text("hi")
 
 
-def test_mutual_tls_needs_the_client_certificate(mutual_server, certs):
+def test_mutual_tls_needs_the_client_certificate(mutual_server, certs, tmp_path):
     with Client(
         mutual_server.grpc_url,
         root_certificates=certs.ca,
@@ -120,9 +126,16 @@ def test_mutual_tls_needs_the_client_certificate(mutual_server, certs):
             return (await client.classify_text("cancel my order")).label
 
     assert asyncio.run(async_call())
-    with Client(mutual_server.grpc_url, root_certificates=certs.ca, timeout=2.0) as anonymous:
-        with pytest.raises(ServerUnavailableError):
-            anonymous.classify_text("cancel my order")
+    patient = RetryPolicy(max_attempts=100, initial_backoff=0.01, max_backoff=0.05)
+    with Client(mutual_server.grpc_url, root_certificates=certs.ca, timeout=60.0, retry=patient) as anonymous:
+        with pytest.raises(ClientCertificateRequiredError, match="certificate_chain= and private_key=") as error:
+            anonymous.classify_text("cancel my order")  # told at once, not retried for a minute
+    assert "attempt(s)" not in str(error.value)
+    other = make_certificates(tmp_path)  # a client certificate from a CA the server does not trust
+    with Client(mutual_server.grpc_url, root_certificates=certs.ca, certificate_chain=other.client_cert,
+                private_key=other.client_key, timeout=10.0) as stranger:
+        with pytest.raises(ClientCertificateRejectedError, match="does not trust this client certificate"):
+            stranger.models()
 
 
 def test_certificate_options_are_checked_before_connecting(certs, tmp_path):

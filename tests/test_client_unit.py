@@ -42,7 +42,7 @@ from mmserve.client._base import pin_version
 from mmserve.client._channel import Connection
 from mmserve.client.retry import Attempts, Resend, RetryBudget
 from mmserve.client._transport import SERVER, Deadline, normalize_url, pipeline_names, readiness_error
-from mmserve.client.errors import from_triton, status_name
+from mmserve.client.errors import ServerCertificateError, ServerNameMismatchError, from_triton, status_name
 from mmserve.pipelines import (
     AUDIO,
     EMBEDDING,
@@ -509,7 +509,10 @@ def test_refusals_and_oversized_messages_say_what_to_pass() -> None:
     big = from_triton(_exc("StatusCode.RESOURCE_EXHAUSTED", "Sent message larger than max (9 vs. 4)"), "audio_classify")
     assert "shared_memory='system'" in str(big) and "max_send_message_size" in str(big)
     tls = from_triton(_exc("StatusCode.UNAVAILABLE", "failed to connect: Tls handshake failed (TSI_PROTOCOL_FAILURE)"))
-    assert isinstance(tls, ServerUnavailableError) and "root_certificates=" in str(tls)
+    assert isinstance(tls, ServerCertificateError) and "root_certificates=" in str(tls)
+    name = from_triton(_exc("StatusCode.UNAVAILABLE", "ipv4:127.0.0.1:1: Hostname Verification Check failed."))
+    assert isinstance(name, ServerNameMismatchError) and "tls_server_name=" in str(name) and "127.0.0.1:1" in str(name)
+    assert not isinstance(tls, ServerUnavailableError)  # a certificate to fix, not an outage to wait out
 
 
 def test_keys_travel_under_both_header_names_and_only_admin_calls_carry_the_admin_key() -> None:
