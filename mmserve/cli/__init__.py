@@ -11,30 +11,18 @@ import os
 import sys
 from importlib import import_module
 
-from .common import Parser, describe
+from .common import Parser
 
 # In the order `mmserve --help` lists them.
-COMMAND_GROUPS: tuple[str, ...] = ("training", "serving", "tools", "lifecycle", "audit", "gateway", "products_create")
+COMMAND_GROUPS: tuple[str, ...] = ("training", "serving", "tools", "lifecycle", "gateway", "products_create")
 
 
 def build_parser() -> Parser:
     parser = Parser(prog="mmserve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for group in COMMAND_GROUPS:
         import_module(f"{__name__}.{group}").register(commands)
-    describe(parser)
     return parser
-
-
-def _version() -> str:
-    """The installed distribution's version (pyproject.toml's)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mmserve")
-    except PackageNotFoundError:  # run from a checkout that is not installed
-        return "unknown (not installed: pip install -e .)"
 
 
 def main(argv: list[str] | None = None) -> int:
