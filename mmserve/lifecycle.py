@@ -11,10 +11,6 @@ the result, failures included) before its error, if any, reaches the caller.
 """
 from __future__ import annotations
 
-import getpass
-import json
-import os
-import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,8 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from mmserve import kinds
 from mmserve.client.products import find_products, model_state, steps_of, tensor_specs
+from mmserve import audit as _audit
 from mmserve.pipelines import Kind, TensorSpec
 
 if TYPE_CHECKING:
@@ -34,7 +30,7 @@ if TYPE_CHECKING:
 
 # Inside the repository, so the log travels with what it describes; a file, not a folder,
 # so neither Triton's repository index nor repository_models() takes it for a model.
-AUDIT_LOG = ".mmserve-audit.jsonl"
+AUDIT_LOG = _audit.AUDIT_LOG  # the log itself: mmserve/audit.py (hash-chained, attempt before acting)
 UNKNOWN = "UNKNOWN"  # a product's state when no server was asked
 LABELS_FILE = "labels.txt"
 UNLOAD_WAIT_S = 120.0  # how long unload waits for Triton to finish, when the client sets no timeout
@@ -125,6 +121,14 @@ class AuditEntry:
         return self.result == "ok"
 
 
+# The held-out figure that says most about each CLIP product (one CLIP run, three products).
+_HEADLINE_BY_KIND = {
+    Kind.ZERO_SHOT_IMAGE.value: "zero_shot_top1",
+    Kind.IMAGE_EMBED.value: "image_to_text_r1",
+    Kind.CLIP_TEXT_EMBED.value: "text_to_image_r1",
+}
+
+
 def headline(card: Mapping[str, Any]) -> str:
     """A card's headline metric: the one training selected on (``metric``) on its held-out
     split, or the kind's own, else the first held-out figure; "" for a checkpoint exported
@@ -136,7 +140,7 @@ def headline(card: Mapping[str, Any]) -> str:
         figures = metrics.get(key)
         if not isinstance(figures, Mapping):
             continue
-        wanted = [metrics.get("metric"), _kind_headline(card.get("kind"))]
+        wanted = [metrics.get("metric"), _HEADLINE_BY_KIND.get(str(card.get("kind")))]
         name = next((n for n in wanted if n in figures), next(iter(figures), None))
         value = figures.get(name) if name is not None else None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -144,21 +148,11 @@ def headline(card: Mapping[str, Any]) -> str:
     return ""
 
 
-def _kind_headline(kind: object) -> str | None:
-    """The kind table's headline metric (a CLIP run's three products each name their own)."""
-    try:
-        return kinds.info(str(kind)).headline_metric
-    except ValueError:  # no kind, or one this version does not know
-        return None
-
-
-def default_actor() -> str:
-    """Who runs the CLI: user@host (the console passes its signed-in user instead)."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (some containers)
-        user = f"uid{os.getuid()}"
-    return f"{user}@{socket.gethostname()}"
+def default_actor(client: Client | None = None) -> str:
+    """Who acts: user@host and the fingerprint of the admin key the client authenticates with
+    (the console passes its signed-in user instead)."""
+    headers = getattr(client, "_admin_headers", None) or {}
+    return _audit.actor_for(headers.get("admin-key"))
 
 
 class _Index:
@@ -192,7 +186,7 @@ class Lifecycle:
         self.repository = Path(repository)
         self.client = client
         self.audit_log = Path(audit_log) if audit_log is not None else self.repository / AUDIT_LOG
-        self.actor = actor or default_actor()
+        self.actor = actor or default_actor(client)
 
     # --- reading --------------------------------------------------------------------
 
@@ -302,14 +296,11 @@ class Lifecycle:
         """The newest ``limit`` entries of the audit log, newest first (read from its end,
         so a years-long log costs what the entries shown cost)."""
         entries: list[AuditEntry] = []
-        for line in _lines_from_end(self.audit_log):
-            if len(entries) >= limit:
-                break
+        for record in _audit.AuditLog(self.audit_log).entries(limit):
             try:
-                record = json.loads(line)
                 entries.append(AuditEntry(**{key: str(record[key]) for key in AuditEntry.__dataclass_fields__}))
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn or foreign line: the rest of the log still reads
+            except KeyError:
+                continue  # a foreign record: the rest of the log still reads
         return entries
 
     # --- internals ------------------------------------------------------------------
@@ -437,46 +428,24 @@ class Lifecycle:
 
     def _audited(self, action: str, product: str, act: Callable[[], str]) -> AuditEntry:
         """Run an action and append its entry, success or failure, before returning or raising."""
+        # The attempt is on record before anything changes: an unwritable log refuses the action.
+        try:
+            attempt = _audit.AuditLog(self.audit_log).attempt(
+                {"time": _now(), "actor": self.actor, "action": action, "product": product, "detail": ""})
+        except _audit.AuditWriteError as error:
+            raise LifecycleError(f"{error}: the action is refused, nothing was changed") from None
         try:
             detail = act()
         except BaseException as error:
-            self._append(AuditEntry(_now(), self.actor, action, product, "", _error_text(error)))
+            self._append(AuditEntry(_now(), self.actor, action, product, "", _error_text(error)), attempt)
             raise
         entry = AuditEntry(_now(), self.actor, action, product, detail, "ok")
-        self._append(entry)
+        self._append(entry, attempt)
         return entry
 
-    def _append(self, entry: AuditEntry) -> None:
-        """One write per entry on an O_APPEND descriptor: concurrent writers never interleave."""
-        self.audit_log.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(asdict(entry), ensure_ascii=False, sort_keys=True) + "\n"
-        fd = os.open(self.audit_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            os.write(fd, line.encode("utf-8"))
-        finally:
-            os.close(fd)
-
-
-def _lines_from_end(path: Path, block: int = 64 * 1024) -> Iterator[str]:
-    """A text file's non-empty lines, last first, reading it backwards block by block."""
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        return
-    with handle:
-        position = handle.seek(0, os.SEEK_END)
-        rest = b""
-        while position > 0:
-            size = min(block, position)
-            position -= size
-            handle.seek(position)
-            lines = (handle.read(size) + rest).split(b"\n")
-            rest = lines.pop(0)  # may continue in the block before
-            for line in reversed(lines):
-                if line.strip():
-                    yield line.decode("utf-8", errors="replace")
-        if rest.strip():
-            yield rest.decode("utf-8", errors="replace")
+    def _append(self, entry: AuditEntry, attempt: str | None = None) -> None:
+        """Chain the entry onto the log (mmserve/audit.py); AuditWriteError when it cannot be written."""
+        _audit.AuditLog(self.audit_log).result(attempt, asdict(entry))
 
 
 def _switch_copy(model: str) -> bool:
