@@ -4,11 +4,16 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mmserve-installed
-DEBIAN_PACKAGES := libb64-0d espeak-ng sox libsndfile1 chromium openssl redis-server
+# checkov (the infrastructure scan of tests/test_deploy_files.py) in a venv of its own: its
+# pins would downgrade packaging, networkx and python-dateutil in the main one.
+CHECKOV_VENV  := artifacts/checkov-venv
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+CHECKOV       := checkov==3.3.30
+DEBIAN_PACKAGES := libb64-0d espeak-ng sox libsndfile1 chromium openssl
 
 .PHONY: setup system-packages demo test test-fast bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(CHECKOV_STAMP)
 
 system-packages:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -23,11 +28,19 @@ $(STAMP): pyproject.toml Makefile | system-packages
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 1; }
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[train,server,bench,console,gateway,dev]"
+	$(BIN)/pip install -q -e ".[train,server,bench,console,dev]"
 	# The wheel carries a real tritonserver 2.51 + Python backend; its own Python API
 	# (and that API's requirements) is not used, hence --no-deps.
 	$(BIN)/pip install -q --no-deps nvidia-pytriton==0.7.0
 	touch $(STAMP)
+
+$(CHECKOV_STAMP): Makefile
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 1; }
+	[ -x $(CHECKOV_VENV)/bin/python ] || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install -q "$(CHECKOV)"
+	$(CHECKOV_VENV)/bin/checkov --version >/dev/null
+	touch $(CHECKOV_STAMP)
 
 demo: setup
 	$(BIN)/mmserve demo

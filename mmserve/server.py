@@ -188,6 +188,14 @@ def resolve_key(value: str | None, file: Path | None, env: str, what: str) -> st
     return value
 
 
+def key_option(value: str | None, file: Path | None, what: str) -> str | None:
+    """A client command's key: from its --...-key-file when given (the value never reaches
+    `ps`), else the value (whose default is the environment's)."""
+    if file is not None:
+        return resolve_key(None, file, "", what)
+    return value or None
+
+
 def _check_key(key: str, what: str) -> None:
     if len(key) < MIN_KEY_LENGTH or not key.isprintable() or any(c.isspace() for c in key):
         raise LaunchError(
@@ -356,7 +364,7 @@ class TritonServer:
                 "--host 127.0.0.1 behind a TLS-terminating proxy, or pass --insecure on a network you trust."
             )
         exposed = [h for h in (self.host, self.effective_http_host) if not is_loopback(h)]
-        if exposed and self.admin_key is None and not self.generate_admin_key and not self.insecure:
+        if exposed and self.admin_key is None and not self.insecure:  # a generated key is for this host only
             raise LaunchError(
                 f"refusing to listen on {exposed[0]} without an admin key: anyone who reaches the port could "
                 "load a model and run Python code in the server. Add --admin-key-file FILE (or set "
@@ -495,11 +503,6 @@ class TritonServer:
             return self
         self.check()
         self.command()  # the binary and the models are found before anything is written
-        # Triton reports its --id to every client: with the repository's id in it, a command
-        # given another --repository is refused (mmserve/served_repository.py).
-        from mmserve.served_repository import ensure_repository_id, server_name
-
-        self._server_id = server_name(self._server_id.split(".", 1)[0], ensure_repository_id(self.repository))
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log_path = self.log_file
@@ -525,7 +528,6 @@ class TritonServer:
             local_servers.register(
                 self._server_id, pid=self._process.pid, launcher_pid=os.getpid(), run_dir=str(cwd),
                 key_file=str(self.admin_key_file) if self.admin_key_file else None, host=self.host,
-                repository=str(self.repository.resolve()),
                 ports={"grpc": self.ports.grpc, "http": self.ports.http, "metrics": self.ports.metrics,
                        "supervisor": self.ports.supervisor},
             )

@@ -118,7 +118,7 @@ def served(tmp_path_factory) -> Served:
                                cwd=launch_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     try:
-        while not any(line.startswith("Triton is ready") for line in lines):
+        while not any(line.startswith("admin key") for line in lines):  # printed right after "Triton is ready"
             line = process.stdout.readline()
             assert line, f"mmserve serve ended before it was ready: {process.stderr.read()}"
             lines.append(line.strip())
@@ -209,6 +209,23 @@ def test_local_tools_find_the_generated_key(served: Served):
     with grpcclient.InferenceServerClient(f"127.0.0.1:{served.ports.grpc}") as raw:
         with pytest.raises(InferenceServerException, match="restricted"):
             raw.get_model_repository_index()
+
+
+def test_lifecycle_commands_take_the_key_from_a_file(served: Served, tmp_path: Path):
+    """Finding 10: lifecycle and soak took `--admin-key VALUE` (in `ps`) and no --admin-key-file."""
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text("wrong-" + "0" * 32 + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "MMSERVE_ADMIN_KEY"}
+    base = [*MMSERVE, "products", "--server", f"127.0.0.1:{served.ports.grpc}", "--repository",
+            str(served.repository)]
+    denied = subprocess.run([*base, "--admin-key-file", str(wrong)], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert denied.returncode == 4, denied.stderr  # the file's key was used, and refused
+    right = subprocess.run([*base, "--admin-key-file", str(served.key_file)], capture_output=True, text=True,
+                           env=env, timeout=120)
+    assert right.returncode == 0, right.stderr
+    soak_help = subprocess.run([*MMSERVE, "soak", "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert "--admin-key-file" in soak_help and "--api-key-file" in soak_help
 
 
 def test_a_second_serve_names_the_server_holding_the_ports(served: Served, tmp_path: Path):

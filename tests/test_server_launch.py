@@ -222,7 +222,7 @@ def test_a_stopped_secure_supervised_server_leaves_no_process(repository: Path, 
 
 
 def test_serve_with_console_serves_both_and_stops_both(repository: Path, tmp_path: Path):
-    """`mmserve serve --console`: the console answers with the products, Triton publishes p50/p99
+    """`mmserve serve --console`: the console answers, Triton publishes p50/p99
     summaries for the live charts, and one SIGTERM stops both, leaving no process behind."""
     import urllib.request
 
@@ -243,8 +243,8 @@ def test_serve_with_console_serves_both_and_stops_both(repository: Path, tmp_pat
             lines.append(line)
         assert any("one-time key" in line for line in lines), "no admin key and no sign-in key was printed"
         url = next(line for line in lines if line.startswith("console: ")).split(" ", 1)[1].strip()
-        with urllib.request.urlopen(url, timeout=30) as page:
-            assert page.status == 200 and "text_classify" in page.read().decode()
+        with urllib.request.urlopen(url, timeout=30) as page:  # what it shows whom: tests/test_console_*.py
+            assert page.status == 200
 
         text = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
         text.set_data_from_numpy(np.array([[b"where is my parcel"]], dtype=object))

@@ -22,9 +22,10 @@ _LIFECYCLE_EPILOG = (
 def _lifecycle_client(args: argparse.Namespace):
     """A client for the admin calls, keys and TLS from the options (or the environment)."""
     from mmserve.client import Client
+    from mmserve.server import key_option
 
     return Client(
-        args.server, timeout=args.timeout, admin_key=args.admin_key or None,
+        args.server, timeout=args.timeout, admin_key=key_option(args.admin_key, args.admin_key_file, "admin key"),
         ssl=args.tls, root_certificates=args.tls_ca, private_key=args.tls_key, certificate_chain=args.tls_cert,
         tls_server_name=args.tls_server_name,
     )
@@ -117,6 +118,8 @@ def register(commands) -> None:
                             help="the repository that server serves: products, versions, cards, audit log")
     connection.add_argument("--admin-key", default=os.environ.get("MMSERVE_ADMIN_KEY"),
                             help="the server's admin key (default: $MMSERVE_ADMIN_KEY)")
+    connection.add_argument("--admin-key-file", type=Path,
+                            help="read the admin key from this file instead (a mounted secret; never in `ps`)")
     connection.add_argument("--tls", action="store_true", help="connect with TLS (implied by the --tls-* files)")
     connection.add_argument("--tls-ca", type=Path, help="PEM of the CA that signed the server's certificate")
     connection.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for mutual TLS, with --tls-key")

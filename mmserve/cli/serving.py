@@ -54,9 +54,6 @@ def _serve(args: argparse.Namespace) -> int:
         if not any(run_dir.iterdir()):
             run_dir.rmdir()  # stopped before Triton started: no empty run folder left behind
         raise
-    if server.admin_key_file is not None:
-        print(f"admin key (new for this run): {server.admin_key_file}; the mmserve commands, the client and the "
-              "console on this host read it from there (docs/security.md)", flush=True)
     http = server.effective_http_host
     print(
         f"Triton is ready: gRPC {args.host}:{args.grpc_port}{' (TLS)' if args.tls_cert else ''}, "
@@ -65,14 +62,9 @@ def _serve(args: argparse.Namespace) -> int:
         + f"; log {log}. Ctrl-C stops it.",
         flush=True,
     )
-    if args.gateway:
-        from .gateway import gateway_beside
-
-        try:
-            gateway_beside(server, args, api_key)  # a daemon thread: it ends with this process
-        except BaseException:
-            server.stop()
-            raise
+    if server.admin_key_file is not None:
+        print(f"admin key (new for this run): {server.admin_key_file}; the mmserve commands, the client and the "
+              "console on this host read it from there (docs/security.md)", flush=True)
     if not args.console:
         return server.wait()
     try:
@@ -210,8 +202,5 @@ def register(commands) -> None:
     console.add_argument("--console", action="store_true",
                          help="also serve the management console (on loopback; the admin key signs people in)")
     console.add_argument("--console-port", type=int, default=8080, help="the console's port")
-    from .gateway import add_serve_gateway_options
-
-    add_serve_gateway_options(serve)
     serve.set_defaults(handler=_serve)
     _add_console_command(commands)

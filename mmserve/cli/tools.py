@@ -22,6 +22,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _soak(args: argparse.Namespace) -> int:
     from mmserve.client.errors import MmserveError
+    from mmserve.server import key_option
     from mmserve.soak import SoakConfig, SoakError, default_out, run_soak
 
     try:
@@ -29,7 +30,8 @@ def _soak(args: argparse.Namespace) -> int:
             minutes=args.minutes, concurrency=args.concurrency, out=args.out or default_out(), url=args.url,
             repository=None if args.url else args.repository, window_s=args.window,
             max_rss_growth_pct=args.max_rss_growth, min_rss_growth_mib=args.min_rss_growth, request_timeout_s=args.request_timeout, server_pid=args.server_pid,
-            admin_key=args.admin_key or None, api_key=args.api_key or None, tls=args.tls, tls_ca=args.tls_ca,
+            admin_key=key_option(args.admin_key, args.admin_key_file, "admin key"),
+            api_key=key_option(args.api_key, args.api_key_file, "API key"), tls=args.tls, tls_ca=args.tls_ca,
             tls_cert=args.tls_cert, tls_key=args.tls_key, tls_server_name=args.tls_server_name,
         )
         return run_soak(config)["exit_code"]
@@ -68,6 +70,8 @@ def _add_soak_command(commands) -> None:
                       help="the server's admin key, to list its products (default: $MMSERVE_ADMIN_KEY)")
     soak.add_argument("--api-key", default=os.environ.get("MMSERVE_API_KEY"),
                       help="the server's API key, for inference (default: $MMSERVE_API_KEY)")
+    soak.add_argument("--admin-key-file", type=Path, help="read the admin key from this file instead (never in `ps`)")
+    soak.add_argument("--api-key-file", type=Path, help="read the API key from this file instead (never in `ps`)")
     soak.add_argument("--tls", action="store_true", help="connect with TLS (implied by the --tls-* files)")
     soak.add_argument("--tls-ca", type=Path, help="PEM of the CA that signed the server's certificate")
     soak.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for mutual TLS, with --tls-key")
