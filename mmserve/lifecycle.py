@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from mmserve import kinds
 from mmserve.client.products import find_products, model_state, steps_of, tensor_specs
 from mmserve import audit as _audit
 from mmserve.pipelines import Kind, TensorSpec
@@ -121,14 +122,6 @@ class AuditEntry:
         return self.result == "ok"
 
 
-# The held-out figure that says most about each CLIP product (one CLIP run, three products).
-_HEADLINE_BY_KIND = {
-    Kind.ZERO_SHOT_IMAGE.value: "zero_shot_top1",
-    Kind.IMAGE_EMBED.value: "image_to_text_r1",
-    Kind.CLIP_TEXT_EMBED.value: "text_to_image_r1",
-}
-
-
 def headline(card: Mapping[str, Any]) -> str:
     """A card's headline metric: the one training selected on (``metric``) on its held-out
     split, or the kind's own, else the first held-out figure; "" for a checkpoint exported
@@ -140,12 +133,20 @@ def headline(card: Mapping[str, Any]) -> str:
         figures = metrics.get(key)
         if not isinstance(figures, Mapping):
             continue
-        wanted = [metrics.get("metric"), _HEADLINE_BY_KIND.get(str(card.get("kind")))]
+        wanted = [metrics.get("metric"), _kind_headline(card.get("kind"))]
         name = next((n for n in wanted if n in figures), next(iter(figures), None))
         value = figures.get(name) if name is not None else None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return f"{split} {name} {value:.3f}"
     return ""
+
+
+def _kind_headline(kind: object) -> str | None:
+    """The kind table's headline metric (a CLIP run's three products each name their own)."""
+    try:
+        return kinds.info(str(kind)).headline_metric
+    except ValueError:  # no kind, or one this version does not know
+        return None
 
 
 def default_actor(client: Client | None = None) -> str:

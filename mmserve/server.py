@@ -503,6 +503,11 @@ class TritonServer:
             return self
         self.check()
         self.command()  # the binary and the models are found before anything is written
+        # Triton reports its --id to every client: with the repository's id in it, a command
+        # given another --repository is refused (mmserve/served_repository.py).
+        from mmserve.served_repository import ensure_repository_id, server_name
+
+        self._server_id = server_name(self._server_id.split(".", 1)[0], ensure_repository_id(self.repository))
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log_path = self.log_file
@@ -528,6 +533,7 @@ class TritonServer:
             local_servers.register(
                 self._server_id, pid=self._process.pid, launcher_pid=os.getpid(), run_dir=str(cwd),
                 key_file=str(self.admin_key_file) if self.admin_key_file else None, host=self.host,
+                repository=str(self.repository.resolve()),
                 ports={"grpc": self.ports.grpc, "http": self.ports.http, "metrics": self.ports.metrics,
                        "supervisor": self.ports.supervisor},
             )

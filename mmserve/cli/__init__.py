@@ -14,7 +14,7 @@ from importlib import import_module
 from .common import Parser
 
 # In the order `mmserve --help` lists them.
-COMMAND_GROUPS: tuple[str, ...] = ("training", "serving", "tools", "lifecycle", "audit")
+COMMAND_GROUPS: tuple[str, ...] = ("training", "serving", "tools", "lifecycle", "audit", "gateway", "products_create")
 
 
 def build_parser() -> Parser:

@@ -65,6 +65,14 @@ def _serve(args: argparse.Namespace) -> int:
     if server.admin_key_file is not None:
         print(f"admin key (new for this run): {server.admin_key_file}; the mmserve commands, the client and the "
               "console on this host read it from there (docs/security.md)", flush=True)
+    if args.gateway:
+        from .gateway import gateway_beside
+
+        try:
+            gateway_beside(server, args, api_key)  # a daemon thread: it ends with this process
+        except BaseException:
+            server.stop()
+            raise
     if not args.console:
         return server.wait()
     try:
@@ -202,5 +210,8 @@ def register(commands) -> None:
     console.add_argument("--console", action="store_true",
                          help="also serve the management console (on loopback; the admin key signs people in)")
     console.add_argument("--console-port", type=int, default=8080, help="the console's port")
+    from .gateway import add_serve_gateway_options
+
+    add_serve_gateway_options(serve)
     serve.set_defaults(handler=_serve)
     _add_console_command(commands)
