@@ -53,6 +53,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser, default_repository: Pat
     parser.add_argument("--requests", type=int, default=128, help="distinct requests per pipeline's input data")
     parser.add_argument("--client", action="store_true",
                         help="instead: the typed client vs raw tritonclient (overhead) and shared memory vs gRPC")
+    parser.add_argument("--real-size", action="store_true",
+                        help="instead: export ViT-B-32, BERT-base and Whisper-base (random weights) into OUT/repository, "
+                             "serve them, compare with in-process and measure the server's memory (--report: its section of "
+                             "docs/benchmarks.md); default --out artifacts/bench/real-size")
 
 
 def repositories(args: argparse.Namespace) -> list[Path]:
@@ -95,6 +99,16 @@ def bench_command(args: argparse.Namespace) -> int:
     from mmserve.bench.run import BenchConfig, run_bench
 
     first, *others = repositories(args)
+    if args.real_size:
+        from mmserve.bench.realsize import DEFAULT_OUT, RealSizeConfig, run_real_size, summary_lines
+
+        out = DEFAULT_OUT if args.out == Path("artifacts/bench/latest") else args.out
+        command = "mmserve bench --real-size" + (f" --out {shlex.quote(str(out))}" if out != DEFAULT_OUT else "")
+        results = run_real_size(RealSizeConfig(out=out, docs=args.docs, report=args.report, command=command))
+        for line in summary_lines(results):
+            print(line)
+        print(f"results: {out / 'results.json'}" + (f"; report: {args.docs}" if args.report else ""))
+        return 0
     if args.client:
         from mmserve.bench.client import client_command
 

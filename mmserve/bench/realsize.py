@@ -1,0 +1,405 @@
+"""`mmserve bench --real-size`: the sizes users bring, served beside in-process, in one run.
+
+Three encoders of real architecture and size, with random weights (speed and memory do not
+depend on the values; no such weights are reachable offline): open_clip's ViT-B-32 (the
+CLIP trio image_embed / clip_text_embed / zero_shot_image), a BERT-base text encoder
+(text_embed) and Whisper-base's encoder (audio_embed). They are exported with the cpu
+profile's defaults into one repository, then:
+
+1. in-process baseline of each measured pipeline (the same steps in one process, every
+   core): p50 at batch 1 and items/s at batches 1..8;
+2. one server: perf_analyzer at concurrency 1 and 8 per pipeline, then the memory of the
+   whole server (tritonserver + every Python stub: RSS and proportional PSS, and the PSS
+   of the shared weight files) after that load;
+3. the same server with weight sharing off (`MMSERVE_ORT_CACHE=off`, what every stub did
+   before issue 23), warmed at concurrency 8, memory again.
+
+Targets (issue 23): served c=1 p50 <= 1.3x in-process b1, c=8 >= 0.9x in-process best
+batch, and the server's PSS <= 1.5x (one copy of the weights + the runtime). Results land
+in OUT/results.json; `--report` writes them as the "Real-size models" section of
+docs/benchmarks.md (that section only).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from mmserve.pipelines import Kind
+from mmserve.repository_layout import Layout
+
+DEFAULT_OUT = Path("artifacts/bench/real-size")
+MEASURED = (("image_embed", Kind.IMAGE_EMBED), ("text_embed", Kind.TEXT_EMBED), ("audio_embed", Kind.AUDIO_EMBED))
+BATCH_SIZES = (1, 2, 4, 8)  # concurrency 8 forms batches of at most 8
+LATENCY_TARGET, THROUGHPUT_TARGET, MEMORY_TARGET = 1.3, 0.9, 1.5
+SECTION_START = "<!-- real-size: written by `mmserve bench --real-size --report` -->"
+SECTION_END = "<!-- /real-size -->"
+
+
+@dataclass(frozen=True)
+class RealSizeConfig:
+    out: Path = DEFAULT_OUT
+    docs: Path = Path("docs/benchmarks.md")
+    report: bool = False
+    tiny: bool = False  # the same run on small configs: checks the machinery in a minute
+    seconds: float = 4.0  # per in-process batch size
+    measurement_interval_ms: int = 4000
+    command: str = "mmserve bench --real-size"
+
+
+# ---- the models ----------------------------------------------------------------------------
+
+
+def clip_checkpoint(folder: Path, tiny: bool) -> Path:
+    """A CLIP checkpoint folder as `mmserve train clip` writes it, random ViT-B-32 weights."""
+    import open_clip
+
+    from mmserve.training.clip import TINY_ARCH, resolve_arch
+    from mmserve.training.clip_checkpoint import save_clip_checkpoint, tokenizer_settings
+
+    arch = TINY_ARCH if tiny else "ViT-B-32"
+    name, model_cfg = resolve_arch(arch)
+    model = open_clip.create_model(name)
+    tokenizer = open_clip.get_tokenizer(name)
+    settings = {
+        "kind": "clip", "arch": arch, "open_clip_model": name, "tokenizer": tokenizer_settings(tokenizer, model_cfg),
+        "prompt_templates": ["a photo of a {}."], "classes": ["dog", "cat", "red circle"],
+        "training": {"note": "random weights (mmserve bench --real-size)"},
+    }
+    save_clip_checkpoint(folder, model, open_clip.get_model_config(name) or model_cfg, model.visual.preprocess_cfg, settings)
+    return folder
+
+
+def text_checkpoint(folder: Path, tiny: bool) -> Path:
+    """BERT-base (768 wide, 12 layers, 110M parameters), random weights, bert-base-uncased's vocabulary
+    (the embedded MiniLM's tokenizer is that one)."""
+    from transformers import BertConfig, BertModel
+
+    from mmserve.training.defaults import default_text_base
+
+    config = BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512) if tiny else BertConfig()
+    BertModel(config).save_pretrained(folder)
+    base = default_text_base()
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (base / name).is_file():
+            shutil.copy2(base / name, folder / name)
+    return folder
+
+
+def speech_checkpoint(folder: Path, tiny: bool) -> Path:
+    """Whisper-base's encoder (512 wide, 6 layers, 8 heads), random weights, as a transformers folder."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForAudioClassification
+
+    size = dict(d_model=64, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=256) if tiny else dict(
+        d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048)
+    config = WhisperConfig(num_mel_bins=80, decoder_layers=size["encoder_layers"],
+                           decoder_attention_heads=size["encoder_attention_heads"], decoder_ffn_dim=size["encoder_ffn_dim"],
+                           **size)
+    WhisperForAudioClassification(config).save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    return folder
+
+
+def export_all(work: Path, repository: Path, tiny: bool, log: Callable[[str], None]) -> dict[str, float]:
+    """Checkpoints and their export into `repository` (cpu profile defaults); seconds per product."""
+    from mmserve.exporters.clip import export_clip
+    from mmserve.exporters.speech import export_speech
+    from mmserve.exporters.text import export_text
+
+    seconds = {}
+    steps = [
+        ("clip", clip_checkpoint, lambda c: export_clip(c, repository)),
+        ("text", text_checkpoint, lambda c: export_text(c, repository)),
+        ("speech", speech_checkpoint, lambda c: export_speech(c, repository, task="embed")),
+    ]
+    for product, build, export in steps:
+        started = time.perf_counter()
+        folder = work / "checkpoints" / product
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        log(f"{product}: building the checkpoint and exporting ...")
+        result = export(build(folder, tiny))
+        seconds[product] = round(time.perf_counter() - started, 1)
+        log(result.summary())
+    return seconds
+
+
+def weight_bytes(repository: Path) -> int:
+    """The ONNX files of the repository, each file once (hard links share an inode)."""
+    seen: dict[tuple[int, int], int] = {}
+    for path in repository.rglob("*.onnx"):
+        if ".mmserve-staging" not in str(path):
+            info = path.stat()
+            seen[(info.st_dev, info.st_ino)] = info.st_size
+    return sum(seen.values())
+
+
+def onnx_copies(repository: Path) -> dict[str, int]:
+    """On disk: ONNX file names in the repository vs distinct files behind them."""
+    paths = [p for p in repository.rglob("*.onnx") if ".mmserve-staging" not in str(p)]
+    return {"paths": len(paths), "files": len({(p.stat().st_dev, p.stat().st_ino) for p in paths})}
+
+
+# ---- memory ------------------------------------------------------------------------------
+
+
+def server_memory(server_pid: int, weights_root: Path | None) -> dict[str, Any]:
+    """RSS and PSS of tritonserver and every stub; `weights_pss`: the part mapped from the shared weight files."""
+    from mmserve.bench.server_stats import process_tree
+
+    total = {"rss_mib": 0.0, "pss_mib": 0.0, "weights_pss_mib": 0.0, "processes": 0}
+    per_process: dict[str, float] = {}
+    for pid, name in process_tree(server_pid).items():
+        try:
+            rss, pss, mapped = _smaps(pid, weights_root)
+        except OSError:
+            continue
+        total["rss_mib"] += rss / 1024
+        total["pss_mib"] += pss / 1024
+        total["weights_pss_mib"] += mapped / 1024
+        total["processes"] += 1
+        per_process[name] = round(per_process.get(name, 0.0) + pss / 1024, 1)
+    return {**{k: round(v, 1) for k, v in total.items()}, "pss_by_process_mib": per_process}
+
+
+def _smaps(pid: int, weights_root: Path | None) -> tuple[int, int, int]:
+    """(RSS, PSS, PSS of mappings under weights_root) in KiB."""
+    rss = pss = mapped = 0
+    inside = False
+    root = str(weights_root) if weights_root else None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if not fields:
+                continue
+            if "-" in fields[0] and not fields[0].endswith(":"):
+                inside = bool(root) and len(fields) >= 6 and fields[5].startswith(root)
+            elif fields[0] == "Rss:":
+                rss += int(fields[1])
+            elif fields[0] == "Pss:":
+                pss += int(fields[1])
+                mapped += int(fields[1]) if inside else 0
+    return rss, pss, mapped
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# ---- the run -----------------------------------------------------------------------------
+
+
+def run_real_size(config: RealSizeConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    from mmserve.bench import inputs as bench_inputs
+    from mmserve.bench.inprocess import measure_baseline_isolated
+    from mmserve.bench.perf import Load, PerfSettings, find_perf_analyzer, run_level
+    from mmserve.bench.run import loadavg, machine
+    from mmserve.pipelines import PIPELINES
+    from mmserve.serving.shared_weights import cache_root
+
+    find_perf_analyzer()
+    out = config.out.resolve()
+    repository = out / "repository"
+    shutil.rmtree(repository, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"command": config.command, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                               "machine": machine(), "loadavg_start": loadavg(), "tiny": config.tiny}
+    results["export_seconds"] = export_all(out, repository, config.tiny, log)
+    results["weights_mib"] = round(weight_bytes(repository) / 2**20, 1)
+    results["onnx_on_disk"] = onnx_copies(repository)
+    requests = {name: bench_inputs.requests_for(kind, 64, seed=0) for name, kind in MEASURED}
+    results["inputs"] = {name: bench_inputs.describe(kind, requests[name]) for name, kind in MEASURED}
+
+    results["baselines"] = {}
+    for name, kind in MEASURED:
+        log(f"{name}: in-process baseline (b{', b'.join(map(str, BATCH_SIZES))}) ...")
+        baseline = measure_baseline_isolated(repository, name, kind.value, 64, config.seconds, batch_sizes=BATCH_SIZES)
+        results["baselines"][name] = baseline.as_dict()
+    results["loadavg_after_baselines"] = loadavg()
+
+    settings = PerfSettings(measurement_interval_ms=config.measurement_interval_ms, max_trials=6)
+    raw = out / "raw"
+    results["perf"], results["memory"] = [], {}
+    for shared in (True, False):
+        label = "shared" if shared else "not shared"
+        with _environment(MMSERVE_ORT_CACHE=os.environ.get("MMSERVE_ORT_CACHE", "") if shared else "off"), \
+                _serving(repository, raw / f"triton.{'shared' if shared else 'copies'}.log", log) as (url, pid, client):
+            if shared:
+                results["scheduling"] = {name: _scheduling(client, name) for name, _ in MEASURED}
+            for name, kind in MEASURED:
+                data = bench_inputs.perf_json(requests[name], PIPELINES[kind], raw / f"{name}.input.json")
+                for concurrency in ((1, 8) if shared else (8,)):
+                    log(f"{name} ({label} weights): c={concurrency} ...")
+                    row = _measured_level(client, url, name, data, Load("concurrency", concurrency), settings, raw, run_level)
+                    if shared:
+                        results["perf"].append(row)
+            results["memory"][label] = server_memory(pid, cache_root() if shared else None)
+            log(f"server memory ({label} weights): {results['memory'][label]}")
+    results["loadavg_end"] = loadavg()
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    results["verdicts"] = verdicts(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    if config.report:
+        write_section(config.docs, render(results))
+    return results
+
+
+@contextmanager
+def _serving(repository: Path, log_file: Path, log: Callable[[str], None]) -> Iterator[tuple[str, int, Any]]:
+    import tritonclient.grpc as grpcclient
+
+    from mmserve.server import ServerPorts, TritonServer
+
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log(f"starting tritonserver over {repository} ...")
+    with TritonServer(repository, ServerPorts.free(), log_file=log_file) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        try:
+            yield server.grpc_url, server.pid, client
+        finally:
+            client.close()
+
+
+def _scheduling(client: Any, pipeline: str) -> dict[str, Any]:
+    config = client.get_model_config(pipeline, as_json=True)["config"]
+    return {"instances": sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1,
+            "max_queue_delay_us": int(config.get("dynamic_batching", {}).get("max_queue_delay_microseconds", 0))}
+
+
+def _measured_level(client: Any, url: str, name: str, data: Path, load: Any, settings: Any, raw: Path, run_level: Any) -> dict:
+    from mmserve.bench.perf import BenchError
+    from mmserve.bench.server_stats import difference, snapshot
+
+    before = snapshot(client)
+    try:
+        row = run_level(url, name, data, load, settings, raw / "perf")
+    except BenchError as error:
+        return {"pipeline": name, "load": load.value, "error": str(error)}
+    row.layout = Layout.FUSED.value
+    row.steps = difference(before, snapshot(client))
+    return row.as_dict()
+
+
+# ---- verdicts and the report ---------------------------------------------------------------
+
+
+def _perf(results: dict, name: str, concurrency: int) -> dict | None:
+    return next((r for r in results["perf"] if r["pipeline"] == name and r.get("load") == concurrency and "error" not in r), None)
+
+
+def verdicts(results: dict) -> list[dict[str, Any]]:
+    """Each pipeline's latency and throughput against in-process; the server's memory against the weights."""
+    found = []
+    for name, _ in MEASURED:
+        baseline = results["baselines"].get(name, {})
+        timings = {t["batch"]: t for t in baseline.get("timings", [])}
+        c1, c8 = _perf(results, name, 1), _perf(results, name, 8)
+        if 1 in timings and c1:
+            served, local = c1["p50_us"] / 1e3, timings[1]["p50_ms"]
+            found.append({"pipeline": name, "metric": "c=1 p50", "served": served, "in_process": local,
+                          "ratio": served / local, "met": served / local <= LATENCY_TARGET, "unit": "ms", "batch": 1})
+        if timings and c8:
+            best = max(timings.values(), key=lambda t: t["throughput"])
+            step = (c8.get("steps") or {}).get(name, {})
+            found.append({"pipeline": name, "metric": "c=8 throughput", "served": c8["throughput"],
+                          "in_process": best["throughput"], "ratio": c8["throughput"] / best["throughput"],
+                          "met": c8["throughput"] / best["throughput"] >= THROUGHPUT_TARGET, "unit": "items/s",
+                          "batch": best["batch"], "served_avg_batch": step.get("avg_batch")})
+    memory = results.get("memory", {}).get("shared")
+    if memory:
+        weights = results["weights_mib"]
+        runtime = memory["pss_mib"] - memory["weights_pss_mib"]  # interpreters, libraries, activations
+        one_copy = weights + runtime
+        found.append({"pipeline": "server", "metric": "PSS", "served": memory["pss_mib"], "in_process": one_copy,
+                      "ratio": memory["pss_mib"] / one_copy, "met": memory["weights_pss_mib"] <= 1.1 * weights
+                      and memory["pss_mib"] <= MEMORY_TARGET * one_copy, "unit": "MiB",
+                      "weights_pss_mib": memory["weights_pss_mib"], "weights_mib": weights})
+    return found
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def render(results: dict) -> str:
+    """The report's "Real-size models" section."""
+    machine_info = results["machine"]
+    lines = [
+        SECTION_START, "", "## Real-size models: ViT-B-32, BERT-base, Whisper-base (issue 23)", "",
+        f"`{results['command']}`, one run, {results['started']} → {results['finished']}, "
+        f"{machine_info.get('cpu', 'CPU')}, {machine_info.get('logical_cpus')} logical CPUs shared with other work: "
+        f"load average start {', '.join(map(str, results['loadavg_start']))}; after the in-process baselines "
+        f"{', '.join(map(str, results['loadavg_after_baselines']))}; end {', '.join(map(str, results['loadavg_end']))}. "
+        "Random weights of the real architectures (speed and memory do not depend on the values), exported with the "
+        f"cpu profile's defaults (fused layout) in {', '.join(f'{k} {v:.0f} s' for k, v in results['export_seconds'].items())}. "
+        "Served: perf_analyzer, gRPC, closed loop. In-process: the same steps in one process with every core, "
+        f"on the same inputs, batches {', '.join(map(str, BATCH_SIZES))}.", "",
+        "| pipeline | inputs | instances (threads = cores ÷ instances) |", "| --- | --- | --- |",
+    ]
+    for name, _ in MEASURED:
+        lines.append(f"| `{name}` | {results['inputs'][name]} | {results.get('scheduling', {}).get(name, {}).get('instances', '–')} |")
+    lines += ["", "| pipeline | figure | served | in-process | ratio | target | verdict |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for v in results["verdicts"]:
+        if v["pipeline"] == "server":
+            continue
+        target = f"≤ {LATENCY_TARGET}×" if v["metric"] == "c=1 p50" else f"≥ {THROUGHPUT_TARGET}× best batch"
+        local = f"{_fmt(v['in_process'])} {v['unit']} (b{v['batch']})"
+        served = f"{_fmt(v['served'])} {v['unit']}" + (
+            f" (batches of {_fmt(v.get('served_avg_batch'))})" if v.get("served_avg_batch") else "")
+        lines.append(f"| `{v['pipeline']}` | {v['metric']} | {served} | {local} | **{v['ratio']:.2f}×** | {target} | "
+                     f"{'met' if v['met'] else '**not met**'} |")
+    shared, copies = results["memory"].get("shared", {}), results["memory"].get("not shared", {})
+    disk = results["onnx_on_disk"]
+    lines += [
+        "", f"Memory of the whole server (tritonserver + every Python stub, {shared.get('processes', '–')} processes), "
+        f"after the load above; the repository's ONNX weights: {_fmt(results['weights_mib'])} MiB, "
+        f"{disk['paths']} ONNX paths on disk backed by {disk['files']} files (hard links).", "",
+        "| weights | RSS | PSS | PSS of the shared weight files |", "| --- | --- | --- | --- |",
+        f"| shared (default: prepared copy memory-mapped) | {_fmt(shared.get('rss_mib'))} MiB | {_fmt(shared.get('pss_mib'))} MiB "
+        f"| {_fmt(shared.get('weights_pss_mib'))} MiB |",
+        f"| not shared (`MMSERVE_ORT_CACHE=off`: each stub parses its own copy) | {_fmt(copies.get('rss_mib'))} MiB "
+        f"| {_fmt(copies.get('pss_mib'))} MiB | – |",
+    ]
+    memory = next((v for v in results["verdicts"] if v["pipeline"] == "server"), None)
+    if memory:
+        lines += ["", f"Memory target (≤ {MEMORY_TARGET}× one copy of the weights + the runtime): the weight files count "
+                  f"{_fmt(memory['weights_pss_mib'])} MiB of PSS for {_fmt(memory['weights_mib'])} MiB of weights (one copy), "
+                  f"and the server's PSS is {memory['ratio']:.2f}× (weights + everything else the processes hold: "
+                  f"interpreters, libraries, activation arenas) — **{'met' if memory['met'] else 'not met'}**. "
+                  f"PSS by process (MiB): {', '.join(f'{k} {v}' for k, v in sorted(shared.get('pss_by_process_mib', {}).items()))}."]
+    lines += ["", SECTION_END, ""]
+    return "\n".join(lines)
+
+
+def write_section(docs: Path, section: str) -> Path:
+    """Put the section into docs/benchmarks.md: in place of an earlier one, else at the end."""
+    text = docs.read_text(encoding="utf-8") if docs.exists() else "# Benchmarks\n"
+    if SECTION_START in text and SECTION_END in text:
+        start = text.index(SECTION_START)
+        end = text.index(SECTION_END, start) + len(SECTION_END)
+        text = text[:start] + section.rstrip("\n") + text[end:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    docs.write_text(text, encoding="utf-8")
+    return docs
+
+
+def summary_lines(results: dict) -> list[str]:
+    return [f"{v['pipeline']} {v['metric']}: {_fmt(v['served'])} vs {_fmt(v['in_process'])} {v['unit']} = "
+            f"{v['ratio']:.2f}x -> {'met' if v['met'] else 'not met'}" for v in results["verdicts"]]
+
