@@ -204,6 +204,20 @@ def _check_key(key: str, what: str) -> None:
         )
 
 
+def other_users_see_arguments(mounts: Path = Path("/proc/mounts")) -> bool:
+    """Whether other users can read a process's command line here: /proc is not mounted with
+    hidepid (1/noaccess or 2/invisible). Triton takes its keys on its command line only."""
+    try:
+        for line in mounts.read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 3 and fields[1] == "/proc" and fields[2] == "proc":
+                options = fields[3].split(",")
+                return not any(o.startswith("hidepid=") and o.split("=", 1)[1] not in ("0", "off") for o in options)
+    except OSError:
+        pass
+    return True
+
+
 def is_loopback(host: str) -> bool:
     """True for 127.0.0.0/8, ::1 and names that resolve only there (``localhost``): addresses
     only this machine can reach. The server and the console judge a bind by this one rule."""

@@ -191,6 +191,16 @@ def test_what_ps_shows(served: Served):
     assert key not in launcher_argv
 
 
+def test_the_launcher_says_when_other_users_can_read_the_keys(tmp_path: Path):
+    from mmserve.server import other_users_see_arguments
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text("proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n")
+    assert other_users_see_arguments(mounts)
+    mounts.write_text("proc /proc proc rw,nosuid,nodev,noexec,relatime,hidepid=invisible 0 0\n")
+    assert not other_users_see_arguments(mounts)
+
+
 def test_local_tools_find_the_generated_key(served: Served):
     """The quick start stays two commands: the client and `mmserve products` need no key typed."""
     from mmserve.client import Client

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 def _serve(args: argparse.Namespace) -> int:
     import signal
 
-    from mmserve.server import ServerPorts, TritonServer, new_run_dir, resolve_key
+    from mmserve.server import ServerPorts, TritonServer, new_run_dir, other_users_see_arguments, resolve_key
 
     def interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt  # a signal during start-up: unwind through start(), which stops Triton
@@ -65,6 +65,9 @@ def _serve(args: argparse.Namespace) -> int:
     if server.admin_key_file is not None:
         print(f"admin key (new for this run): {server.admin_key_file}; the mmserve commands, the client and the "
               "console on this host read it from there (docs/security.md)", flush=True)
+    if server.admin_key is not None and other_users_see_arguments():
+        print("mmserve: note: Triton takes its keys on its command line, which other users of this host can read "
+              "with ps; on a shared host mount /proc with hidepid=2 (docs/security.md)", file=sys.stderr, flush=True)
     if args.gateway:
         from .gateway import gateway_beside
 
