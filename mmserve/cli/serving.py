@@ -134,9 +134,14 @@ def _console(args: argparse.Namespace) -> int:
 
     try:
         admin_key = read_key(ADMIN_KEY_ENV, args.admin_key_file)
+        from mmserve.local_servers import admin_key_for
+
+        # A local `mmserve serve` of this user generated its key: the console reaches Triton with it,
+        # and people still sign in with the one-time key below (nobody typed the generated one).
+        triton_key = admin_key or admin_key_for(args.server)
         settings = ConsoleSettings(
             server=args.server, repository=args.repository, host=args.host, port=args.port,
-            metrics_url=args.metrics_url, admin_key=admin_key, api_key=read_key(API_KEY_ENV, args.api_key_file),
+            metrics_url=args.metrics_url, admin_key=triton_key, api_key=read_key(API_KEY_ENV, args.api_key_file),
             sign_in_key=None if admin_key or not is_loopback(args.host) else one_time_key(),
             tls=args.tls, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
             tls_server_name=args.tls_server_name, audit_log=args.audit_log, sample_interval_s=args.sample_interval,
