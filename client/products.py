@@ -16,15 +16,13 @@ from dataclasses import dataclass
 from tritonclient.grpc import model_config_pb2
 
 from mmserve.pipelines import PIPELINES, Kind, TensorSpec
+from mmserve.repository_layout import ENSEMBLE_PLATFORM, recorded_kind
 
 from .results import ModelInfo
 
 __all__ = [
     "ProductInfo", "find_products", "kind_of", "model_state", "products_from", "served_version", "steps_of", "tensor_specs",
 ]
-
-ENSEMBLE = "ensemble"
-
 
 @dataclass(frozen=True, slots=True)
 class ProductInfo:
@@ -64,12 +62,18 @@ def _signature(specs) -> frozenset[tuple[str, str]]:  # noqa: ANN001 - TensorSpe
 
 
 def kind_of(name: str, config: model_config_pb2.ModelConfig, hint: str | None = None) -> Kind | None:
-    """The contract kind a model serves, or None when its tensors are not a pipeline's.
+    """The contract kind a model serves, or None when it serves no pipeline.
 
-    Kinds with the same tensors (``text_embed`` and ``clip_text_embed``: TEXT ->
+    A product exported by mmserve records its kind in its config (``mmserve_kind``,
+    mmserve/repository_layout.py): that is its kind, whatever its tensors are called.
+    Only a config recording none (a repository exported before kinds were recorded) has
+    its kind guessed from its tensors, as follows. Kinds with the same tensors (``text_embed`` and ``clip_text_embed``: TEXT ->
     EMBEDDING) are told apart by ``hint`` (the product card's kind), then by the name
     (``clip_text_embed``, ``catalog_clip_text_embed``), then the contract's order.
     """
+    recorded = recorded_kind(config)
+    if recorded is not None:
+        return recorded
     inputs, outputs = _signature(tensor_specs(config.input)), _signature(tensor_specs(config.output))
     matching = [
         kind
@@ -99,7 +103,7 @@ def find_products(
     products: dict[str, Kind] = {}
     for name in sorted(configs):
         config = configs[name]
-        if name in called and config.platform != ENSEMBLE:
+        if name in called and config.platform != ENSEMBLE_PLATFORM:
             continue
         kind = kind_of(name, config, hint(name) if hint is not None else None)
         if kind is not None:

@@ -30,6 +30,7 @@ from mmserve.exporters.tensorrt import PLAN_FILE, ShapeProfile, build_engine, ch
 from mmserve.exporters.triton_config import EncoderTuning, onnx_tensors
 from mmserve.exporters.versions import DEFAULT_KEEP, Release
 from mmserve.pipelines import Kind
+from mmserve.repository_layout import ONNX_FILE
 
 Feeds = dict[str, np.ndarray]  # one batch of a graph's inputs, by input name
 DevSet = tuple[Sequence[Feeds], Sequence[int]]  # a classifier's dev inputs and gold class indices
@@ -197,7 +198,7 @@ def _export_graph(
     import torch
 
     example = tuple(torch.from_numpy(np.ascontiguousarray(graph.parity_feeds[0][n])) for n in graph.spec.input_names)
-    path = export_onnx(graph.module, example, graph.spec, folder / "model.onnx")
+    path = export_onnx(graph.module, example, graph.spec, folder / ONNX_FILE)
     parity = require_parity(check_parity(graph.module, path, graph.parity_feeds, graph.output), f"{product} {graph.title}")
     quantization = None
     if int8:

@@ -19,9 +19,10 @@ from mmserve.exporters.onnx_export import ExportError
 from mmserve.exporters.repository import ENCODER_MODEL_PY, VERSION, ModelFolder, python_model_py
 from mmserve.exporters.triton_config import EncoderTuning, copy_config, print_config
 from mmserve.serving.fused import PLAN_FILE, STEP_CONFIG, STEP_VERSION, STEPS_FOLDER
+from mmserve.repository_layout import Layout
 
-FUSED = "fused"
-ENSEMBLE_LAYOUT = "ensemble"
+FUSED = Layout.FUSED.value
+ENSEMBLE_LAYOUT = Layout.ENSEMBLE.value
 LAYOUTS = (FUSED, ENSEMBLE_LAYOUT)
 # The cpu profile's default, chosen by measurement (docs/benchmarks.md); the gpu profile
 # is always an ensemble (its encoders run on Triton's native backends, not in Python).

@@ -31,6 +31,7 @@ from mmserve.exporters.triton_config import (
     print_config,
     read_config,
 )
+from mmserve.repository_layout import Layout, ProductParameters
 from mmserve.exporters.versions import (
     CARD_FILE,
     CONFIG_FILE,
@@ -201,6 +202,8 @@ def write_models(
             config = copy_config(model.config)
             if model.is_ensemble:
                 pin_steps(config, set(private), version)
+            if model.is_pipeline and release is not None and model.name in release.kinds:
+                ProductParameters(release.kinds[model.name], Layout(release.layout)).write(config)
             set_policy(config, [version])
             folder = stage.stage(model.name, str(version))
             model.write_version(folder, config)

@@ -23,9 +23,9 @@ from tritonclient.grpc.model_config_pb2 import (
 )
 
 from mmserve.pipelines import MAX_BATCH_SIZE, TensorSpec
+from mmserve.repository_layout import ENSEMBLE_PLATFORM, LABELS_FILE, TENSORRT_PLAN_FILE  # LABELS_FILE: re-exported
 
-ENSEMBLE = "ensemble"  # an ensemble's `platform`
-LABELS_FILE = "labels.txt"  # the `label_filename` of an output whose values index classes
+ENSEMBLE = ENSEMBLE_PLATFORM  # an ensemble's `platform`
 
 
 def parse_config(text: str) -> ModelConfig:
@@ -161,7 +161,7 @@ _TENSORRT = {"precision_mode": "FP16", "max_workspace_size_bytes": "4294967296",
 
 
 TENSORRT_PLAN = "tensorrt_plan"  # the `platform` of a TensorRT engine (--tensorrt)
-PLAN_FILE = "model.plan"  # Triton's default file of a tensorrt_plan model
+PLAN_FILE = TENSORRT_PLAN_FILE  # Triton's default file of a tensorrt_plan model
 
 
 def tensorrt_plan_config(

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 from mmserve.exporters.staging import RepositoryError, Staging, ensure_writable, staging
 from mmserve.exporters.triton_config import ENSEMBLE, parse_config, print_config, read_config
 from mmserve.pipelines import Kind
+from mmserve.repository_layout import CARD_FILE, CONFIG_FILE, MODEL_ROOT, Layout  # the names, re-exported here
 
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig, ModelEnsembling
@@ -51,9 +52,6 @@ if TYPE_CHECKING:
     from mmserve.exporters.onnx_export import ParityReport
     from mmserve.exporters.quantize import QuantizationReport
 
-CONFIG_FILE = "config.pbtxt"
-CARD_FILE = "card.json"
-MODEL_ROOT = "model_root"
 DEFAULT_KEEP = 3
 
 
@@ -511,7 +509,7 @@ class Release:
     profile: str
     parity: Mapping[str, ParityReport]  # graph ("encoder", "image_tower"...) -> parity figures
     quantization: Mapping[str, QuantizationReport] = field(default_factory=dict)  # when --int8
-    layout: str = "ensemble"  # how the pipelines are served on the cpu profile (exporters/fused.py)
+    layout: str = Layout.FUSED.value  # how the pipelines are served (a Layout; the cpu default is fused)
     fp16: Mapping[str, Fp16Report] = field(default_factory=dict)  # when --fp16: FP16 against FP32
     tensorrt: Mapping[str, Any] = field(default_factory=dict)  # when --tensorrt: each engine's shape profile
 

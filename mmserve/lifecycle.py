@@ -23,6 +23,7 @@ from mmserve import kinds
 from mmserve.client.products import find_products, model_state, steps_of, tensor_specs
 from mmserve import audit as _audit
 from mmserve.pipelines import Kind, TensorSpec
+from mmserve.repository_layout import LABELS_FILE
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 # so neither Triton's repository index nor repository_models() takes it for a model.
 AUDIT_LOG = _audit.AUDIT_LOG  # the log itself: mmserve/audit.py (hash-chained, attempt before acting)
 UNKNOWN = "UNKNOWN"  # a product's state when no server was asked
-LABELS_FILE = "labels.txt"
 UNLOAD_WAIT_S = 120.0  # how long unload waits for Triton to finish, when the client sets no timeout
 
 

@@ -32,10 +32,22 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable, Protocol
 
-if TYPE_CHECKING:
-    from mmserve.server import TritonServer
+
+class SupervisedServer(Protocol):
+    """What the supervisor needs of the server it watches (mmserve.server.TritonServer):
+    named here so the supervisor does not import the launcher that starts it (no import circle)."""
+
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def effective_http_host(self) -> str: ...
+    @property
+    def served_models(self) -> list[str]: ...
+    ports: Any  # .supervisor: the port the supervisor's status endpoint listens on
+    def model_ready(self, model: str) -> bool: ...
+    def request(self, path: str, body: dict | None = None, timeout_s: float = 2.0) -> tuple[int, Any]: ...
 
 STUB_BINARY = "triton_python_backend_stub"
 RECOVERY_PARAMETER = "mmserve_recovery"
@@ -96,7 +108,7 @@ class _Broken:
 class ModelSupervisor:
     """Watches one TritonServer's models and reloads the broken ones (see the module doc)."""
 
-    server: "TritonServer"
+    server: SupervisedServer
     poll_s: float = 0.5
     index_every: int = 4  # read the repository index every this many polls
     log: Callable[[str], None] = field(default=lambda line: print(f"mmserve: {line}", file=sys.stderr, flush=True))

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mmserve.pipelines import LABEL, PROBS, TEXT, Kind
+from mmserve.repository_layout import CONFIG_FILE
 
 __all__ = ["Comparison", "client_overhead", "shared_memory_gain", "client_command"]
 
@@ -182,7 +183,7 @@ def _pipeline_models(repository: Path, pipelines: Sequence[str]) -> list[str]:
 
     names: list[str] = []
     for pipeline in pipelines:
-        path = repository / pipeline / "config.pbtxt"
+        path = repository / pipeline / CONFIG_FILE
         config = text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
         for name in (pipeline, *(step.model_name for step in config.ensemble_scheduling.step)):
             if name not in names:
@@ -200,7 +201,7 @@ def client_command(repository: Path, url: str | None, calls: int, quick: bool = 
     log(f"load average (1 min) at start: {load:.2f}" + ("  -- the machine is busy: figures are noisy" if load >= 2.5 else ""))
     server = None
     if url is None:
-        missing = [p for p in PIPELINES if not (repository / p / "config.pbtxt").exists()]
+        missing = [p for p in PIPELINES if not (repository / p / CONFIG_FILE).exists()]
         if missing:
             raise SystemExit(f"{repository} lacks {', '.join(missing)}; export them or pass --url of a server that has them")
         server = TritonServer(repository, ServerPorts.free(), models=_pipeline_models(repository, PIPELINES)).start()

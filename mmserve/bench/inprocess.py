@@ -32,6 +32,7 @@ from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from mmserve.bench.inputs import Request, stack
 from mmserve.bench.perf import BenchError
+from mmserve.repository_layout import MODEL_PY, ONNX_FILE, Layout, ProductParameters
 from mmserve.exporters import triton_config
 from mmserve.exporters.fused import ENSEMBLE_LAYOUT, FUSED
 from mmserve.exporters.triton_config import ENSEMBLE, ensemble_step
@@ -59,6 +60,10 @@ def pipeline_layout(repository: Path, name: str) -> str | None:
     config = triton_config.read_config(repository / name / CONFIG_FILE)
     if config is None:
         return None
+    recorded = ProductParameters.read(config)
+    if recorded is not None:  # what the export recorded (a head product is neither layout)
+        return recorded.layout.value if recorded.layout in (Layout.FUSED, Layout.ENSEMBLE) else None
+    # exported before layouts were recorded: from the platform and the files
     if config.platform == ENSEMBLE:
         return ENSEMBLE_LAYOUT
     if config.backend == "python":
@@ -99,7 +104,7 @@ def load_python_model(repository: Path, name: str, version: int | None = None) -
     version = version if version is not None else active_version(repository, name)
     if version is None:
         raise BenchError(f"{folder} has no numbered version folder")
-    source = folder / str(version) / "model.py"
+    source = folder / str(version) / MODEL_PY
     module_spec = importlib.util.spec_from_file_location(f"mmserve_bench_model_{name}", source)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -188,7 +193,7 @@ class InProcessPipeline:
     def onnx_path(self, encoder: str) -> Path:
         """The ONNX file an encoder step serves: its `onnx_file` in the version the ensemble runs."""
         parameters = self.configs[encoder].parameters
-        onnx_file = parameters["onnx_file"].string_value if "onnx_file" in parameters else "model.onnx"
+        onnx_file = parameters["onnx_file"].string_value if "onnx_file" in parameters else ONNX_FILE
         return self.step_root / encoder / str(self.versions[encoder]) / onnx_file
 
     def __call__(self, batch: Request) -> dict[str, np.ndarray]:

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from mmserve.pipelines import MAX_BATCH_SIZE
+from mmserve.repository_layout import Layout
 
-ENSEMBLE_LAYOUT = "ensemble"  # what every run served before layouts were compared
+ENSEMBLE_LAYOUT = Layout.ENSEMBLE.value  # what every run served before layouts were compared
 TARGET_CONCURRENCY = 8
 # issue 13's targets, per pipeline and layout
 THROUGHPUT_RATIO = 0.85  # c=8 throughput ≥ this × in-process at its best batch

@@ -18,66 +18,19 @@ import platform
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 from mmserve.bench import inputs as bench_inputs
-from mmserve.bench.checkpoints import DEFAULT_MANIFEST, known_checkpoints
-from mmserve.bench.inprocess import ENSEMBLE_LAYOUT, FUSED, repository_layout
+from mmserve.bench.config import DEFAULT_OUT, DEFAULT_PEERS_VENV, BenchConfig  # noqa: F401 - importers use run's names
+from mmserve.bench.inprocess import ENSEMBLE_LAYOUT, repository_layout
 from mmserve.bench.perf import BenchError, Load, PerfRow, PerfSettings, find_perf_analyzer, run_level
 from mmserve.bench.server_stats import CpuMeter, difference, snapshot
 from mmserve import kinds
 from mmserve.kinds import AnswerShape, Modality
 from mmserve.pipelines import PIPELINES, Kind
-
-DEFAULT_OUT = Path("artifacts/bench/latest")
-DEFAULT_PEERS_VENV = Path("artifacts/bench/venv-peers")
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """One bench run's settings; frozen, so every stage sees what the run was started with."""
-
-    repository: Path = Path("model_repository")
-    compare_with: tuple[Path, ...] = ()  # more repositories (other layouts), served one after the other
-    pipelines: tuple[str, ...] = ()  # empty: every pipeline the server offers
-    url: str | None = None  # a running server's gRPC address; None: start one over `repository`
-    concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)
-    request_rates: tuple[float, ...] = ()
-    shared_memory: str = "none"
-    out: Path = DEFAULT_OUT
-    skip_peers: bool = False
-    quick: bool = False
-    tune: bool = False
-    cpus: tuple[int, ...] | None = None
-    checkpoints: Mapping[str, Path] = field(default_factory=dict)  # --checkpoint overrides of the manifest
-    checkpoints_manifest: Path = DEFAULT_MANIFEST
-    peers_venv: Path = DEFAULT_PEERS_VENV
-    measurement_interval_ms: int | None = None
-    requests: int = 128  # distinct requests in each pipeline's input data
-    baseline_seconds: float | None = None
-    skip_runtimes: bool = False
-    command: str = ""
-
-    @property
-    def repositories(self) -> tuple[Path, ...]:
-        return (self.repository, *self.compare_with)
-
-    @property
-    def known_checkpoints(self) -> dict[str, Path]:
-        """The checkpoint behind each pipeline: text_embed's base, the manifest, then overrides."""
-        return known_checkpoints(self.checkpoints_manifest, dict(self.checkpoints))
-
-    @property
-    def settings(self) -> PerfSettings:
-        interval = self.measurement_interval_ms or (1500 if self.quick else 3000)
-        return PerfSettings(measurement_interval_ms=interval, shared_memory=self.shared_memory,
-                            max_trials=5 if self.quick else 8)
-
-    @property
-    def seconds(self) -> float:
-        return self.baseline_seconds if self.baseline_seconds is not None else (1.0 if self.quick else 4.0)
+from mmserve.repository_layout import recorded_kind_of, served_layout_of
 
 
 class Progress:
@@ -133,7 +86,7 @@ def discover(client: Any) -> list[tuple[str, Kind]]:
         if entry.get("state") != "READY":
             continue
         config = client.get_model_config(entry["name"], as_json=True)["config"]
-        kind = kind_of(
+        kind = recorded_kind_of(config) or kind_of(  # the guess: repositories exported before kinds were recorded
             entry["name"], [i["name"] for i in config.get("input", [])], [o["name"] for o in config.get("output", [])]
         )
         if kind is not None and (entry["name"], kind) not in found:
@@ -343,9 +296,9 @@ def _serve_and_measure(config: BenchConfig, label: str, repository: Path, result
 
 
 def _served_layout(client: Any, pipeline: str) -> str:
-    """The layout a running server reports for a pipeline: an ensemble, else one (fused) model."""
-    config = client.get_model_config(pipeline, as_json=True)["config"]
-    return ENSEMBLE_LAYOUT if config.get("platform") == "ensemble" else FUSED
+    """The layout a running server reports for a pipeline (its config's mmserve_layout; for a
+    repository exported before that was recorded: an ensemble, else one fused model)."""
+    return served_layout_of(client.get_model_config(pipeline, as_json=True)["config"]).value
 
 
 def _scheduling(client: Any, pipeline: str) -> dict[str, dict[str, Any]]:

@@ -8,10 +8,11 @@ peers' protocol, next to its gRPC figures.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from mmserve.bench.config import BenchConfig
 from mmserve.bench.inputs import openai_json, perf_json, texts_of
 from mmserve.bench.peers import (
     SERVED_NAME, embed_http, ensure_peer_env, infinity_peer, naive_peer, reference_vectors,
@@ -20,8 +21,6 @@ from mmserve.bench.perf import BenchError, Load, run_level
 from mmserve.exporters.similarity import row_cosines
 from mmserve.pipelines import EMBEDDING, PIPELINES, TEXT, Kind
 
-if TYPE_CHECKING:  # the config type only; run.py imports this module, not the reverse
-    from mmserve.bench.run import BenchConfig
 
 REFERENCE_SENTENCES = 32
 MIN_COSINE = 0.999  # a peer below this returns different vectors: not timed
@@ -40,7 +39,7 @@ def _embed_triton(client: Any, pipeline: str, texts: Sequence[str]) -> np.ndarra
     return client.infer(pipeline, [tensor]).as_numpy(EMBEDDING.name)
 
 
-def run_peers(config: "BenchConfig", client: Any, url: str, http_url: str | None, pipeline: str, requests: list,
+def run_peers(config: BenchConfig, client: Any, url: str, http_url: str | None, pipeline: str, requests: list,
               raw: Path, progress) -> dict[str, Any]:
     model = config.known_checkpoints.get(pipeline)
     result: dict[str, Any] = {"pipeline": pipeline, "model": str(model), "targets": [], "notes": []}

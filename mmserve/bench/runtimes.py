@@ -26,6 +26,7 @@ from mmserve.exporters.similarity import drift
 from mmserve import kinds
 from mmserve.kinds import AnswerShape, InputShape, Modality
 from mmserve.pipelines import TEXT, Kind
+from mmserve.repository_layout import LABELS_FILE
 
 Feeds = dict[str, np.ndarray]
 Forward = Callable[[Feeds], np.ndarray]
@@ -214,7 +215,7 @@ def measure_runtimes(
 def _dev_feeds(pipeline: InProcessPipeline, encoder: str, dev: tuple[list[str], list[str]]) -> tuple[list[Feeds], np.ndarray]:
     """The dev texts through the pipeline's own pre-processing, 32 at a time; gold label indices."""
     texts, labels = dev
-    label_file = pipeline.step_root / encoder / "labels.txt"
+    label_file = pipeline.step_root / encoder / LABELS_FILE
     names = [line.strip() for line in label_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     feeds = []
     for start in range(0, len(texts), 32):

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from mmserve.repository_layout import CONFIG_FILE
+
 
 @dataclass
 class DemoContext:
@@ -29,7 +31,7 @@ class DemoContext:
         return self.fresh or not (self.checkpoint(name) / "metrics.json").exists()
 
     def needs_export(self, checkpoint: Path, pipeline: str) -> bool:
-        config = self.repository / pipeline / "config.pbtxt"
+        config = self.repository / pipeline / CONFIG_FILE
         marker = checkpoint / "metrics.json" if (checkpoint / "metrics.json").exists() else checkpoint / "config.json"
         return self.fresh or not config.exists() or config.stat().st_mtime < marker.stat().st_mtime
 

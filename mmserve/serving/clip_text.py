@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mmserve.pipelines import IMAGE_EMBEDS, INPUT_IDS, LABELS, PROBS, TEXT
+from mmserve.repository_layout import ONNX_FILE
 from mmserve.serving.runtime import (
     InputError,
     OnnxRunner,
@@ -325,7 +326,7 @@ class ZeroShotClassifyModel(PythonStep):
         folder = model_folder(args)
         settings = json.loads((folder / parameters.get("clip_file", "clip.json")).read_text(encoding="utf-8"))
         self.runner = OnnxRunner(
-            folder / parameters.get("onnx_file", "model.onnx"),
+            folder / parameters.get("onnx_file", ONNX_FILE),
             RunnerSettings.for_instances(instance_count(args), parameters.get("intra_op_threads")),
         )
         self.tokenizer = ClipTokenizer(

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from mmserve.repository_layout import ONNX_FILE
+
 from mmserve.serving.runtime import (
     OnnxRunner,
     Outputs,
@@ -25,7 +27,7 @@ class OnnxEncoderModel(PythonStep):
         settings = RunnerSettings.for_instances(
             instance_count(args), parameters.get("intra_op_threads"), parameters.get("allow_spinning")
         )
-        self.runner = OnnxRunner(model_folder(args) / parameters.get("onnx_file", "model.onnx"), settings)
+        self.runner = OnnxRunner(model_folder(args) / parameters.get("onnx_file", ONNX_FILE), settings)
 
     def answer_batch(self, requests: Sequence[Any]) -> list[Outputs | Exception]:
         """The whole batch in one onnxruntime call; request by request only when that fails,

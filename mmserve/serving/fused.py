@@ -28,12 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from mmserve.repository_layout import CONFIG_FILE, MODEL_PY, PIPELINE_FILE, STEP_VERSION, STEPS_FOLDER
 from mmserve.serving.runtime import LocalRequest, Outputs, PythonStep, instance_count, model_folder, triton_response
 
-PLAN_FILE = "pipeline.json"
-STEPS_FOLDER = "steps"
-STEP_VERSION = "1"
-STEP_CONFIG = "config.pbtxt"
+PLAN_FILE = PIPELINE_FILE  # the names' home: mmserve/repository_layout.py
+STEP_CONFIG = CONFIG_FILE
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ def load_steps(version_folder: Path, instance_kind: str = "CPU", instances: int 
         model = entry["model"]
         if model not in loaded:
             folder = version_folder / STEPS_FOLDER / model
-            loaded[model] = load_step_class(folder / STEP_VERSION / "model.py")()
+            loaded[model] = load_step_class(folder / STEP_VERSION / MODEL_PY)()
             loaded[model].initialize(step_args(folder, model, instance_kind, instances))
         steps.append(FusedStep(model, loaded[model], dict(entry["input_map"]), dict(entry["output_map"])))
     return steps

@@ -159,7 +159,7 @@ class HeadStepModel:
     def initialize(self, args: dict[str, str]) -> None:
         parameters = model_parameters(args)
         self.weight, self.bias = load_head(model_folder(args) / parameters.get("head_file", HEAD_FILE))
-        self.labels = read_labels(model_folder(args).parent / "labels.txt")
+        self.labels = read_labels(model_folder(args).parent / LABELS_FILE)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         results: list[Outputs | Exception] = []

@@ -24,6 +24,7 @@ from mmserve.pipelines import (
     TOKEN_PROBS,
     WORD_IDS,
 )
+from mmserve.repository_layout import LABELS_FILE
 from mmserve.serving.runtime import (
     InputError,
     Outputs,
@@ -229,7 +230,7 @@ class ClassifyPostprocessModel(PythonStep):
     """
 
     def initialize(self, args: dict[str, str]) -> None:
-        self.labels = read_labels(model_folder(args).parent / "labels.txt")
+        self.labels = read_labels(model_folder(args).parent / LABELS_FILE)
 
     def answer(self, request: Any) -> Outputs:
         return classification_outputs(input_array(request, ENCODER_PROBS), self.labels, request.requested_output_names())
@@ -240,7 +241,7 @@ class NerPostprocessModel(PythonStep):
     character offsets into the input text."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        self.labels = read_labels(model_folder(args).parent / "labels.txt")
+        self.labels = read_labels(model_folder(args).parent / LABELS_FILE)
 
     def answer(self, request: Any) -> Outputs:
         texts = decode_texts(input_array(request, TEXT.name), TEXT.name)
