@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml Makefile | system-packages
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 1; }
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[train,server,bench,console,gateway,dev]"
+	$(BIN)/pip install -q -e ".[train,serving,server,bench,console,gateway,dev]"
 	# The wheel carries a real tritonserver 2.51 + Python backend; its own Python API
 	# (and that API's requirements) is not used, hence --no-deps.
 	$(BIN)/pip install -q --no-deps nvidia-pytriton==0.7.0
