@@ -119,10 +119,11 @@ class Region:
 
 class CudaRegion:
     """One CUDA shared-memory allocation on a GPU (``shared_memory="cuda"``); the same
-    interface as :class:`Region`. Inputs are staged in host memory and copied to the
-    device by ``commit``; ``fetch`` copies the region back once per response."""
+    interface as :class:`Region`. Inputs are staged in host memory and ``commit`` copies
+    to the device only the bytes this request's inputs occupy; ``read`` copies back only
+    each output's own bytes (tritonclient's helpers copy the whole region both ways)."""
 
-    __slots__ = ("name", "size", "registered", "device", "_cuda", "_handle", "_host")
+    __slots__ = ("name", "size", "registered", "device", "_cuda", "_handle", "_host", "_end")
     kind = "cuda"
 
     def __init__(self, name: str, size: int, device: int = 0) -> None:
@@ -133,6 +134,7 @@ class CudaRegion:
         self._cuda = cuda_shared_memory(device)
         self._handle: Any = self._cuda.create_shared_memory_region(name, size, device)
         self._host: np.ndarray | None = np.zeros(size, dtype=np.uint8)
+        self._end = 0  # the end of what this request's inputs wrote
 
     def registration(self, client: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         return client.register_cuda_shared_memory, (
@@ -143,22 +145,33 @@ class CudaRegion:
         assert self._host is not None, "region destroyed"
         flat = data.reshape(-1).view(np.uint8)
         self._host[offset : offset + flat.size] = flat
+        self._end = max(self._end, offset + flat.size)
 
     def commit(self) -> None:
+        """The inputs to the device: the region's first bytes up to the last input's end."""
         assert self._host is not None, "region destroyed"
-        self._cuda.set_shared_memory_region(self._handle, [self._host])
+        if self._end:
+            self._cuda.set_shared_memory_region(self._handle, [self._host[: self._end]])
+        self._end = 0
 
     def fetch(self) -> None:
-        self._host = self._cuda.get_contents_as_numpy(self._handle, np.uint8, [self.size])
+        """Nothing to do: ``read`` copies each output's own bytes from the device."""
 
     def read(self, offset: int, dtype: np.dtype, shape: Sequence[int]) -> np.ndarray:
-        """A copy, from what ``fetch`` brought back."""
+        """One output, copied from the device: only its own bytes cross the bus."""
         assert self._host is not None, "region destroyed"
         count = int(np.prod(shape)) if len(shape) else 1
         nbytes = count * dtype.itemsize
         if offset + nbytes > self.size:
             raise ServerError(f"malformed response: an output of {nbytes} bytes does not fit its shared-memory slot")
-        return self._host[offset : offset + nbytes].view(dtype).reshape(shape).copy()
+        host = np.empty(nbytes, dtype=np.uint8)
+        if nbytes:
+            cudart = self._cuda.cudart
+            (error, *_) = cudart.cudaMemcpy(host.ctypes.data, self._handle._base_addr + offset, nbytes,
+                                            cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+            if error != cudart.cudaError_t.cudaSuccess:
+                raise MmserveError(f"CUDA shared memory: copying an output back failed ({error})")
+        return host.view(dtype).reshape(shape)
 
     def destroy(self) -> None:
         """Free the device memory (idempotent); the server must have unregistered it first."""

@@ -27,16 +27,20 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mmserve.exporters.fp16 import fp32_graph
 from mmserve.exporters.driver import ExportOptions, ExportResult, Feeds, Graph, Product, export_product
 from mmserve.exporters.onnx_export import ExportError, OnnxSpec
 from mmserve.exporters.repository import VERSION, ModelFolder, encoder_model, shared_model
 from mmserve.exporters.triton_config import DECODER_INSTANCES, EncoderTuning, Tensor, ensemble_config, ensemble_step
 from mmserve.exporters.triton_config import onnx_tensors, python_model_config
 from mmserve.pipelines import EMBEDDING, IMAGE, IMAGE_EMBEDS, INPUT_IDS, LABELS, PIXEL_VALUES, PROBS, TEXT, TEXT_EMBEDS, Kind
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; the NGC image runs 3.10 (annotations stay strings)
+    from typing_extensions import Unpack
 
 # Real texts of varied length and script for the parity gates (tokenizer and text tower).
 PARITY_TEXTS = (
@@ -273,6 +277,9 @@ def pipeline_models(
 
     # zero_shot_classify: image embedding + label names -> probabilities (text tower + label cache inside)
     classify_name = f"{prefix}zero_shot_classify"
+    # Its text tower runs on onnxruntime's CPU provider at ORT_ENABLE_ALL (the label cache):
+    # always the FP32 graph, never --fp16's, which that provider crashed on (exporters/fp16.py).
+    classify_onnx = fp32_graph(text_onnx)
     clip_settings = {
         "logit_scale": loaded.logit_scale,
         "prompt_templates": loaded.templates,
@@ -289,7 +296,7 @@ def pipeline_models(
             [Tensor(IMAGE_EMBEDS, "TYPE_FP32", image_embeds.dims), Tensor.from_spec(LABELS)],
             [Tensor.from_spec(PROBS)],
             {
-                "onnx_file": text_onnx.name,
+                "onnx_file": classify_onnx.name,
                 "tokenizer_file": "tokenizer.json",
                 "clip_file": "clip.json",
                 "logit_scale": f"{loaded.logit_scale:.6f}",
@@ -299,7 +306,7 @@ def pipeline_models(
             },
         ),
         {
-            f"{VERSION}/{text_onnx.name}": text_onnx,
+            f"{VERSION}/{classify_onnx.name}": classify_onnx,
             f"{VERSION}/tokenizer.json": tokenizer_json,
             f"{VERSION}/clip.json": json.dumps(clip_settings, indent=2, ensure_ascii=False),
         },

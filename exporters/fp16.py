@@ -69,6 +69,15 @@ def convert_fp16(onnx_path: Path, target: Path | None = None) -> Path:
     return target
 
 
+def fp32_graph(onnx_path: Path) -> Path:
+    """The FP32 graph an FP16 one was converted from (`convert_fp16` writes FP16_FILE beside
+    model.onnx), else the graph itself. What runs on onnxruntime's CPU provider must be this
+    one: the CPU provider crashed creating ORT_ENABLE_ALL sessions for FP16 graphs (see above)."""
+    onnx_path = Path(onnx_path)
+    source = onnx_path.with_name("model.onnx")
+    return source if onnx_path.name == FP16_FILE and source.is_file() else onnx_path
+
+
 def fp16_report(fp32_path: Path, fp16_path: Path, feeds: Sequence[Mapping[str, np.ndarray]], output: str) -> Fp16Report:
     """Max abs difference and row cosines of `output`, FP16 against FP32, on `feeds`.
 

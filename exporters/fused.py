@@ -9,6 +9,7 @@ contract). Why the cpu profile defaults to it: docs/architecture.md, "Layouts".
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
@@ -25,21 +26,54 @@ FUSED = Layout.FUSED.value
 ENSEMBLE_LAYOUT = Layout.ENSEMBLE.value
 LAYOUTS = (FUSED, ENSEMBLE_LAYOUT)
 # The cpu profile's default, chosen by measurement (docs/benchmarks.md); the gpu profile
-# is always an ensemble (its encoders run on Triton's native backends, not in Python).
+# defaults to an ensemble (its encoders on Triton's native backends, the NGC image) and
+# may be fused (its encoders on onnxruntime's GPU providers in Python: gpu_encoder_steps).
 DEFAULT_LAYOUT = FUSED
 
 FUSED_MODEL_PY = python_model_py("fused", "FusedPipelineModel", "A whole pipeline in one Python model (the fused cpu layout)")
+
+
+# `--profile gpu --layout fused`: the encoder steps run onnxruntime's TensorRT execution
+# provider (CUDA for what TensorRT does not take) inside the fused Python model, so the
+# Triton of the nvidia-pytriton wheel (Python backend only, CUDA runtime linked) serves on
+# a GPU machine with no NGC image. The encoder refuses to load where its first provider is
+# missing (mmserve/serving/runtime.py: session_providers): no silent CPU fallback.
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 def check_layout(layout: str, profile: str) -> None:
     """A clear error for a layout this export cannot write."""
     if layout not in LAYOUTS:
         raise ExportError(f"unknown layout {layout!r}: use {' or '.join(LAYOUTS)}")
-    if layout == FUSED and profile != "cpu":
-        raise ExportError(
-            f"--layout fused is the cpu profile's layout; the {profile} profile runs its encoders on Triton's "
-            "native backends, which only an ensemble can call: use --layout ensemble (the default there)"
-        )
+    if profile not in ("cpu", "gpu"):
+        raise ExportError(f"unknown profile {profile!r}: use 'cpu' or 'gpu'")
+
+
+def gpu_encoder_steps(models: Sequence[ModelFolder], profiles: dict) -> list[ModelFolder]:
+    """The cpu-profile step models with each ONNX encoder step set to run on GPU_PROVIDERS.
+
+    `profiles`: an encoder's ONNX file (the Path its folder is written from) -> the TensorRT
+    shape profile of its product's limits (tensorrt.export_profile), written as the TensorRT
+    provider's trt_profile_*_shapes so no request waits for an engine rebuild.
+    """
+    from mmserve.exporters.triton_config import trt_profile_options
+
+    result = []
+    for model in models:
+        onnx_name = model.config.parameters["onnx_file"].string_value if "onnx_file" in model.config.parameters else ""
+        source = model.files.get(f"{VERSION}/{onnx_name}") if onnx_name else None
+        if model.files.get(f"{VERSION}/model.py") != ENCODER_MODEL_PY or source is None:
+            result.append(model)
+            continue
+        config = copy_config(model.config)
+        tensorrt = {"trt_fp16_enable": "True", "trt_engine_cache_enable": "True", "trt_max_workspace_size": str(4 << 30)}
+        profile = profiles.get(source)
+        if profile:
+            tensorrt.update(trt_profile_options(profile))
+        config.parameters["providers"].string_value = ",".join(GPU_PROVIDERS)
+        config.parameters["provider_options"].string_value = json.dumps({GPU_PROVIDERS[0]: tensorrt}, sort_keys=True)
+        result.append(dataclasses.replace(model, config=config))
+    return result
 
 
 def default_layout(profile: str) -> str:

@@ -353,10 +353,13 @@ def encoder_model(
     model.py), labels.txt when the encoder's outputs index classes (`labelled_output` names
     the output Triton labels from it). With --tensorrt the export driver built an engine beside
     the graph: the folder holds that engine instead, as a tensorrt_plan model."""
+    from mmserve.exporters.engines import engine_sources
     from mmserve.exporters.tensorrt import built_plan, engine_data_types
 
     plan = built_plan(onnx_path) if profile == "gpu" else None
     files: dict[str, Path | bytes | str] = {f"{VERSION}/{(plan or onnx_path).name}": plan or onnx_path}
+    if plan:  # the engine's sources, so the serving machine can rebuild it (mmserve.exporters.engines)
+        files.update({f"{VERSION}/{p.name}": p for p in engine_sources(onnx_path)})
     if profile == "cpu":
         files[f"{VERSION}/model.py"] = ENCODER_MODEL_PY
     if labels:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from mmserve.pipelines import (
     Kind,
 )
 from mmserve.serving.audio import DEFAULT_MAX_SECONDS, FeatureConfig, FeatureExtractor
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; the NGC image runs 3.10 (annotations stay strings)
+    from typing_extensions import Unpack
 
 PREPROCESS_MODEL = "audio_preprocess"
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -169,7 +172,8 @@ def export_speech(
             "encoder", serving_graphs(loaded, chosen)["encoder"], spec,
             feature_feeds(extractor, parity_clips(rate) + _dev_clips(checkpoint, rate)[0]),
             dev_set=dev_set if chosen == "classify" else None,
-            axis_limits={"samples": int(max_seconds * rate)},  # longer clips are refused (whisper: no such axis)
+            # shorter clips are padded to min_samples, longer ones refused (whisper: no such axis)
+            axis_limits={"samples": (feature_config.min_samples, int(max_seconds * rate))},
         )
 
         def models(repository: Path, onnx: dict[str, Path], profile: str, tuning: EncoderTuning) -> list[ModelFolder]:

@@ -1,12 +1,13 @@
 """TensorRT engines from the exported ONNX graphs: `mmserve export ... --profile gpu --tensorrt`
-writes them as Triton `tensorrt_plan` models, and the GPU check (mmserve/bench/gpu_check.py)
+writes them as Triton `tensorrt_plan` models, and the GPU check (mmserve/bench/gpu/runtimes.py)
 builds its own with the same code.
 
 An engine is built for the GPU and TensorRT version that will run it, so it is built on the
-serving machine (or in the NGC image of docker/Dockerfile), never shipped from elsewhere.
-Each dynamic axis gets an optimisation profile: the batch axis spans 1..MAX_BATCH_SIZE
-(Triton's max_batch_size), every other symbolic axis (tokens, samples) 1..the product's own
-limit, which the product line states (`Graph.axis_limits`); fixed axes stay fixed.
+serving machine (exporters/engines.py rebuilds it there from the ONNX kept beside it), and a
+plan built elsewhere is refused by its record (check_engine_record). Each dynamic axis gets
+an optimisation profile: the batch axis spans 1..MAX_BATCH_SIZE (Triton's max_batch_size),
+every other symbolic axis (tokens, samples) the product's own range, which the product line
+states (`Graph.axis_limits`); fixed axes stay fixed.
 
 Nothing here imports tensorrt at module level: the exporters import this module on every
 machine, and only `--tensorrt` (or the GPU check) needs the library and a GPU.
@@ -14,7 +15,7 @@ machine, and only `--tensorrt` (or the GPU check) needs the library and a GPU.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -33,11 +34,20 @@ Shape = tuple[int, ...]
 ShapeRange = tuple[Shape, Shape, Shape]  # (min, opt, max) of one input
 ShapeProfile = dict[str, ShapeRange]  # one optimisation profile: graph input -> its range
 
-INSTALL_ADVICE = (
-    "install TensorRT's Python package on the GPU machine (`pip install tensorrt`, matching its CUDA) or run "
-    "the export inside the NGC Triton image (docker/Dockerfile); or drop --tensorrt: --profile gpu alone serves "
-    "the ONNX graph through Triton's onnxruntime backend with TensorRT FP16"
-)
+def install_advice() -> str:
+    """What to install: the TensorRT of the Triton image the project deploys (exporters/gpu_stack.py)."""
+    from mmserve.exporters.gpu_stack import StackError, deployed_image
+
+    try:
+        requirement = deployed_image().tensorrt_requirement
+    except (StackError, OSError):
+        requirement = "tensorrt-cu12"
+    return (
+        f"install the TensorRT of the deployed Triton image on the GPU machine (`pip install '{requirement}'`: "
+        "an engine loads only in the TensorRT that built it) or run the export inside the NGC Triton image "
+        "(docker/Dockerfile); or drop --tensorrt: --profile gpu alone serves the ONNX graph through Triton's "
+        "onnxruntime backend with TensorRT FP16"
+    )
 
 
 class TensorRtUnavailable(ExportError):
@@ -54,13 +64,14 @@ def require_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise TensorRtUnavailable(f"--tensorrt: the tensorrt module is not importable ({exc}); {INSTALL_ADVICE}") from exc
+        raise TensorRtUnavailable(f"--tensorrt: the tensorrt module is not importable ({exc}); {install_advice()}") from exc
     if not (Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()):
         raise TensorRtUnavailable(
             "--tensorrt: no NVIDIA GPU on this machine (no /proc/driver/nvidia, no /dev/nvidia0). An engine is "
             "built for the GPU that runs it: export on the serving GPU machine (or inside docker/Dockerfile's "
             "image with --gpus), or drop --tensorrt"
         )
+    check_tensorrt_version(trt.__version__)
     try:
         builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
     except Exception as exc:  # noqa: BLE001 - TensorRT raises several types when CUDA cannot start
@@ -73,6 +84,34 @@ def require_tensorrt() -> Any:
             "check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES"
         )
     return trt
+
+
+def check_tensorrt_version(version: str) -> None:
+    """Refuse a TensorRT older than 10: its ONNX parser turns the int64 token ids every
+    tokenizer step of mmserve emits into int32 engine inputs, so the engine could not load
+    beside the tokenizer in one pipeline (Triton checks the types of an ensemble's steps)."""
+    if int(version.split(".")[0]) < 10:
+        from mmserve.exporters.gpu_stack import DOCKERFILE, deployed_image
+
+        raise TensorRtUnavailable(
+            f"--tensorrt: TensorRT {version} takes int32 token ids where the tokenizer steps emit int64, so its "
+            f"engine cannot serve in a pipeline; install TensorRT 10 or later: `pip install "
+            f"'{deployed_image(DOCKERFILE).tensorrt_requirement}'`, the TensorRT of the deployed Triton image"
+        )
+
+
+def check_engine_io(engine_types: Mapping[str, str], graph_types: Mapping[str, str]) -> None:
+    """An engine takes and gives the types its ONNX graph states, or the export is refused:
+    a pipeline's other steps were written for the graph's types."""
+    changed = {name: (graph_types[name], kind) for name, kind in engine_types.items()
+               if name in graph_types and graph_types[name] != kind}
+    if changed:
+        listed = ", ".join(f"{name} {was} -> {now}" for name, (was, now) in changed.items())
+        raise ExportError(
+            f"the TensorRT engine changed tensor types ({listed}); the pipeline's other steps (the tokenizer's "
+            "int64 ids) were written for the ONNX graph's types. Build with TensorRT 10 or later (pip install the "
+            "version exporters/gpu_stack.py pins for the deployed image)"
+        )
 
 
 class GpuOptionError(ExportError, ValueError):
@@ -113,18 +152,23 @@ def onnx_input_axes(onnx_path: Path) -> dict[str, tuple[int | str, ...]]:
     }
 
 
+AxisLimit = Union[int, Tuple[int, int]]  # the largest size, or (smallest, largest)
+
+
 def export_profile(
     onnx_path: Path,
-    axis_limits: Mapping[str, int],
+    axis_limits: Mapping[str, AxisLimit],
     feeds: Sequence[Mapping[str, np.ndarray]] = (),
     max_batch: int = MAX_BATCH_SIZE,
 ) -> ShapeProfile:
     """The optimisation profile a served engine needs: every request Triton may form fits.
 
     Axis 0 is the batch: 1..max_batch, tuned for OPT_BATCH. Another dynamic axis named
-    in `axis_limits` (e.g. "sequence": the tokenizer's max_length) spans 1..its limit,
-    tuned for the longest of `feeds` (real inputs: the parity feeds). A dynamic axis
-    without a limit is an error: an engine cannot serve an unbounded axis.
+    in `axis_limits` (e.g. "sequence": the tokenizer's max_length) spans 1..its limit, or
+    smallest..largest when the limit is a pair (a waveform: the pre-processing pads every
+    clip to the encoder's shortest input, and an engine tuned from 1 sample wastes its
+    range on sizes never sent), tuned for the longest of `feeds` (real inputs: the parity
+    feeds). A dynamic axis without a limit is an error: an engine cannot serve an unbounded axis.
     """
     profile: ShapeProfile = {}
     for name, axes in onnx_input_axes(onnx_path).items():
@@ -139,34 +183,62 @@ def export_profile(
                     f"{onnx_path.name}: input {name} axis {axis} ({size!r}) is dynamic and the product states no limit "
                     f"for it (Graph.axis_limits); a TensorRT engine needs the largest size it will be sent"
                 )
-            limit = int(axis_limits[size])
+            bound = axis_limits[size]
+            smallest, limit = (int(bound[0]), int(bound[1])) if isinstance(bound, tuple) else (1, int(bound))
+            if not 1 <= smallest <= limit:
+                raise ExportError(f"{onnx_path.name}: axis {size!r} limits {bound!r}: need 1 <= smallest <= largest")
             seen = [int(feed[name].shape[axis]) for feed in feeds if name in feed]
-            low.append(1)
-            opt.append(min(limit, max(seen)) if seen else limit)
+            low.append(smallest)
+            opt.append(max(smallest, min(limit, max(seen))) if seen else limit)
             high.append(limit)
         profile[name] = (tuple(low), tuple(opt), tuple(high))
     return profile
 
 
+def network_flags(trt: Any, fp16_graph: bool) -> tuple[int, list[Any]]:
+    """(network creation flags, builder flags) for this TensorRT and graph.
+
+    TensorRT 11 removed BuilderFlag.FP16: networks are strongly typed and each layer runs in
+    the type the graph states, so an FP16 engine comes from an FP16 ONNX graph (`--fp16`,
+    exporters/fp16.py). Every TensorRT that has STRONGLY_TYPED (9 and later, 10 included)
+    is used that way, so 10 and 11 build the same engine; BuilderFlag.FP16 is set only by a
+    TensorRT without it, and only for an FP16 graph.
+    """
+    creation = trt.NetworkDefinitionCreationFlag
+    if hasattr(creation, "STRONGLY_TYPED"):
+        return 1 << int(creation.STRONGLY_TYPED), []
+    flags = 1 << int(creation.EXPLICIT_BATCH) if hasattr(creation, "EXPLICIT_BATCH") else 0
+    builder = [trt.BuilderFlag.FP16] if fp16_graph and hasattr(trt.BuilderFlag, "FP16") else []
+    return flags, builder
+
+
+def graph_is_fp16(onnx_path: Path) -> bool:
+    """Whether the graph's weights are half precision (what `--fp16` writes)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+
+
 def build_engine(
-    onnx_path: Path, profiles: Sequence[ShapeProfile], plan: Path, fp16: bool = True, workspace_bytes: int = WORKSPACE_BYTES
+    onnx_path: Path, profiles: Sequence[ShapeProfile], plan: Path, workspace_bytes: int = WORKSPACE_BYTES
 ) -> bytes:
     """Build a serialized engine from `onnx_path` with one optimisation profile per entry of
-    `profiles` (FP16 kernels allowed unless `fp16` is False); written to `plan` and returned."""
+    `profiles`, in the graph's own precision (FP16 from an FP16 graph: network_flags); written
+    to `plan` and returned."""
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
-    major = int(trt.__version__.split(".")[0])
-    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
+    creation, builder_flags = network_flags(trt, graph_is_fp16(onnx_path))
+    network = builder.create_network(creation)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ExportError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
+    for flag in builder_flags:
+        config.set_flag(flag)
     for shapes in profiles:
         profile = builder.create_optimization_profile()
         for name, (low, opt, high) in shapes.items():
@@ -204,3 +276,61 @@ def built_plan(onnx_path: Path) -> Path | None:
     """The engine the export driver built from `onnx_path` (PLAN_FILE beside it), if it did."""
     plan = Path(onnx_path).with_name(PLAN_FILE)
     return plan if plan.is_file() else None
+
+
+# ---- engines built where they are served --------------------------------------------------------
+
+ENGINE_RECORD = "engine.json"  # beside a plan: what built it, to refuse a plan built elsewhere
+PARITY_MIN_COSINE = 0.999  # an FP16 engine's rows against the ONNX graph's, on the parity inputs
+
+
+class EngineMismatch(ExportError):
+    """A plan was built by another TensorRT or for another GPU architecture than this one."""
+
+
+def engine_key(tensorrt_version: str, capability: str) -> str:
+    """The cache key of an engine: it loads only in this TensorRT, on GPUs of this compute capability."""
+    return f"trt{tensorrt_version}-sm{capability.replace('.', '')}"
+
+
+def engine_record(tensorrt_version: str, capability: str, profile: ShapeProfile, parity: Mapping[str, Any] | None) -> dict:
+    """What the card and ENGINE_RECORD say about one engine."""
+    return {
+        "tensorrt": tensorrt_version, "capability": capability, "key": engine_key(tensorrt_version, capability),
+        "profile": {name: {"min": list(lo), "opt": list(opt), "max": list(hi)} for name, (lo, opt, hi) in profile.items()},
+        "parity": dict(parity) if parity else None,
+    }
+
+
+def check_engine_record(record: Mapping[str, Any], tensorrt_version: str, capability: str, where: str) -> None:
+    """Refuse a plan built by another TensorRT or for another GPU, with the reason and the fix."""
+    built = (record.get("tensorrt"), record.get("capability"))
+    if built != (tensorrt_version, capability):
+        raise EngineMismatch(
+            f"{where}: the TensorRT engine was built by TensorRT {built[0]} for compute capability {built[1]}; this "
+            f"machine has TensorRT {tensorrt_version} on compute capability {capability}. A plan loads only where it "
+            "was built: rebuild it here from the ONNX graph (`python -m mmserve.exporters.engines build REPOSITORY`, "
+            "the GPU pod's init step, docs/deploy.md)"
+        )
+
+
+def engine_parity(engine_rows: Sequence[np.ndarray], graph_rows: Sequence[np.ndarray], what: str,
+                  minimum: float = PARITY_MIN_COSINE) -> dict[str, float]:
+    """Row cosines of an engine's outputs against the ONNX graph's on the same inputs; an engine
+    below `minimum` is refused before it goes live (FP16 overflow in a LayerNorm, a bad tactic)."""
+    from mmserve.exporters.similarity import drift, row_cosines
+
+    engine = [np.asarray(a, dtype=np.float32) for a in engine_rows]
+    graph = [np.asarray(a, dtype=np.float32) for a in graph_rows]
+    worst_diff, _ = drift(engine, graph)
+    cosines = np.concatenate([row_cosines(a, b) for a, b in zip(engine, graph)])
+    worst_cosine = float(np.min(cosines))  # NaN (an FP16 overflow) stays NaN here, and is refused
+    figures = {"min_cosine": float(worst_cosine), "mean_cosine": float(np.mean(cosines)),
+               "max_abs_diff": float(worst_diff), "samples": int(len(cosines))}
+    if not np.isfinite(worst_cosine) or worst_cosine < minimum:
+        raise ExportError(
+            f"{what}: the TensorRT engine's outputs differ from the ONNX graph's on the parity inputs (cosine min "
+            f"{worst_cosine:.5f} < {minimum}); refused before it goes live. Build it from the FP32 graph (drop --fp16) "
+            "or check the graph in FP16 (`mmserve export ... --fp16` reports its FP16 parity)"
+        )
+    return figures

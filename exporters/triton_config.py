@@ -156,8 +156,33 @@ class EncoderTuning:
 
 
 # TensorRT through onnxruntime on the gpu profile: FP16, a 4 GiB workspace, engines cached
-# so a restart does not rebuild them.
-_TENSORRT = {"precision_mode": "FP16", "max_workspace_size_bytes": "4294967296", "trt_engine_cache_enable": "true"}
+# in a named folder (a volume in the pod: docker/compose.gpu.yaml, docs/deploy.md) so a
+# restart does not rebuild them, and one optimisation profile per encoder spanning every
+# shape the product sends (set_trt_profile): without it onnxruntime rebuilds the engine
+# whenever a longer input than any before arrives, and requests wait for the rebuild.
+ORT_TRT_CACHE = "/var/cache/mmserve/ort-trt"
+_TENSORRT = {
+    "precision_mode": "FP16", "max_workspace_size_bytes": "4294967296", "trt_engine_cache_enable": "true",
+    "trt_engine_cache_path": ORT_TRT_CACHE,
+}
+TRT_PROFILE_KEYS = ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")
+
+
+def trt_profile_options(profile: Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]) -> dict[str, str]:
+    """onnxruntime's TensorRT EP spelling of a (min, opt, max) shape per input: `name:1x1,other:1x1`."""
+    return {
+        key: ",".join(f"{name}:{'x'.join(str(d) for d in shapes[index])}" for name, shapes in profile.items())
+        for index, key in enumerate(TRT_PROFILE_KEYS)
+    }
+
+
+def set_trt_profile(config: ModelConfig, profile: Mapping[str, tuple[tuple[int, ...], ...]]) -> bool:
+    """Put the shape profile on a gpu encoder's TensorRT accelerator (False: the config has none)."""
+    for accelerator in config.optimization.execution_accelerators.gpu_execution_accelerator:
+        if accelerator.name == "tensorrt":
+            accelerator.parameters.update(trt_profile_options(profile))
+            return True
+    return False
 
 
 TENSORRT_PLAN = "tensorrt_plan"  # the `platform` of a TensorRT engine (--tensorrt)
@@ -192,6 +217,9 @@ def encoder_config(
     if engine_types is not None:
         if profile != "gpu":
             raise ValueError(f"a TensorRT engine is served by the gpu profile only, not {profile!r}")
+        from mmserve.exporters.tensorrt import check_engine_io
+
+        check_engine_io(engine_types, {t.name: t.data_type for t in (*inputs, *outputs)})
         retyped = [
             [Tensor(t.name, engine_types.get(t.name, t.data_type), t.dims, t.label_filename) for t in tensors]
             for tensors in (inputs, outputs)

@@ -511,7 +511,7 @@ class Release:
     quantization: Mapping[str, QuantizationReport] = field(default_factory=dict)  # when --int8
     layout: str = Layout.FUSED.value  # how the pipelines are served (a Layout; the cpu default is fused)
     fp16: Mapping[str, Fp16Report] = field(default_factory=dict)  # when --fp16: FP16 against FP32
-    tensorrt: Mapping[str, Any] = field(default_factory=dict)  # when --tensorrt: each engine's shape profile
+    tensorrt: Mapping[str, Any] = field(default_factory=dict)  # when --tensorrt: each engine's record
 
 
 def build_card(
@@ -538,10 +538,7 @@ def build_card(
         parity={name: asdict(report) for name, report in release.parity.items()},
         int8={name: asdict(report) for name, report in release.quantization.items()} or None,
         fp16={name: asdict(report) for name, report in release.fp16.items()} or None,
-        tensorrt={
-            name: {tensor: {"min": list(low), "opt": list(opt), "max": list(high)} for tensor, (low, opt, high) in profile.items()}
-            for name, profile in release.tensorrt.items()
-        } or None,
+        tensorrt=dict(release.tensorrt) or None,  # per graph: tensorrt.engine_record (profile, built by, parity)
     )
     return card
 

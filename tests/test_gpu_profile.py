@@ -16,10 +16,25 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from mmserve.exporters.fp16 import FP16_FILE, convert_fp16, fp16_report
+from mmserve.exporters.fp16 import FP16_FILE, convert_fp16, fp16_report, fp32_graph
 from mmserve.exporters.onnx_export import ExportError, OnnxSpec, export_onnx
-from mmserve.exporters.tensorrt import GpuOptionError, check_gpu_options, export_profile, onnx_input_axes
-from mmserve.exporters.triton_config import PLAN_FILE, TENSORRT_PLAN, EncoderTuning, encoder_config, onnx_tensors
+from mmserve.exporters.gpu_stack import deployed_image
+from mmserve.exporters.tensorrt import (
+    GpuOptionError,
+    TensorRtUnavailable,
+    check_gpu_options,
+    check_tensorrt_version,
+    export_profile,
+    onnx_input_axes,
+)
+from mmserve.exporters.triton_config import (
+    ORT_TRT_CACHE,
+    PLAN_FILE,
+    TENSORRT_PLAN,
+    EncoderTuning,
+    encoder_config,
+    onnx_tensors,
+)
 from mmserve.pipelines import MAX_BATCH_SIZE
 
 try:
@@ -150,7 +165,8 @@ def test_tensorrt_without_the_module_says_what_to_install_before_any_export(tmp_
                       "--profile", "gpu", "--tensorrt")
     assert result.returncode == 2
     assert "tensorrt module is not importable" in result.stderr
-    assert "pip install tensorrt" in result.stderr and "docker/Dockerfile" in result.stderr  # what to do, where
+    # what to install (the deployed image's TensorRT, pinned), and where else to run
+    assert f"pip install '{deployed_image().tensorrt_requirement}'" in result.stderr and "docker/Dockerfile" in result.stderr
     assert "no-such-checkpoint" not in result.stderr  # it stopped before looking at the checkpoint
     assert not repository.exists()
 
@@ -170,6 +186,17 @@ def test_the_engine_profile_spans_every_batch_and_length_the_pipeline_sends(tiny
         export_profile(tiny_onnx, {}, feeds)
 
 
+def test_a_waveform_axis_starts_at_the_products_shortest_input(tiny_onnx: Path):
+    """Defect 9: an axis whose limit is a pair spans smallest..largest, not 1..largest (a waveform
+    encoder's pre-processing pads every clip to min_samples; 1 sample gives no output)."""
+    feeds = _token_feeds(2, 9)
+    profile = export_profile(tiny_onnx, {"sequence": (400, 16000)}, feeds)
+    low, opt, high = profile["input_ids"]
+    assert (low[1], high[1]) == (400, 16000) and opt[1] == 400  # shorter feeds: tuned at the minimum
+    with pytest.raises(ExportError, match="need 1 <= smallest <= largest"):
+        export_profile(tiny_onnx, {"sequence": (0, 10)}, feeds)
+
+
 def test_fixed_axes_stay_fixed_in_the_engine_profile(tmp_path: Path):
     spec = OnnxSpec(("pixels",), ("embedding",), {"pixels": {0: "batch"}, "embedding": {0: "batch"}})
     module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4)).eval()
@@ -177,9 +204,20 @@ def test_fixed_axes_stay_fixed_in_the_engine_profile(tmp_path: Path):
     assert export_profile(path, {})["pixels"] == ((1, 3, 8, 8), (16, 3, 8, 8), (MAX_BATCH_SIZE, 3, 8, 8))
 
 
-def test_a_tensorrt_plan_config_states_what_the_engine_takes(tiny_onnx: Path):
-    # An engine from a TensorRT older than 10 takes int32 token ids; the config must say so.
+def test_an_engine_that_retypes_the_token_ids_is_refused(tiny_onnx: Path):
+    """Defect 11: a TensorRT older than 10 takes int32 ids where the tokenizer step emits int64;
+    such an engine cannot load beside it, so it is refused with the reason, and so is that TensorRT."""
     engine_types = {"input_ids": "TYPE_INT32", "attention_mask": "TYPE_INT32", "embedding": "TYPE_FP32"}
+    with pytest.raises(ExportError, match=r"input_ids TYPE_INT64 -> TYPE_INT32.*TensorRT 10 or later"):
+        encoder_config("enc", tiny_onnx, "gpu", engine_types=engine_types)
+    with pytest.raises(TensorRtUnavailable, match=r"TensorRT 8\.6\.1 takes int32 token ids.*pip install 'tensorrt-cu"):
+        check_tensorrt_version("8.6.1")
+    check_tensorrt_version("10.13.2.6")
+    check_tensorrt_version("11.4.0.106")
+
+
+def test_a_tensorrt_plan_config_states_what_the_engine_takes(tiny_onnx: Path):
+    engine_types = {"input_ids": "TYPE_INT64", "attention_mask": "TYPE_INT64", "embedding": "TYPE_FP32"}
     config = encoder_config("enc", tiny_onnx, "gpu", tuning=EncoderTuning(instances=2), engine_types=engine_types)
     parsed = text_format.Parse(text_format.MessageToString(config), model_config_pb2.ModelConfig())
     assert parsed.platform == TENSORRT_PLAN and parsed.default_model_filename == PLAN_FILE
@@ -187,7 +225,7 @@ def test_a_tensorrt_plan_config_states_what_the_engine_takes(tiny_onnx: Path):
     assert [(g.kind, g.count) for g in parsed.instance_group] == [(model_config_pb2.ModelInstanceGroup.KIND_GPU, 2)]
     assert parsed.max_batch_size == MAX_BATCH_SIZE and parsed.dynamic_batching.max_queue_delay_microseconds == 100
     assert [(i.name, i.data_type, list(i.dims)) for i in parsed.input] == [
-        ("input_ids", model_config_pb2.TYPE_INT32, [-1]), ("attention_mask", model_config_pb2.TYPE_INT32, [-1])]
+        ("input_ids", model_config_pb2.TYPE_INT64, [-1]), ("attention_mask", model_config_pb2.TYPE_INT64, [-1])]
     assert [(o.name, o.data_type, list(o.dims)) for o in parsed.output] == [("embedding", model_config_pb2.TYPE_FP32, [32])]
     with pytest.raises(ValueError, match="gpu profile only"):
         encoder_config("enc", tiny_onnx, "cpu", engine_types=engine_types)
@@ -243,3 +281,44 @@ def test_an_fp16_gpu_export_serves_the_fp16_graph_with_configs_that_match_it(gpu
     fp16 = json.loads(card_path.read_text())["fp16"]["encoder"]
     assert fp16["skipped"] is None and 0.99 < fp16["min_cosine"] <= 1.0 + 1e-9 and fp16["max_abs_diff"] < 0.05
     assert fp16["fp16_bytes"] < fp16["fp32_bytes"]
+
+
+def test_the_gpu_encoder_takes_a_tensorrt_profile_from_the_products_limits_and_a_cache_path(gpu_fp16_text):
+    """Defect 8: onnxruntime's TensorRT provider gets trt_profile_min/opt/max_shapes (batch 1..max_batch_size,
+    tokens 1..the tokenizer's max_length) and a named engine cache folder, so no request waits for a rebuild."""
+    repository, _ = gpu_fp16_text
+    encoder = text_format.Parse((repository / "text_embed_encoder" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    (accelerator,) = encoder.optimization.execution_accelerators.gpu_execution_accelerator
+    parameters = dict(accelerator.parameters)
+    assert parameters["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1"
+    assert parameters["trt_profile_max_shapes"] == f"input_ids:{MAX_BATCH_SIZE}x256,attention_mask:{MAX_BATCH_SIZE}x256"
+    opt = dict(part.split(":") for part in parameters["trt_profile_opt_shapes"].split(","))
+    assert set(opt) == {"input_ids", "attention_mask"} and opt["input_ids"].startswith("16x")
+    assert parameters["trt_engine_cache_enable"] == "true" and parameters["trt_engine_cache_path"] == ORT_TRT_CACHE
+
+
+def test_gpu_text_requests_are_padded_to_length_buckets(gpu_fp16_text, tiny_bert: Path):
+    """Defect 12: on the gpu profile the tokenizer pads to multiples of 16 tokens, so requests of
+    similar length share a shape and Triton's batcher merges them; the cpu profile pads nothing."""
+    from mmserve.serving.text import TextTokenizer
+
+    repository, _ = gpu_fp16_text
+    tokenize = text_format.Parse((repository / "text_tokenize" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert tokenize.parameters["length_bucket"].string_value == "16"
+    texts = ["short", "a somewhat longer sentence with more words in it than the first"]
+    bucketed = TextTokenizer(tiny_bert / "tokenizer.json", max_length=256, length_bucket=16)
+    plain = TextTokenizer(tiny_bert / "tokenizer.json", max_length=256)
+    lengths = {bucketed([t]).input_ids.shape[1] for t in texts}
+    assert lengths == {16}  # both texts: one shape
+    assert len({plain([t]).input_ids.shape[1] for t in texts}) == 2
+    batch = bucketed([texts[0]])
+    assert batch.attention_mask.sum() == plain([texts[0]]).attention_mask.sum()  # padding is masked out
+
+
+def test_the_fp32_graph_of_an_fp16_one(tiny_onnx: Path, tmp_path: Path):
+    """Defect 7: what runs on onnxruntime's CPU provider (zero_shot_classify's text tower) gets the FP32 graph."""
+    half = convert_fp16(tiny_onnx, tmp_path / FP16_FILE)
+    assert fp32_graph(half) == half  # no FP32 graph beside it: itself
+    (tmp_path / "model.onnx").write_bytes(tiny_onnx.read_bytes())
+    assert fp32_graph(half) == tmp_path / "model.onnx"
+    assert fp32_graph(tiny_onnx) == tiny_onnx

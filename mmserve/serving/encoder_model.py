@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from mmserve.repository_layout import ONNX_FILE
-
 from mmserve.serving.runtime import (
     OnnxRunner,
     Outputs,
@@ -18,6 +16,7 @@ from mmserve.serving.runtime import (
     instance_count,
     model_folder,
     model_parameters,
+    session_providers,
 )
 
 
@@ -27,7 +26,9 @@ class OnnxEncoderModel(PythonStep):
         settings = RunnerSettings.for_instances(
             instance_count(args), parameters.get("intra_op_threads"), parameters.get("allow_spinning")
         )
-        self.runner = OnnxRunner(model_folder(args) / parameters.get("onnx_file", ONNX_FILE), settings)
+        self.runner = OnnxRunner(
+            model_folder(args) / parameters.get("onnx_file", "model.onnx"), settings, session_providers(parameters)
+        )
 
     def answer_batch(self, requests: Sequence[Any]) -> list[Outputs | Exception]:
         """The whole batch in one onnxruntime call; request by request only when that fails,

@@ -134,6 +134,50 @@ class RunnerSettings:
         return cls(intra_op_threads=max(1, cores // max(1, instances)), allow_spinning=spinning)
 
 
+GPU_PROVIDER_ADVICE = (
+    "install onnxruntime-gpu into the server's Python on a machine with an NVIDIA GPU: `pip uninstall -y onnxruntime` "
+    "first (both packages install the same module directory and the CPU one wins), then `pip install onnxruntime-gpu`; "
+    "or export the product with --profile cpu"
+)
+
+
+# Set to a comma-separated provider list (e.g. CPUExecutionProvider), it replaces what every
+# step's config names: a GPU export run on a CPU machine on purpose, as the GPU check's dry run does.
+PROVIDERS_OVERRIDE = "MMSERVE_ONNX_PROVIDERS"
+
+
+def session_providers(parameters: Mapping[str, str]) -> list[Any]:
+    """The onnxruntime providers a step's config names (`providers`, `provider_options` JSON):
+    CPU when it names none. A pipeline exported for the GPU (`--profile gpu --layout fused`)
+    refuses to load where its first provider is missing instead of falling back to the CPU."""
+    names = [name.strip() for name in parameters.get("providers", "").split(",") if name.strip()]
+    override = os.environ.get(PROVIDERS_OVERRIDE, "").strip()
+    if override:  # an explicit choice of the operator (the GPU check's dry run on CPU), never a silent one
+        names = [name.strip() for name in override.split(",") if name.strip()]
+    if not names or names == ["CPUExecutionProvider"]:
+        return ["CPUExecutionProvider"]
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if names[0] not in available:
+        raise RuntimeError(
+            f"this step was exported to run on {names[0]} (--profile gpu), which this onnxruntime {ort.__version__} "
+            f"lacks (it has {', '.join(available)}): {GPU_PROVIDER_ADVICE}"
+        )
+    options = json.loads(parameters.get("provider_options") or "{}")
+    chosen: list[Any] = []
+    for name in names:
+        if name not in available:
+            continue
+        settings = dict(options.get(name, {}))
+        if name == "TensorrtExecutionProvider":  # engines survive restarts; a folder the server may write
+            cache = Path(os.environ.get("MMSERVE_TRT_CACHE") or Path.home() / ".cache" / "mmserve" / "ort-trt")
+            cache.mkdir(parents=True, exist_ok=True)
+            settings.setdefault("trt_engine_cache_path", str(cache))
+        chosen.append((name, settings))
+    return chosen
+
+
 class OnnxRunner:
     """One onnxruntime session that runs a batch made of several requests at once.
 

@@ -82,13 +82,16 @@ class TokenizedBatch:
 
 
 class TextTokenizer:
-    def __init__(self, tokenizer_file: Path, max_length: int):
+    def __init__(self, tokenizer_file: Path, max_length: int, length_bucket: int = 0):
+        """`length_bucket` > 0 (the gpu profile): pad to a multiple of it, so requests of
+        similar length share a shape and Triton's batcher can merge them."""
         from tokenizers import Tokenizer
 
         self.max_length = max_length
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.enable_truncation(max_length=max_length)
-        self.tokenizer.enable_padding(pad_id=self._pad_id(), pad_token=self._pad_token())
+        multiple = length_bucket if length_bucket > 0 and max_length % length_bucket == 0 else None
+        self.tokenizer.enable_padding(pad_id=self._pad_id(), pad_token=self._pad_token(), pad_to_multiple_of=multiple)
 
     def _pad_token(self) -> str:
         padding = self.tokenizer.padding
@@ -207,6 +210,7 @@ class TextTokenizeModel(PythonStep):
         self.tokenizer = TextTokenizer(
             model_folder(args) / parameters.get("tokenizer_file", "tokenizer.json"),
             max_length=int(parameters["max_length"]),
+            length_bucket=int(parameters.get("length_bucket", "0")),
         )
         self.max_text_bytes = int(parameters.get("max_text_bytes", DEFAULT_MAX_TEXT_BYTES))
 

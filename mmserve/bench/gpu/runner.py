@@ -1,0 +1,88 @@
+"""Real encoder inputs: a fused pipeline's steps before its encoder, run in this process.
+
+The one place the GPU check runs pipeline steps in-process, so the project's one in-process
+runner (issue 19) can replace `preprocess` without touching the rest of the check. It loads
+only the steps before the encoder: the encoder itself (onnxruntime on GPU providers, whose
+TensorRT engine takes minutes to build) is what the check measures, elsewhere.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+Feeds = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class EncoderStep:
+    pipeline: str
+    encoder: str  # the step model that runs the ONNX graph
+    onnx: Path  # the graph it serves
+    input_map: dict[str, str]  # graph input -> pipeline tensor
+    max_length: int | None  # a tokenizer step's truncation length (the sequence axis' bound)
+
+
+def _served_version(repository: Path, pipeline: str) -> Path:
+    from mmserve.exporters.versions import active_version
+
+    version = active_version(repository, pipeline)
+    if version is None:
+        raise ValueError(f"{repository / pipeline} has no version folder")
+    return repository / pipeline / str(version)
+
+
+def _plan(repository: Path, pipeline: str) -> tuple[Path, list[dict[str, Any]]]:
+    from mmserve.serving.fused import PLAN_FILE, STEPS_FOLDER
+
+    served = _served_version(repository, pipeline)
+    if not (served / PLAN_FILE).is_file():
+        raise ValueError(f"{pipeline} is not a fused pipeline ({served / PLAN_FILE} missing): export it with --layout fused")
+    return served / STEPS_FOLDER, json.loads((served / PLAN_FILE).read_text(encoding="utf-8"))["steps"]
+
+
+def encoder_step(repository: Path, pipeline: str) -> EncoderStep:
+    """The first step of the pipeline that serves an ONNX graph whose every input the pipeline feeds it."""
+    from mmserve.bench.inprocess import model_config
+    from mmserve.serving.fused import STEP_VERSION
+
+    steps_root, plan = _plan(repository, pipeline)
+    max_length = None
+    for entry in plan:
+        parameters = model_config(steps_root, entry["model"]).parameters
+        if "max_length" in parameters:
+            max_length = int(parameters["max_length"].string_value)
+        if "onnx_file" in parameters:
+            onnx = steps_root / entry["model"] / STEP_VERSION / parameters["onnx_file"].string_value
+            return EncoderStep(pipeline, entry["model"], onnx, dict(entry["input_map"]), max_length)
+    raise ValueError(f"{pipeline}: no ONNX encoder step in its pipeline.json")
+
+
+def preprocess(repository: Path, step: EncoderStep, batches: Sequence[Sequence[dict[str, np.ndarray]]]) -> list[Feeds]:
+    """Each batch of requests through the steps before `step.encoder`: the encoder's inputs."""
+    from mmserve.bench.inprocess import load_python_model
+    from mmserve.bench.inputs import stack
+    from mmserve.serving import backend_stub
+    from mmserve.serving.fused import STEP_VERSION
+
+    steps_root, plan = _plan(repository, step.pipeline)
+    models: dict[str, Any] = {}
+    feeds = []
+    for requests in batches:
+        tensors = dict(stack(list(requests)))
+        for entry in plan:
+            if entry["model"] == step.encoder:
+                break
+            if entry["model"] not in models:
+                models[entry["model"]] = load_python_model(steps_root, entry["model"], int(STEP_VERSION))[0]
+            inputs = {key: tensors[value] for key, value in entry["input_map"].items()}
+            (response,) = models[entry["model"]].execute([backend_stub.InferenceRequest(inputs, list(entry["output_map"]))])
+            if response.has_error():
+                raise RuntimeError(f"{entry['model']}: {response.error().message()}")
+            produced = {t.name(): t.as_numpy() for t in response.output_tensors()}
+            tensors.update({outer: produced[inner] for inner, outer in entry["output_map"].items() if inner in produced})
+        feeds.append({name: np.ascontiguousarray(tensors[outer]) for name, outer in step.input_map.items()})
+    return feeds
