@@ -81,10 +81,13 @@ def register(server_id: str, **entry: Any) -> Path | None:
     if folder is None:
         return None
     path = folder / f"{server_id}.json"
+    staged = folder / f".{server_id}.{os.getpid()}.tmp"  # complete before it is seen: readers never get half
     try:
-        path.unlink(missing_ok=True)
-        write_private(path, json.dumps({"id": server_id, **entry}, default=str))
+        staged.unlink(missing_ok=True)
+        write_private(staged, json.dumps({"id": server_id, **entry}, default=str))
+        os.replace(staged, path)
     except OSError:
+        staged.unlink(missing_ok=True)
         return None
     return path
 
@@ -118,8 +121,10 @@ def entries() -> list[dict[str, Any]]:
             entry = json.loads(text) if text else None
         except ValueError:
             entry = None
-        if not isinstance(entry, dict) or not _alive_with_id(entry.get("pid"), str(entry.get("id"))):
-            path.unlink(missing_ok=True)
+        if not isinstance(entry, dict):
+            continue  # not ours to judge (someone else's file, or unreadable): neither used nor removed
+        if not _alive_with_id(entry.get("pid"), str(entry.get("id"))):
+            path.unlink(missing_ok=True)  # its server is gone
             continue
         found.append(entry)
     return found
