@@ -201,6 +201,33 @@ def test_the_launcher_says_when_other_users_can_read_the_keys(tmp_path: Path):
     assert not other_users_see_arguments(mounts)
 
 
+def test_the_registry_is_trusted_only_when_private(tmp_path: Path, monkeypatch):
+    """The key lookup reads only this user's 0700 folder and 0600 key files, for loopback URLs,
+    and only while the server it names runs with the id it was started with."""
+    from mmserve import local_servers
+
+    monkeypatch.setenv(local_servers.STATE_ENV, str(tmp_path / "state"))
+    key_file = tmp_path / "admin.key"
+    local_servers.write_private(key_file, "k" * 64 + "\n")
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--id=mmserve-fake"])
+    try:
+        local_servers.register("mmserve-fake", pid=server.pid, key_file=str(key_file), ports={"grpc": 1, "http": 2})
+        assert local_servers.admin_key_for("127.0.0.1:1") == "k" * 64
+        assert local_servers.admin_key_for("localhost:2") == "k" * 64
+        assert local_servers.admin_key_for("10.0.0.1:1") is None  # a remote server's key is never guessed
+        key_file.chmod(0o644)
+        assert local_servers.admin_key_for("127.0.0.1:1") is None  # readable by others: not a key of ours
+        key_file.chmod(0o600)
+        (tmp_path / "state").chmod(0o770)
+        assert local_servers.admin_key_for("127.0.0.1:1") is None  # a folder others may write: not trusted
+        (tmp_path / "state").chmod(0o700)
+    finally:
+        server.kill()
+        server.wait()
+    assert local_servers.admin_key_for("127.0.0.1:1") is None  # its server is gone
+    assert local_servers.entries() == []
+
+
 def test_local_tools_find_the_generated_key(served: Served):
     """The quick start stays two commands: the client and `mmserve products` need no key typed."""
     from mmserve.client import Client
