@@ -79,10 +79,12 @@ def kind_of(name: str, inputs: Sequence[str], outputs: Sequence[str]) -> Kind | 
     return next((k for k in matches if k.value == name), matches[0])
 
 
-def discover(client: Any) -> list[tuple[str, Kind]]:
-    """Every ready model of the server whose inputs and outputs are a pipeline's contract."""
+def discover(client: Any, admin_key: str | None = None) -> list[tuple[str, Kind]]:
+    """Every ready model of the server whose inputs and outputs are a pipeline's contract
+    (the repository index is an admin call: ``admin_key`` where the server restricts it)."""
     found = []
-    for entry in client.get_model_repository_index(as_json=True).get("models", []):
+    headers = {"triton-grpc-protocol-admin-key": admin_key} if admin_key else None
+    for entry in client.get_model_repository_index(as_json=True, headers=headers).get("models", []):
         if entry.get("state") != "READY":
             continue
         config = client.get_model_config(entry["name"], as_json=True)["config"]
@@ -251,7 +253,11 @@ def _serve_and_measure(config: BenchConfig, label: str, repository: Path, result
         client = grpcclient.InferenceServerClient(url)
         stack.callback(client.close)
         results["machine"]["tritonserver"] = client.get_server_metadata(as_json=True).get("version")
-        available = discover(client)
+        from mmserve.local_servers import admin_key_for
+
+        # --url: a server given by its address; its admin key from the environment, or the key a
+        # local `mmserve serve` of this user generated (docs/security.md)
+        available = discover(client, os.environ.get("MMSERVE_ADMIN_KEY") or admin_key_for(url))
         if not available:
             raise BenchError(f"the server at {url} offers no pipeline (no model states a contract's tensor names)")
         chosen = _choose(available, config.pipelines, repository)
