@@ -25,6 +25,7 @@ from mmserve.exporters.tensorrt import (
     check_gpu_options,
     check_tensorrt_version,
     export_profile,
+    graph_is_fp16,
     onnx_input_axes,
 )
 from mmserve.exporters.triton_config import (
@@ -322,3 +323,21 @@ def test_the_fp32_graph_of_an_fp16_one(tiny_onnx: Path, tmp_path: Path):
     (tmp_path / "model.onnx").write_bytes(tiny_onnx.read_bytes())
     assert fp32_graph(half) == tmp_path / "model.onnx"
     assert fp32_graph(tiny_onnx) == tiny_onnx
+
+
+def test_zero_shot_keeps_the_fp32_text_tower_on_an_fp16_gpu_export(workdir: Path, tmp_path: Path):
+    """Defect 7: zero_shot_classify runs its text tower (the label cache) on onnxruntime's CPU
+    provider at ORT_ENABLE_ALL, where FP16 graphs crashed: it gets the FP32 graph, while the
+    clip_text_embed encoder serves the FP16 one on the GPU."""
+    from lines_clip import tiny_clip_checkpoint
+
+    from mmserve.exporters.clip import export_clip
+
+    repository = tmp_path / "repo"
+    export_clip(tiny_clip_checkpoint(workdir), repository, profile="gpu", fp16=True)
+    classify = text_format.Parse((repository / "zero_shot_classify" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    onnx_file = classify.parameters["onnx_file"].string_value
+    (graph,) = (repository / "zero_shot_classify").glob(f"[0-9]*/{onnx_file}")
+    assert onnx_file == "model.onnx" and not graph_is_fp16(graph)
+    encoder = text_format.Parse((repository / "clip_text_encoder" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert encoder.default_model_filename == FP16_FILE
