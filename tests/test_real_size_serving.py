@@ -28,7 +28,7 @@ def real_size(tmp_path_factory) -> Path:
     from mmserve.bench.realsize import export_all
 
     work = tmp_path_factory.mktemp("real-size")
-    export_all(work, work / "repository", tiny=False, log=print)
+    export_all(work, work / "repository", "real", log=print)
     return work / "repository"
 
 

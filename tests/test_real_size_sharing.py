@@ -156,3 +156,44 @@ def test_a_real_size_encoder_makes_its_pipeline_one_instance_with_every_core(tmp
     monkeypatch.setattr(fused, "LARGE_ENCODER_MS", 0.0)  # a real-size one: one instance, every core
     assert fused.fused_instances([decoder, encoder], EncoderTuning()) == 1
     assert fused.fused_instances([decoder, encoder], EncoderTuning(instances=3)) == 3  # asked for: kept
+
+
+def _results(ratio: float) -> dict:
+    """What `mmserve bench --real-size` records, for three pipelines served at `ratio` x in-process."""
+    from mmserve.bench.realsize import MEASURED
+
+    results: dict = {"command": "mmserve bench --real-size", "started": "s", "finished": "f", "machine": {"logical_cpus": 2},
+                     "loadavg_start": [1.0, 1.0, 1.0], "loadavg_after_baselines": [2.0, 2.0, 2.0], "loadavg_end": [1.5, 1.5, 1.5],
+                     "export_seconds": {"clip": 30.0}, "weights_mib": 100.0, "onnx_on_disk": {"paths": 5, "files": 3},
+                     "inputs": {}, "baselines": {}, "perf": [], "scheduling": {},
+                     "memory": {"shared": {"rss_mib": 400.0, "pss_mib": 300.0, "weights_pss_mib": 95.0, "processes": 4,
+                                           "pss_by_process_mib": {"image_embed": 150.0}},
+                                "not shared": {"rss_mib": 900.0, "pss_mib": 800.0, "weights_pss_mib": 0.0, "processes": 4}}}
+    for name, _ in MEASURED:
+        results["inputs"][name] = "inputs"
+        results["baselines"][name] = {"timings": [{"batch": 1, "throughput": 10.0, "p50_ms": 100.0},
+                                                  {"batch": 8, "throughput": 20.0, "p50_ms": 400.0}]}
+        results["perf"] += [{"pipeline": name, "load": 1, "p50_us": 100e3 * ratio, "throughput": 10.0},
+                            {"pipeline": name, "load": 8, "p50_us": 400e3, "throughput": 20.0 / ratio,
+                             "steps": {name: {"avg_batch": 6.0}}}]
+    return results
+
+
+def test_the_real_size_report_states_each_target_and_replaces_only_its_own_section(tmp_path: Path):
+    from mmserve.bench.realsize import kept_section, render, verdicts, write_section
+
+    good, slow = _results(1.1), _results(1.6)
+    for results in (good, slow):
+        results["verdicts"] = verdicts(results)
+    assert all(v["met"] for v in good["verdicts"])
+    assert [v["met"] for v in slow["verdicts"]] == [False, False] * 3 + [True]
+    memory = good["verdicts"][-1]
+    assert memory["pipeline"] == "server" and memory["weights_pss_mib"] == 95.0
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\nsmall-model figures\n", encoding="utf-8")
+    write_section(docs, render(good))
+    write_section(docs, render(slow))  # a second run replaces the first
+    text = docs.read_text(encoding="utf-8")
+    assert text.startswith("# Benchmarks\n\nsmall-model figures\n") and text.count("## Real-size models") == 1
+    assert "**1.60×**" in text and "**not met**" in text and "(batches of 6.0)" in text and "1.10×" not in text
+    assert kept_section(docs).strip() == text[text.index("<!-- real-size"):].strip()

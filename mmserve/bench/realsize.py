@@ -46,7 +46,8 @@ class RealSizeConfig:
     out: Path = DEFAULT_OUT
     docs: Path = Path("docs/benchmarks.md")
     report: bool = False
-    tiny: bool = False  # the same run on small configs: checks the machinery in a minute
+    size: str = "real"  # "demo": the demo's sizes (MiniLM-L6, the tiny ViT, Whisper tiny.en); "tiny": a smoke run
+    demo_results: Path | None = DEFAULT_OUT.with_name("demo-size") / "results.json"  # its memory rows join the report
     seconds: float = 4.0  # per in-process batch size
     measurement_interval_ms: int = 4000
     command: str = "mmserve bench --real-size"
@@ -55,14 +56,14 @@ class RealSizeConfig:
 # ---- the models ----------------------------------------------------------------------------
 
 
-def clip_checkpoint(folder: Path, tiny: bool) -> Path:
-    """A CLIP checkpoint folder as `mmserve train clip` writes it, random ViT-B-32 weights."""
+def clip_checkpoint(folder: Path, size: str) -> Path:
+    """A CLIP checkpoint folder as `mmserve train clip` writes it, random ViT-B-32 weights (the demo's tiny ViT below real size)."""
     import open_clip
 
     from mmserve.training.clip import TINY_ARCH, resolve_arch
     from mmserve.training.clip_checkpoint import save_clip_checkpoint, tokenizer_settings
 
-    arch = TINY_ARCH if tiny else "ViT-B-32"
+    arch = "ViT-B-32" if size == "real" else TINY_ARCH
     name, model_cfg = resolve_arch(arch)
     model = open_clip.create_model(name)
     tokenizer = open_clip.get_tokenizer(name)
@@ -75,14 +76,17 @@ def clip_checkpoint(folder: Path, tiny: bool) -> Path:
     return folder
 
 
-def text_checkpoint(folder: Path, tiny: bool) -> Path:
+def text_checkpoint(folder: Path, size: str) -> Path:
     """BERT-base (768 wide, 12 layers, 110M parameters), random weights, bert-base-uncased's vocabulary
-    (the embedded MiniLM's tokenizer is that one)."""
+    (the embedded MiniLM's tokenizer is that one); at demo size the embedded MiniLM-L6 itself."""
     from transformers import BertConfig, BertModel
 
     from mmserve.training.defaults import default_text_base
 
-    config = BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512) if tiny else BertConfig()
+    if size == "demo":
+        return default_text_base()
+    config = BertConfig() if size == "real" else BertConfig(
+        hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512)
     BertModel(config).save_pretrained(folder)
     base = default_text_base()
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
@@ -91,21 +95,26 @@ def text_checkpoint(folder: Path, tiny: bool) -> Path:
     return folder
 
 
-def speech_checkpoint(folder: Path, tiny: bool) -> Path:
-    """Whisper-base's encoder (512 wide, 6 layers, 8 heads), random weights, as a transformers folder."""
+def speech_checkpoint(folder: Path, size: str) -> Path:
+    """Whisper-base's encoder (512 wide, 6 layers, 8 heads), random weights, as a transformers folder;
+    at demo size Whisper tiny.en's (the embedded default)."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForAudioClassification
 
-    size = dict(d_model=64, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=256) if tiny else dict(
-        d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048)
-    config = WhisperConfig(num_mel_bins=80, decoder_layers=size["encoder_layers"],
-                           decoder_attention_heads=size["encoder_attention_heads"], decoder_ffn_dim=size["encoder_ffn_dim"],
-                           **size)
+    if size == "demo":
+        from mmserve.training.speech_whisper import default_speech_base
+
+        return default_speech_base()
+    shape = dict(d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048) if size == "real" else dict(
+        d_model=64, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=256)
+    config = WhisperConfig(num_mel_bins=80, decoder_layers=shape["encoder_layers"],
+                           decoder_attention_heads=shape["encoder_attention_heads"], decoder_ffn_dim=shape["encoder_ffn_dim"],
+                           **shape)
     WhisperForAudioClassification(config).save_pretrained(folder)
     WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
     return folder
 
 
-def export_all(work: Path, repository: Path, tiny: bool, log: Callable[[str], None]) -> dict[str, float]:
+def export_all(work: Path, repository: Path, size: str, log: Callable[[str], None]) -> dict[str, float]:
     """Checkpoints and their export into `repository` (cpu profile defaults); seconds per product."""
     from mmserve.exporters.clip import export_clip
     from mmserve.exporters.speech import export_speech
@@ -123,7 +132,7 @@ def export_all(work: Path, repository: Path, tiny: bool, log: Callable[[str], No
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         log(f"{product}: building the checkpoint and exporting ...")
-        result = export(build(folder, tiny))
+        result = export(build(folder, size))
         seconds[product] = round(time.perf_counter() - started, 1)
         log(result.summary())
     return seconds
@@ -218,8 +227,8 @@ def run_real_size(config: RealSizeConfig, log: Callable[[str], None] = print) ->
     shutil.rmtree(repository, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"command": config.command, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                               "machine": machine(), "loadavg_start": loadavg(), "tiny": config.tiny}
-    results["export_seconds"] = export_all(out, repository, config.tiny, log)
+                               "machine": machine(), "loadavg_start": loadavg(), "size": config.size}
+    results["export_seconds"] = export_all(out, repository, config.size, log)
     results["weights_mib"] = round(weight_bytes(repository) / 2**20, 1)
     results["onnx_on_disk"] = onnx_copies(repository)
     requests = {name: bench_inputs.requests_for(kind, 64, seed=0) for name, kind in MEASURED}
@@ -254,6 +263,8 @@ def run_real_size(config: RealSizeConfig, log: Callable[[str], None] = print) ->
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     results["verdicts"] = verdicts(results)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    if config.demo_results is not None and config.demo_results.is_file():
+        results["demo_size"] = json.loads(config.demo_results.read_text(encoding="utf-8"))
     if config.report:
         write_section(config.docs, render(results))
     return results
@@ -375,6 +386,16 @@ def render(results: dict) -> str:
         f"| not shared (`MMSERVE_ORT_CACHE=off`: each stub parses its own copy) | {_fmt(copies.get('rss_mib'))} MiB "
         f"| {_fmt(copies.get('pss_mib'))} MiB | – |",
     ]
+    demo = results.get("demo_size")
+    if demo:
+        small, small_copies = demo["memory"].get("shared", {}), demo["memory"].get("not shared", {})
+        lines += [
+            "", f"The same at the demo's sizes (MiniLM-L6, the tiny ViT, Whisper tiny.en: {_fmt(demo['weights_mib'])} MiB "
+            f"of ONNX weights; {demo['started']}, load average {', '.join(map(str, demo['loadavg_start']))}):", "",
+            "| weights | RSS | PSS | PSS of the shared weight files |", "| --- | --- | --- | --- |",
+            f"| shared | {_fmt(small.get('rss_mib'))} MiB | {_fmt(small.get('pss_mib'))} MiB | {_fmt(small.get('weights_pss_mib'))} MiB |",
+            f"| not shared | {_fmt(small_copies.get('rss_mib'))} MiB | {_fmt(small_copies.get('pss_mib'))} MiB | – |",
+        ]
     memory = next((v for v in results["verdicts"] if v["pipeline"] == "server"), None)
     if memory:
         lines += ["", f"Memory target (≤ {MEMORY_TARGET}× one copy of the weights + the runtime): the weight files count "
@@ -399,7 +420,38 @@ def write_section(docs: Path, section: str) -> Path:
     return docs
 
 
+def kept_section(docs: Path) -> str:
+    """The section as docs/benchmarks.md holds it now ("" when absent): a regenerated report keeps it."""
+    text = docs.read_text(encoding="utf-8") if docs.exists() else ""
+    if SECTION_START not in text or SECTION_END not in text:
+        return ""
+    start = text.index(SECTION_START)
+    return "\n" + text[start : text.index(SECTION_END, start) + len(SECTION_END)] + "\n"
+
+
 def summary_lines(results: dict) -> list[str]:
     return [f"{v['pipeline']} {v['metric']}: {_fmt(v['served'])} vs {_fmt(v['in_process'])} {v['unit']} = "
             f"{v['ratio']:.2f}x -> {'met' if v['met'] else 'not met'}" for v in results["verdicts"]]
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mmserve.bench.realsize [--size demo|real|tiny] [--out DIR]`: a run without the report."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mmserve.bench.realsize")
+    parser.add_argument("--size", choices=("real", "demo", "tiny"), default="real")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    args = parser.parse_args(argv)
+    out = args.out or DEFAULT_OUT.with_name(f"{args.size}-size")
+    results = run_real_size(RealSizeConfig(out=out, size=args.size, seconds=args.seconds,
+                                           command=f"python -m mmserve.bench.realsize --size {args.size}"))
+    for line in summary_lines(results):
+        print(line)
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -769,6 +769,9 @@ def write_report(results: dict, docs: Path, image_folder: Path | None = None) ->
     kept = _kept_analysis(docs)
     if kept:
         text += "\n" + kept
+    from mmserve.bench.realsize import kept_section  # `--real-size --report`'s section, from its own run
+
+    text += kept_section(docs)
     docs.write_text(text, encoding="utf-8")
     return docs
 
