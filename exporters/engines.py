@@ -128,13 +128,17 @@ def graph_outputs(onnx_path: Path, feeds: Sequence[Mapping[str, np.ndarray]], ou
 
 
 def build_checked_engine(onnx_path: Path, profile: ShapeProfile, plan: Path, feeds: Sequence[Mapping[str, np.ndarray]],
-                         output: str, what: str) -> dict[str, Any]:
+                         output: str, what: str, fp16_graph: bool | None = None) -> dict[str, Any]:
     """Build the engine here, hold it to the ONNX graph on `feeds` and return its record
     (written beside the plan as ENGINE_RECORD); a failing engine is removed and refused."""
     from mmserve.exporters.cuda_runtime import gpu_capability
 
     trt = require_tensorrt()
-    data = build_engine(onnx_path, [profile], plan)
+    if fp16_graph is None:
+        from mmserve.exporters.tensorrt import graph_is_fp16
+
+        fp16_graph = graph_is_fp16(onnx_path)
+    data = build_engine(onnx_path, [profile], plan, fp16_graph=fp16_graph)
     runner = EngineRunner(data)
     try:
         parity = engine_parity([runner.run(feed)[output] for feed in feeds], graph_outputs(onnx_path, feeds, output), what)
@@ -142,7 +146,7 @@ def build_checked_engine(onnx_path: Path, profile: ShapeProfile, plan: Path, fee
         plan.unlink(missing_ok=True)
         raise
     record = {**engine_record(trt.__version__, gpu_capability(), profile, parity), "parity_output": output,
-              "onnx": onnx_path.name}
+              "onnx": onnx_path.name, "fp16_graph": fp16_graph}
     (plan.parent / ENGINE_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
 
@@ -206,7 +210,7 @@ def build_repository(repository: Path) -> list[str]:
                 raise ExportError(f"{folder}: no {PARITY_INPUTS}: an engine is not put live unchecked")
             cached.mkdir(parents=True, exist_ok=True)
             build_checked_engine(onnx, profile_from_record(record), cached / PLAN_FILE, feeds, record["parity_output"],
-                                 str(folder))
+                                 str(folder), fp16_graph=record.get("fp16_graph"))
         shutil.copyfile(cached / PLAN_FILE, folder / PLAN_FILE)
         shutil.copyfile(cached / ENGINE_RECORD, record_path)
         done.append(f"{folder}: engine {key} in place")

@@ -221,15 +221,18 @@ def graph_is_fp16(onnx_path: Path) -> bool:
 
 
 def build_engine(
-    onnx_path: Path, profiles: Sequence[ShapeProfile], plan: Path, workspace_bytes: int = WORKSPACE_BYTES
+    onnx_path: Path, profiles: Sequence[ShapeProfile], plan: Path, workspace_bytes: int = WORKSPACE_BYTES,
+    fp16_graph: bool | None = None,
 ) -> bytes:
     """Build a serialized engine from `onnx_path` with one optimisation profile per entry of
     `profiles`, in the graph's own precision (FP16 from an FP16 graph: network_flags); written
-    to `plan` and returned."""
+    to `plan` and returned. `fp16_graph`: known from the engine's record (the serving image
+    has no `onnx` package to read the graph with); None: read from the graph."""
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
-    creation, builder_flags = network_flags(trt, graph_is_fp16(onnx_path))
+    fp16 = graph_is_fp16(onnx_path) if fp16_graph is None else fp16_graph
+    creation, builder_flags = network_flags(trt, fp16)
     network = builder.create_network(creation)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):

@@ -195,3 +195,13 @@ def test_the_report_is_written_after_every_figure(tmp_path):
     assert json.loads((tmp_path / "gpu_check.json").read_text())["measurements"][0]["p50_ms"] == 0.4
     report.skip("image_embed / TensorRT FP16", "time budget (400 s) spent")
     assert "time budget (400 s) spent" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_the_driver_version_is_read_from_either_kernel_module():
+    from mmserve.bench.gpu.device import parse_driver_version
+
+    proprietary = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024\nGCC version: gcc 12"
+    open_module = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  Release Build  (dvs-builder@U16)"
+    assert parse_driver_version(proprietary) == "550.54.15"
+    assert parse_driver_version(open_module) == "580.65.06"
+    assert parse_driver_version("no driver here") is None

@@ -21,12 +21,18 @@ class NoGpuError(RuntimeError):
     """No usable NVIDIA GPU: the measurements cannot run here."""
 
 
+def parse_driver_version(text: str) -> str | None:
+    """The version in /proc/driver/nvidia/version's text (proprietary or open kernel module)."""
+    match = re.search(r"Kernel Module\s+(?:for \S+\s+)?(\d+\.\d+(?:\.\d+)?)", text)
+    return match.group(1) if match else None
+
+
 def driver_version() -> str | None:
     """The NVIDIA kernel driver's version (e.g. "550.54.15"), or None without one."""
     if DRIVER_FILE.exists():
-        match = re.search(r"Kernel Module\s+(?:for \S+\s+)?(\d+\.\d+(?:\.\d+)?)", DRIVER_FILE.read_text(errors="replace"))
-        if match:
-            return match.group(1)
+        version = parse_driver_version(DRIVER_FILE.read_text(errors="replace"))
+        if version:
+            return version
     smi = shutil.which("nvidia-smi")
     if smi:
         result = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"],
