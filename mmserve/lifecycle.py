@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from mmserve import kinds
-from mmserve.client.products import find_products, model_state, steps_of, tensor_specs
+from mmserve.client.products import find_products, model_state, served_version, steps_of, tensor_specs
 from mmserve import audit as _audit
 from mmserve.pipelines import Kind, TensorSpec
 from mmserve.repository_layout import LABELS_FILE
@@ -67,6 +67,11 @@ class SwitchFailedError(LifecycleError):
     """The server could not load the new version; it still serves the one before."""
 
 
+class RepositoryMismatchError(LifecycleError):
+    """``--repository`` is not the repository the server serves: acting on it (or writing
+    its audit log) would describe another server's products."""
+
+
 @dataclass(frozen=True)
 class StepInfo:
     """An internal model a product calls; shared when another product calls it too."""
@@ -93,9 +98,14 @@ class Product:
     labels: tuple[str, ...]
     steps: tuple[StepInfo, ...]
     versions: tuple[VersionInfo, ...]
-    active_version: int | None
+    active_version: int | None  # on disk: what the next start (or `mmserve reload`) serves
     state: str  # READY / UNAVAILABLE / UNLOADED / LOADING from the server, UNKNOWN without one
     reason: str
+    # What the server answers with: the product's READY version (None: not served, or no server asked).
+    served_version: int | None = None
+    # "" when disk and server agree; else what differs and the command that reconciles them,
+    # e.g. "v3 exported, v1 serving — run `mmserve reload sentiment`" (CLI and console show it as is).
+    drift: str = ""
 
     @property
     def card(self) -> Mapping[str, Any]:
@@ -106,6 +116,86 @@ class Product:
     def headline(self) -> str:
         """The active version's headline metric, e.g. "dev accuracy 0.912" ("" without one)."""
         return headline(self.card)
+
+    @property
+    def live_version(self) -> int | None:
+        """The version requests get: the served one (None: not served), or, when no server
+        was asked, the one on disk."""
+        return self.active_version if self.state == UNKNOWN else self.served_version
+
+    @property
+    def actions(self) -> tuple[str, ...]:
+        """The admin actions that can succeed now ("load", "unload", "reload"); version
+        changes are :func:`version_changes`'s."""
+        if self.state == UNKNOWN:
+            return ()
+        offered = []
+        if self.state not in ("READY", "LOADING"):
+            offered.append("load")
+        if self.state == "READY":
+            offered.append("unload")
+            if self.served_version is not None and self.served_version != self.active_version:
+                offered.append("reload")
+        return tuple(offered)
+
+
+@dataclass(frozen=True)
+class VersionChange:
+    """Serving another version of a product, in the words the CLI and the console share:
+    "roll back" to an earlier one, "roll forward" to a later one, "make live" when nothing
+    is served yet."""
+
+    product: str
+    current: int | None  # the version served (or, without a server, active on disk)
+    target: int
+
+    @property
+    def action(self) -> str:
+        """The audit log's (and the console's form's) name: rollback / roll-forward / make-live."""
+        if self.current is None:
+            return "make-live"
+        return "rollback" if self.target < self.current else "roll-forward"
+
+    @property
+    def verb(self) -> str:
+        return {"make-live": "Make live", "rollback": "Roll back", "roll-forward": "Roll forward"}[self.action]
+
+    @property
+    def label(self) -> str:
+        """A button's text, e.g. "Roll back to v1"."""
+        if self.action == "make-live":
+            return f"Make v{self.target} live"
+        return f"{self.verb} to v{self.target}"
+
+    @property
+    def question(self) -> str:
+        """The confirmation's question, e.g. "Roll sentiment back from v2 to v1?"."""
+        if self.action == "make-live":
+            return f"Make v{self.target} of {self.product} live?"
+        way = "back" if self.action == "rollback" else "forward"
+        return f"Roll {self.product} {way} from v{self.current} to v{self.target}?"
+
+    @property
+    def effect(self) -> str:
+        """What confirming does, in one sentence."""
+        which = {"rollback": "an earlier", "roll-forward": "a later", "make-live": "this"}[self.action]
+        return (f"Makes {which} version (v{self.target}) the one {self.product} serves, on disk and on the server; "
+                "requests keep being answered while it switches.")
+
+
+def version_changes(product: Product) -> list[VersionChange]:
+    """The version changes on offer: every version on disk but the one requests get now."""
+    current = product.live_version
+    return [VersionChange(product.name, current, v.version) for v in product.versions if v.version != current]
+
+
+def drift_text(name: str, served: int | None, active: int | None) -> str:
+    """What an operator must know when the server serves another version than the disk
+    names, with the command that reconciles them; "" when they agree (or nothing is served)."""
+    if served is None or active is None or served == active:
+        return ""
+    made = "exported" if active > served else "made active on disk"
+    return f"v{active} {made}, v{served} serving — run `mmserve reload {name}`"
 
 
 @dataclass(frozen=True)
@@ -167,6 +257,10 @@ class _Index:
     def state(self, name: str, version: int | None = None) -> tuple[str, str]:
         return model_state(self.rows.get(name, []), version)
 
+    def served(self, name: str) -> int | None:
+        """The version of a model the server has READY (the newest, if a switch has two)."""
+        return served_version(self.rows.get(name, []))
+
 
 class Lifecycle:
     """Products of one repository, their versions and cards, and the admin actions on them.
@@ -178,35 +272,68 @@ class Lifecycle:
 
     def __init__(
         self,
-        repository: Path,
+        repository: Path | None,
         client: Client | None = None,
         *,
         audit_log: Path | None = None,
         actor: str | None = None,
     ) -> None:
-        self.repository = Path(repository)
+        if repository is None and client is not None:  # the server's own, when it runs on this host
+            from mmserve.served_repository import local_repository
+
+            repository = local_repository(client.url)
+        if repository is None and client is None:
+            raise LifecycleError("give a repository, a server, or both")
+        self.repository = Path(repository) if repository is not None else None
         self.client = client
-        self.audit_log = Path(audit_log) if audit_log is not None else self.repository / AUDIT_LOG
+        if audit_log is None and self.repository is not None:
+            audit_log = self.repository / AUDIT_LOG
+        self.audit_log = Path(audit_log) if audit_log is not None else None
         self.actor = actor or default_actor(client)
+        self._checked = False
 
     # --- reading --------------------------------------------------------------------
 
     def products(self) -> list[Product]:
-        """Every product of the repository, in name order, with its steps and state."""
+        """Every product of the repository, in name order, with its steps and state.
+        Without a repository (a server elsewhere): what the server has loaded or tried to,
+        from its index and model configs (no versions on disk, no cards)."""
+        self.check_repository()
+        if self.repository is None:
+            return self._server_products()
         return self._products()
 
     def product(self, name: str) -> Product:
         """One product; UnknownProductError (listing the products) for any other name,
         told from the repository before any server is asked."""
+        self.check_repository()
+        if self.repository is None:
+            products = {p.name: p for p in self._server_products()}
+            if name not in products:
+                raise UnknownProductError(name, list(products))
+            return products[name]
         return self._products(only=name)[0]
+
+    def check_repository(self) -> None:
+        """RepositoryMismatchError unless the server serves this repository (checked once
+        per Lifecycle; see mmserve/served_repository.py for how)."""
+        if self._checked or self.client is None or self.repository is None:
+            return
+        from mmserve.served_repository import mismatch
+
+        client = self.client
+        reason = mismatch(self.repository, client.url, client.server_id(), lambda: [m.name for m in client.models()])
+        if reason is not None:
+            raise RepositoryMismatchError(reason)
+        self._checked = True
 
     # --- admin actions --------------------------------------------------------------
 
     def load(self, name: str) -> AuditEntry:
         """Load the product and, through Triton's ensemble dependencies, its steps."""
-        product = self.product(name)
 
         def act() -> str:
+            product = self.product(name)
             _server_load(self._server("load"), product.name)
             return f"loaded {product.name} ({_version_text(product.active_version)})"
 
@@ -214,9 +341,9 @@ class Lifecycle:
 
     def unload(self, name: str) -> AuditEntry:
         """Unload the product, then the steps no other loaded product still calls."""
-        product = self.product(name)
 
         def act() -> str:
+            product = self.product(name)
             client = self._server("unload")
             _server_unload(client, product.name)
             still_used = self._steps_of_loaded_products(exclude=product.name)
@@ -242,9 +369,8 @@ class Lifecycle:
         """
         from mmserve.exporters import versions
 
-        product = self.product(name)
-
         def act() -> str:
+            product = self.product(name)
             client = self._server("reload")
             served = self._served_version(client, name)
             with _switch_errors():
@@ -253,7 +379,7 @@ class Lifecycle:
             if served is None:
                 change = f"{_version_text(active)}, not loaded before"
             elif served == active:
-                change = f"{_version_text(active)}, changed files picked up"
+                change = f"{_version_text(active)} already served (nothing new on disk)"
             else:
                 change = f"version {served} -> {active}"
             return f"{change}; reloaded {', '.join(models)}"
@@ -261,42 +387,70 @@ class Lifecycle:
         return self._audited("reload", name, act)
 
     def rollback(self, name: str, to: int | None = None) -> AuditEntry:
-        """Make an earlier version active (by default the one before the active one), on
-        disk and, given a server, on it too, with no failed request."""
+        """Serve another version (by default the one before the served one), on disk and,
+        given a server, on it too, with no failed request. Audited as "rollback",
+        "roll-forward" or "make-live" by the direction (:class:`VersionChange`)."""
+        audited = {"action": "rollback"}
+
+        def act() -> str:
+            product = self.product(name)
+            current = product.live_version
+            available = [v.version for v in product.versions]
+            target = to if to is not None else _previous(available, current)
+            if target is None and current is None:
+                raise VersionError(f"{name} is not served: name the version to make live (versions: "
+                                   f"{', '.join(map(str, available)) or 'none'}), or load it")
+            if target is None:
+                raise VersionError(
+                    f"{name} serves v{current}, its oldest version: there is no earlier one to roll back to "
+                    f"(versions: {', '.join(map(str, available)) or 'none'})"
+                )
+            change = VersionChange(name, current, target)
+            audited["action"] = change.action if target != current else "rollback"
+            return self._make_live(product, change, available)
+
+        return self._audited(lambda: audited["action"], name, act)
+
+    def make_live(self, name: str, version: int) -> AuditEntry:
+        """Serve ``version`` of the product: a rollback, a roll forward or the first version
+        made live, whichever it is (the console's one action for all three)."""
+        return self.rollback(name, to=version)
+
+    def _make_live(self, product: Product, change: VersionChange, available: Sequence[int]) -> str:
         from mmserve.exporters import versions
 
-        product = self.product(name)
-        current = product.active_version
-        available = [v.version for v in product.versions]
-        target = to if to is not None else _previous(available, current)
-        if target is None:
-            raise VersionError(
-                f"{name} has no version before {current} to roll back to (versions: "
-                f"{', '.join(map(str, available)) or 'none'}); pass --to VERSION"
-            )
+        name, target, active = product.name, change.target, product.active_version
         if target not in available:
             raise VersionError(
                 f"{name} has no version {target}; versions: {', '.join(map(str, available)) or 'none'}"
             )
-        if target == current:
+        if target == change.current:
             raise VersionError(f"{name} already serves version {target}")
         client = self.client  # None: on disk only, served from the next start
-
-        def act() -> str:
-            with _switch_errors():
-                if client is None:
-                    versions.set_active_version(self.repository, name, target)
-                    return f"version {current} -> {target} on disk; no server given, served from its next start"
-                _server_ready(client)  # change the disk only when the server can follow it
+        with _switch_errors():
+            if client is None:
+                versions.set_active_version(self.repository, name, target)
+                return f"version {active} -> {target} on disk; no server given, served from its next start"
+            _server_ready(client)  # change the disk only when the server can follow it
+            if target == active:  # on disk already (an export not yet reloaded): serve it
+                models = versions.serve_active(self.repository, name, change.current, *_model_control(client))
+            else:
                 models = versions.set_active_version(self.repository, name, target, *_model_control(client))
-            return f"version {current} -> {target}; reloaded {', '.join(models)}"
+        return f"version {change.current} -> {target}; reloaded {', '.join(models)}"
 
-        return self._audited("rollback", name, act)
+    def record(self, action: str, product: str, detail: str, result: str = "ok") -> AuditEntry:
+        """Append an entry for an action done elsewhere (an export, a refusal told before any
+        lifecycle call) to this repository's audit log."""
+        entry = AuditEntry(_now(), self.actor, action, product, detail, result)
+        self._append(entry)
+        return entry
 
     def audit(self, limit: int = 200) -> list[AuditEntry]:
         """The newest ``limit`` entries of the audit log, newest first (read from its end,
         so a years-long log costs what the entries shown cost)."""
         entries: list[AuditEntry] = []
+        if self.audit_log is None:  # a server elsewhere, its repository not at hand
+            return entries
         for record in _audit.AuditLog(self.audit_log).entries(limit):
             try:
                 entries.append(AuditEntry(**{key: str(record[key]) for key in AuditEntry.__dataclass_fields__}))
@@ -332,6 +486,26 @@ class Lifecycle:
                 configs[path.parent.name] = config
         return configs
 
+    def _server_products(self) -> list[Product]:
+        """The products of a server whose repository is not at hand, from what it reports."""
+        client = self._server("products")
+        index = self._index()
+        infos = client.products()
+        users: dict[str, int] = {}
+        for info in infos:
+            for step in info.steps:
+                users[step] = users.get(step, 0) + 1
+        return [
+            Product(
+                name=info.name, kind=info.kind, inputs=info.inputs, outputs=info.outputs, labels=(),
+                steps=tuple(StepInfo(step, users[step] > 1, (), index.state(step)[0] if index else None)
+                            for step in info.steps),
+                versions=(), active_version=None, state=info.state, reason=info.reason,
+                served_version=info.served_version,
+            )
+            for info in infos
+        ]
+
     def _index(self) -> _Index | None:
         return _Index(self.client.models()) if self.client is not None else None
 
@@ -362,6 +536,7 @@ class Lifecycle:
             for step in steps_of(config)
         )
         state, reason = index.state(name, active) if index is not None else (UNKNOWN, "")
+        served = index.served(name) if index is not None else None
         return Product(
             name=name,
             kind=kind,
@@ -373,6 +548,8 @@ class Lifecycle:
             active_version=active,
             state=state,
             reason=reason,
+            served_version=served,
+            drift=drift_text(name, served, active),
         )
 
     def _card_kind(self, name: str) -> str | None:
@@ -412,8 +589,7 @@ class Lifecycle:
     @staticmethod
     def _served_version(client: Client, name: str) -> int | None:
         """The version of the product's ensemble the server has READY (None: not loaded)."""
-        ready = [int(m.version) for m in client.models() if m.name == name and m.state == "READY" and m.version.isdigit()]
-        return max(ready) if ready else None
+        return served_version([m for m in client.models() if m.name == name])
 
     def _wait_unloaded(self, models: Sequence[str]) -> list[str]:
         """Wait (up to the client's timeout) until Triton has let the models go: it unloads
@@ -427,20 +603,36 @@ class Lifecycle:
                 return pending
             time.sleep(0.1)
 
-    def _audited(self, action: str, product: str, act: Callable[[], str]) -> AuditEntry:
-        """Run an action and append its entry, success or failure, before returning or raising."""
+    def _audited(self, action: str | Callable[[], str], product: str, act: Callable[[], str]) -> AuditEntry:
+        """Run an action and append its entry, success, refusal or failure, before returning
+        or raising; never into a repository the server does not serve (RepositoryMismatchError
+        is raised before anything is written). ``action`` may be a callable: named once the
+        action knows its direction (rollback / roll-forward)."""
+        name = action if isinstance(action, str) else None
+        if self.repository is None or self.audit_log is None:
+            raise LifecycleError(
+                f"{name or 'this action'} needs the repository the server serves (its versions and audit log): "
+                "pass --repository DIR (found by itself only for a server of this user on this host)"
+            )
+        try:
+            self.check_repository()
+        except RepositoryMismatchError:
+            raise  # not this repository's to record
+        except BaseException as error:  # the server unreachable, a key or certificate refused: on record too
+            self._append(AuditEntry(_now(), self.actor, name or action(), product, "", _error_text(error)))
+            raise
         # The attempt is on record before anything changes: an unwritable log refuses the action.
         try:
             attempt = _audit.AuditLog(self.audit_log).attempt(
-                {"time": _now(), "actor": self.actor, "action": action, "product": product, "detail": ""})
+                {"time": _now(), "actor": self.actor, "action": (name or "rollback"), "product": product, "detail": ""})
         except _audit.AuditWriteError as error:
             raise LifecycleError(f"{error}: the action is refused, nothing was changed") from None
         try:
             detail = act()
         except BaseException as error:
-            self._append(AuditEntry(_now(), self.actor, action, product, "", _error_text(error)), attempt)
+            self._append(AuditEntry(_now(), self.actor, name or action(), product, "", _error_text(error)), attempt)
             raise
-        entry = AuditEntry(_now(), self.actor, action, product, detail, "ok")
+        entry = AuditEntry(_now(), self.actor, name or action(), product, detail, "ok")
         self._append(entry, attempt)
         return entry
 
@@ -455,6 +647,27 @@ def _switch_copy(model: str) -> bool:
 
     stem, mark, number = model.rpartition(COPY_MARK)
     return bool(mark) and bool(stem) and number.isdigit()
+
+
+def record_export(repository: Path, result: Any, error: BaseException | None) -> None:
+    """Audit an export (exporters/driver.py): the version it made active on disk, or why it
+    failed. A failure is recorded only in a repository that serves something already (models
+    or an audit log): a failed export into a new folder leaves it as it was."""
+    repository = Path(repository)
+    if not repository.is_dir():
+        return
+    if error is not None:
+        if not (repository / AUDIT_LOG).exists() and not any(repository.glob("*/config.pbtxt")):
+            return
+        entry = ("export", "", "", _error_text(error))
+    else:
+        served = f"; served after `mmserve reload {result.pipeline}` (or the next start)"
+        detail = f"version {result.version} of {', '.join(result.pipelines)} ({result.description}) active on disk"
+        entry = ("export", result.pipeline, detail + served, "ok")
+    try:
+        Lifecycle(Path(repository)).record(*entry)
+    except Exception:  # noqa: BLE001 - the audit log unwritable: the export itself is done (or failed) already
+        pass
 
 
 def _now() -> str:

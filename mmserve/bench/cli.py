@@ -26,7 +26,18 @@ def _checkpoint(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+# Exit codes: a target not met is news, not a failure, unless the caller asks (CI gates).
+EXIT_TARGET_MISSED = 1
+EXIT_CODES = (
+    "exit codes: 0 the bench ran (targets met or not), 1 a target not met with --fail-on-target, "
+    "2 it could not run (no server, a bad repository or option). First use of the peers installs infinity-emb "
+    "and its own torch into artifacts/bench/venv-peers (--skip-peers: none); a server started here listens on "
+    "free random ports"
+)
+
+
 def add_bench_arguments(parser: argparse.ArgumentParser, default_repository: Path) -> None:
+    parser.epilog = EXIT_CODES
     parser.add_argument("pipelines", nargs="*", metavar="PIPELINE", help="default: every pipeline the server offers")
     parser.add_argument("--repository", dest="repositories", type=Path, action="append", metavar="DIR",
                         help=f"default: {default_repository}; give it again for each other layout to measure side by "
@@ -40,7 +51,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser, default_repository: Pat
     parser.add_argument("--report", action="store_true", help="(re)write docs/benchmarks.md and docs/img/*.png")
     parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"), help=argparse.SUPPRESS)
     parser.add_argument("--from-results", type=Path, metavar="DIR", help="render the report from a previous run")
-    parser.add_argument("--skip-peers", action="store_true", help="no infinity-emb / naive FastAPI side by side")
+    parser.add_argument("--skip-peers", action="store_true",
+                        help="no infinity-emb / naive FastAPI side by side (nor their venv, artifacts/bench/venv-peers)")
+    parser.add_argument("--fail-on-target", action="store_true",
+                        help=f"exit {EXIT_TARGET_MISSED} when a target is not met (default: report it, exit 0)")
     parser.add_argument("--skip-runtimes", action="store_true", help="no torch / ORT fp32 / INT8 table")
     parser.add_argument("--tune", action="store_true", help="also run the text_embed scheduling sweep")
     parser.add_argument("--quick", action="store_true", help="short windows and baselines (a smoke run)")
@@ -135,9 +149,15 @@ def bench_command(args: argparse.Namespace) -> int:
 
     for line in headlines(results):
         print(line)
+    missed = []
     for target, measured, verdict in targets(results):
         print(f"- {target}: {measured.replace('**', '')} -> {verdict.strip('*')}")
+        if verdict.strip("*") == "not met":
+            missed.append(target)
     print(f"results: {config.out / 'results.json'}, {config.out / 'results.csv'}; summary: {summary}")
     if args.report:
         print(f"report: {write_report(results, args.docs)}")
+    if missed and args.fail_on_target:
+        print(f"mmserve bench: {len(missed)} target(s) not met (--fail-on-target): exit {EXIT_TARGET_MISSED}")
+        return EXIT_TARGET_MISSED
     return 0

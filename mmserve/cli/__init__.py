@@ -1,5 +1,6 @@
 """`mmserve`: train, export, serve, bench, soak, demo, console; products and their lifecycle
-(load, unload, reload, rollback). The command line only parses and reports; the work
+(load, unload, reload, rollback, audit); the front door (gateway, its keys and usage); jobs
+(products made from examples). The command line only parses and reports; the work
 lives in the training, exporters, server, bench, console and lifecycle modules.
 
 Each command group is a module of this package with ``register(commands)``; a new group
@@ -11,7 +12,7 @@ import os
 import sys
 from importlib import import_module
 
-from .common import Parser
+from .common import Parser, describe
 
 # In the order `mmserve --help` lists them.
 COMMAND_GROUPS: tuple[str, ...] = ("training", "serving", "tools", "lifecycle", "audit", "gateway", "products_create")
@@ -19,10 +20,22 @@ COMMAND_GROUPS: tuple[str, ...] = ("training", "serving", "tools", "lifecycle", 
 
 def build_parser() -> Parser:
     parser = Parser(prog="mmserve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for group in COMMAND_GROUPS:
         import_module(f"{__name__}.{group}").register(commands)
+    describe(parser)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mmserve")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown (not installed: pip install -e .)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,20 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def describe(parser: argparse.ArgumentParser) -> None:
+    """Give every subcommand without a description its one-line help as description, so its
+    own --help says what it does (argparse shows a subcommand's help only in its parent's)."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        helps = {choice.dest: choice.help for choice in action._choices_actions}
+        for name, sub in action.choices.items():
+            text = helps.get(name)
+            if not sub.description and text:
+                sub.description = f"{text[0].upper()}{text[1:]}."
+            describe(sub)
+
+
 class Parser(argparse.ArgumentParser):
     """Every (sub)command's parser: defaults in --help, even on options without help text."""
 

@@ -197,7 +197,8 @@ def register(commands) -> None:
     serve.add_argument("--model", action="append", help="load only this model (repeatable)")
     serve.add_argument("--log", type=Path,
                        help="write Triton's log here (default: runs/serve-<UTC time>/triton.log; $MMSERVE_RUNS moves runs/)")
-    serve.add_argument("--verbose", action="store_true")
+    serve.add_argument("--verbose", action="store_true",
+                       help="Triton's verbose log (--log-verbose=1): every load step and request, in the log file")
     serve.add_argument("--no-supervise", action="store_true",
                        help="do not reload models whose Python stub died (the supervisor, on by default)")
     tls = serve.add_argument_group("TLS for gRPC (docs/security.md)")
