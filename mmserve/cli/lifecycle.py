@@ -78,7 +78,7 @@ def _lifecycle(args: argparse.Namespace, action) -> int:
         return EXIT_DENIED
     except PermissionDeniedError as error:
         print(f"mmserve: the server at {args.server} refused: {error.server_message or error}. Pass its admin key "
-              "with --admin-key or MMSERVE_ADMIN_KEY (and a client certificate with --tls-cert/--tls-key where it "
+              "with --admin-key-file, --admin-key or MMSERVE_ADMIN_KEY (and a client certificate with --tls-cert/--tls-key where it "
               "asks for one).", file=sys.stderr)
         return EXIT_DENIED
     except ServerUnavailableError as error:
@@ -187,8 +187,8 @@ def _admin_action(args: argparse.Namespace) -> int:
 # Every lifecycle command reads the server's repository index or changes what it serves:
 # Triton's model-repository protocol, behind the admin key.
 _ADMIN_KEY_NOTE = (
-    "Needs the server's admin key (--admin-key or $MMSERVE_ADMIN_KEY; found by itself for your own "
-    "`mmserve serve` on this host)."
+    "Needs the server's admin key (--admin-key-file, --admin-key or $MMSERVE_ADMIN_KEY; found by itself for "
+    "your own `mmserve serve` on this host)."
 )
 
 
