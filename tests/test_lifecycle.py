@@ -358,3 +358,51 @@ def test_the_audit_view_reads_the_newest_entries_and_skips_torn_lines(tmp_path: 
 
     assert [e.actor for e in newest] == [f"a{i}@h" for i in range(1999, 1399, -1)]
     assert Lifecycle(tmp_path, audit_log=tmp_path / "none.jsonl").audit() == []
+
+
+def test_version_changes_are_worded_by_their_direction_and_drift_names_the_command():
+    from dataclasses import replace
+
+    from mmserve.lifecycle import Product, VersionChange, VersionInfo, drift_text, version_changes
+
+    back, forward, first = VersionChange("sentiment", 2, 1), VersionChange("sentiment", 1, 2), VersionChange("s", None, 1)
+    assert (back.action, back.label, back.question) == ("rollback", "Roll back to v1", "Roll sentiment back from v2 to v1?")
+    assert (forward.action, forward.label) == ("roll-forward", "Roll forward to v2")
+    assert "a later version (v2)" in forward.effect and "earlier" in back.effect
+    assert (first.action, first.label, first.question) == ("make-live", "Make v1 live", "Make v1 of s live?")
+    assert drift_text("sentiment", 1, 3) == "v3 exported, v1 serving — run `mmserve reload sentiment`"
+    assert drift_text("sentiment", 3, 1) == "v1 made active on disk, v3 serving — run `mmserve reload sentiment`"
+    assert drift_text("sentiment", 2, 2) == drift_text("sentiment", None, 2) == ""
+
+    versions = tuple(VersionInfo(v, v == 2, {}) for v in (1, 2, 3))
+    served = Product("p", Kind.TEXT_EMBED, (), (), (), (), versions, 2, "READY", "", served_version=1,
+                     drift=drift_text("p", 1, 2))
+    assert served.live_version == 1 and served.actions == ("unload", "reload")
+    assert [(c.action, c.target) for c in version_changes(served)] == [("roll-forward", 2), ("roll-forward", 3)]
+    unloaded = replace(served, state="UNLOADED", served_version=None, drift="")
+    assert unloaded.actions == ("load",) and {c.action for c in version_changes(unloaded)} == {"make-live"}
+    offline = replace(served, state="UNKNOWN", served_version=None, drift="")
+    assert offline.actions == () and offline.live_version == 2
+
+
+def test_a_repository_is_told_from_a_copy_and_from_another_servers(tmp_path: Path):
+    from mmserve.served_repository import ID_FILE, ensure_repository_id, mismatch, repository_id, server_name
+
+    served = tmp_path / "served"
+    (served / "m").mkdir(parents=True)
+    (served / "m" / "config.pbtxt").write_text('name: "m"')
+    ident = ensure_repository_id(served)
+    assert ident and repository_id(served) == ident == ensure_repository_id(served)  # made once
+    copy = tmp_path / "copy"
+    shutil.copytree(served, copy)
+    assert repository_id(copy) is None  # its id file names the folder it was made for
+    assert ensure_repository_id(copy) not in (None, ident)  # served itself: an id of its own
+    name = server_name("mmserve-abc", ident)
+    url = "10.0.0.1:8001"  # not this user's local server: the id decides
+    assert mismatch(served, url, name, None) is None
+    assert "serves the repository with id" in (mismatch(copy, url, name, None) or "")
+    # A tritonserver started by hand reports no id: its index against the folder's models.
+    assert mismatch(served, url, "triton", lambda: ["m", "m__v2"]) is None
+    other = mismatch(served, url, "triton", lambda: ["x", "y"])
+    assert other and "it serves x, y, which this folder lacks" in other and "this folder has m" in other
+    assert (served / ID_FILE).read_text().count(ident) == 1
