@@ -197,7 +197,7 @@ def export_product(
             )
         models = product.models(repository, onnx, profile, tuning)
         if layout == FUSED:
-            models = fuse_pipelines(models, tuning)
+            models = fuse_pipelines(models, tuning, {onnx[g.name]: g.parity_feeds[0] for g in product.graphs})
         release = Release(
             product.checkpoint, product.kinds, profile,
             {graph: result.parity for graph, result in exported.items()},

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from tritonclient.grpc.model_config_pb2 import ModelConfig, ModelDynamicBatching, ModelInstanceGroup
 
@@ -80,16 +80,21 @@ def default_layout(profile: str) -> str:
     return DEFAULT_LAYOUT if profile == "cpu" else ENSEMBLE_LAYOUT
 
 
-def fuse_pipelines(models: Sequence[ModelFolder], tuning: EncoderTuning) -> list[ModelFolder]:
-    """Each ensemble of `models` as one fused model; the step models are folded into them."""
+def fuse_pipelines(
+    models: Sequence[ModelFolder], tuning: EncoderTuning, examples: Mapping[Path, Mapping[str, Any]] | None = None
+) -> list[ModelFolder]:
+    """Each ensemble of `models` as one fused model; the step models are folded into them.
+    `examples`: an encoder's ONNX file -> real inputs of it (the parity feeds), to time it by."""
     by_name = {model.name: model for model in models}
-    fused = [fused_pipeline(model, by_name, tuning) for model in models if model.is_ensemble]
+    fused = [fused_pipeline(model, by_name, tuning, examples) for model in models if model.is_ensemble]
     if not fused:
         raise ExportError("nothing to fuse: the export describes no pipeline (ensemble)")
     return fused
 
 
-def fused_instances(steps: Sequence[ModelFolder], tuning: EncoderTuning) -> int:
+def fused_instances(
+    steps: Sequence[ModelFolder], tuning: EncoderTuning, examples: Mapping[Path, Mapping[str, Any]] | None = None
+) -> int:
     """How many instances of a fused pipeline run: as many as its busiest step asks for.
 
     A decoder (image_preprocess, audio_preprocess) holds the GIL for most of a request and
@@ -101,7 +106,7 @@ def fused_instances(steps: Sequence[ModelFolder], tuning: EncoderTuning) -> int:
     """
     asked = [group.count for step in steps for group in step.config.instance_group]
     if tuning.instances == 1 and max(asked, default=1) > 1:
-        slowest = max((encoder_ms(step) or 0.0 for step in steps), default=0.0)
+        slowest = max((encoder_ms(step, examples) or 0.0 for step in steps), default=0.0)
         if slowest >= LARGE_ENCODER_MS:
             return 1  # one instance, every core on a lone request, batches at load (see LARGE_ENCODER_MS)
     return max([tuning.instances, *asked])
@@ -117,10 +122,11 @@ def fused_instances(steps: Sequence[ModelFolder], tuning: EncoderTuning) -> int:
 LARGE_ENCODER_MS = 40.0
 
 
-def encoder_ms(step: ModelFolder, runs: int = 3) -> float | None:
-    """One request's time through an ONNX encoder step on one core (median of `runs`); None
-    for a step that is not an ONNX encoder of this export. Symbolic axes: batch 1, others 128
-    (a long sentence) or 16000 (a second of audio); zeros cost what real inputs do."""
+def encoder_ms(step: ModelFolder, examples: Mapping[Path, Mapping[str, Any]] | None = None, runs: int = 3) -> float | None:
+    """One request's CPU time through an ONNX encoder step on one thread (median of `runs`); None
+    for a step that is not an ONNX encoder of this export. Its input: the first item of its
+    `examples` (the export's parity inputs); without them zeros, symbolic axes 128 (a long
+    sentence) or 16000 (a second of audio samples)."""
     import time
 
     import numpy as np
@@ -144,20 +150,25 @@ def encoder_ms(step: ModelFolder, runs: int = 3) -> float | None:
         return np.zeros([d if isinstance(d, int) and d > 0 else (1 if n == 0 else other)
                          for n, d in enumerate(value.shape)], dtype=dtype)
 
-    feeds = {i.name: zeros(i) for i in session.get_inputs()}
+    example = (examples or {}).get(source)
+    feeds = {i.name: np.asarray(example[i.name])[:1] if example is not None and i.name in example else zeros(i)
+             for i in session.get_inputs()}
     times = []
     try:
         session.run(None, feeds)
-        for _ in range(runs):
-            started = time.perf_counter()
+        for _ in range(runs):  # this thread's CPU time: a busy machine does not make an encoder "large"
+            started = time.thread_time()
             session.run(None, feeds)
-            times.append(time.perf_counter() - started)
+            times.append(time.thread_time() - started)
     except Exception:  # noqa: BLE001 - inputs this guess cannot shape: not measured, the default stays
         return None
     return 1000 * float(np.median(times))
 
 
-def fused_pipeline(ensemble: ModelFolder, models: dict[str, ModelFolder], tuning: EncoderTuning) -> ModelFolder:
+def fused_pipeline(
+    ensemble: ModelFolder, models: dict[str, ModelFolder], tuning: EncoderTuning,
+    examples: Mapping[Path, Mapping[str, Any]] | None = None,
+) -> ModelFolder:
     """One pipeline as a Python model with the ensemble's name, inputs and outputs."""
     steps = ensemble.config.ensemble_scheduling.step
     step_models = []  # each model the ensemble calls, once, in call order
@@ -166,7 +177,7 @@ def fused_pipeline(ensemble: ModelFolder, models: dict[str, ModelFolder], tuning
         if model is None or f"{VERSION}/model.py" not in model.files:
             raise ExportError(f"pipeline {ensemble.name}: step {name} is not a Python model of this export; it cannot be fused")
         step_models.append(model)
-    instances = fused_instances(step_models, tuning)
+    instances = fused_instances(step_models, tuning, examples)
     config = ModelConfig(
         name=ensemble.config.name,
         backend="python",
