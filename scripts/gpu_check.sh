@@ -51,8 +51,13 @@ base_python() {
 
 make_venv() {  # $1 interpreter, $2 folder: venv, else virtualenv (a Python without ensurepip)
   "$1" -m venv "$2" 2>/dev/null && return 0
+  rm -rf "$2"  # a venv without pip, left by the failed attempt
   log "python -m venv failed (no ensurepip?): trying virtualenv from PyPI"
-  "$1" -m pip install -q --user virtualenv && "$1" -m virtualenv -q "$2"
+  if ! "$1" -m pip install -q --user virtualenv >&2; then
+    log "this Python has neither venv with ensurepip nor pip: install either, or give PYTHON=an interpreter with mmserve"
+    return 1
+  fi
+  "$1" -m virtualenv -q "$2"
 }
 
 setup() {
@@ -102,11 +107,14 @@ else
   setup
 fi
 
-# TensorRT's libraries (pip wheel) for onnxruntime's TensorRT execution provider, here and in
-# the Triton stubs this process starts.
-trt_libs="$("$PYTHON" -c 'import importlib.util as u; s = u.find_spec("tensorrt_libs"); print(s.submodule_search_locations[0] if s else "")' 2>/dev/null || true)"
-if [ -n "$trt_libs" ]; then
-  export LD_LIBRARY_PATH="$trt_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The CUDA, cuDNN and TensorRT libraries of the pip wheels (nvidia/*/lib, tensorrt*libs) for
+# onnxruntime's CUDA and TensorRT execution providers, here and in the Triton stubs this
+# process starts: no system CUDA is assumed.
+site="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+wheel_libs="$(find "$site" -maxdepth 4 \( -name 'libnvinfer.so*' -o -name 'libcudart.so*' -o -name 'libcudnn.so*' \
+  -o -name 'libcublas.so*' \) -printf '%h\n' 2>/dev/null | sort -u | paste -sd: - || true)"
+if [ -n "$wheel_libs" ] && [ "$dry_run" = 0 ]; then
+  export LD_LIBRARY_PATH="$wheel_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 export MMSERVE_TRT_CACHE="${MMSERVE_TRT_CACHE:-${TMPDIR:-/tmp}/mmserve-gpu-check/ort-trt}"
 

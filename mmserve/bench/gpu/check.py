@@ -22,7 +22,8 @@ from mmserve.bench.gpu.device import detect_gpu, driver_version, library_version
 from mmserve.bench.gpu.exports import export_command, run_cli
 from mmserve.bench.gpu.report import Measurement, Report
 from mmserve.bench.gpu.runner import encoder_step, preprocess
-from mmserve.bench.gpu.runtimes import TensorRtEncoder, engine_profile, ort_session, timed
+from mmserve.bench.gpu.runtimes import TensorRtEncoder, engine_profile, ort_session, served_provider_options, timed
+from mmserve.pipelines import MAX_BATCH_SIZE
 from mmserve.serving.runtime import PROVIDERS_OVERRIDE
 from mmserve.repository_layout import Layout
 
@@ -81,14 +82,24 @@ def measure_encoder(config: GpuCheckConfig, report: Report, budget: Budget, prod
             else:
                 provider = {RUNTIME_ORT_CUDA: "CUDAExecutionProvider", RUNTIME_ORT_TRT: "TensorrtExecutionProvider",
                             RUNTIME_ORT_CPU: "CPUExecutionProvider"}[runtime]
-                session = ort_session(step.onnx, provider, profile, config.workdir / "ort-trt-cache")
-                note = "host inputs and outputs"
-                calls = {b: ((lambda feed, s=session: s.run(None, feed)), f) for b, f in feeds.items()}
+                served = served_provider_options(step.config) if runtime == RUNTIME_ORT_TRT else {}
+                session = ort_session(step.onnx, provider, profile, trt_cache(config), served)
+                note = "host inputs and outputs" + ("; the served pipeline's profile and engine cache" if served else "")
+                calls = {b: ((lambda feed, s=session: s.run(None, feed)), f) for b, f in feeds.items()
+                         if not served or b <= MAX_BATCH_SIZE}
+                for batch in sorted(set(feeds) - set(calls)):
+                    report.skip(f"{what} batch {batch}", f"the served profile stops at max_batch_size {MAX_BATCH_SIZE}")
             for batch, (call, staged) in calls.items():
                 p50, p99, rate, count = timed(call, staged, 0.2 if config.dry_run else config.seconds, batch)
                 report.add(Measurement(spec.pipeline, runtime, batch, p50, p99, rate, count, note))
         except Exception as error:  # noqa: BLE001 - one runtime failing leaves the others measurable
             report.skip(what, f"{type(error).__name__}: {error}")
+
+
+def trt_cache(config: GpuCheckConfig) -> Path:
+    """onnxruntime's TensorRT engine cache: the served pipelines' own (MMSERVE_TRT_CACHE), so an
+    engine built in-process is found again by the server."""
+    return Path(os.environ.get("MMSERVE_TRT_CACHE") or config.workdir / "ort-trt")
 
 
 def serve_pipelines(config: GpuCheckConfig, report: Report, budget: Budget, products: list[str]) -> str:

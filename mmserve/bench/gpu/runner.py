@@ -22,6 +22,7 @@ class EncoderStep:
     pipeline: str
     encoder: str  # the step model that runs the ONNX graph
     onnx: Path  # the graph it serves
+    config: Path  # its config.pbtxt (the providers and their options with --profile gpu)
     input_map: dict[str, str]  # graph input -> pipeline tensor
     max_length: int | None  # a tokenizer step's truncation length (the sequence axis' bound)
 
@@ -47,6 +48,7 @@ def _plan(repository: Path, pipeline: str) -> tuple[Path, list[dict[str, Any]]]:
 def encoder_step(repository: Path, pipeline: str) -> EncoderStep:
     """The first step of the pipeline that serves an ONNX graph whose every input the pipeline feeds it."""
     from mmserve.bench.inprocess import model_config
+    from mmserve.repository_layout import CONFIG_FILE
     from mmserve.serving.fused import STEP_VERSION
 
     steps_root, plan = _plan(repository, pipeline)
@@ -57,7 +59,8 @@ def encoder_step(repository: Path, pipeline: str) -> EncoderStep:
             max_length = int(parameters["max_length"].string_value)
         if "onnx_file" in parameters:
             onnx = steps_root / entry["model"] / STEP_VERSION / parameters["onnx_file"].string_value
-            return EncoderStep(pipeline, entry["model"], onnx, dict(entry["input_map"]), max_length)
+            config = steps_root / entry["model"] / CONFIG_FILE
+            return EncoderStep(pipeline, entry["model"], onnx, config, dict(entry["input_map"]), max_length)
     raise ValueError(f"{pipeline}: no ONNX encoder step in its pipeline.json")
 
 

@@ -33,8 +33,25 @@ def timed(call: Callable[[Any], Any], batches: Sequence[Any], seconds: float, ba
     return (1e3 * statistics.median(times), 1e3 * float(np.percentile(times, 99)), batch * len(times) / sum(times), len(times))
 
 
-def ort_session(onnx_path: Path, provider: str, profile: ShapeProfile | None, cache: Path) -> Any:
-    """An onnxruntime session whose first provider is PROVIDER, or an error saying why not and what to do."""
+def served_provider_options(step_config: Path) -> dict[str, str]:
+    """The TensorRT provider options the export wrote for this encoder step (its shape profile,
+    FP16, the cache): in-process with the same options, onnxruntime builds the engine the served
+    pipeline then finds in the cache, instead of building it twice."""
+    import json
+
+    from google.protobuf import text_format
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
+
+    config = text_format.Parse(step_config.read_text(encoding="utf-8"), ModelConfig())
+    if "provider_options" not in config.parameters:
+        return {}
+    return dict(json.loads(config.parameters["provider_options"].string_value).get("TensorrtExecutionProvider", {}))
+
+
+def ort_session(onnx_path: Path, provider: str, profile: ShapeProfile | None, cache: Path,
+                options: dict[str, Any] | None = None) -> Any:
+    """An onnxruntime session whose first provider is PROVIDER, or an error saying why not and what to do.
+    `options`: the TensorRT provider's, as the export wrote them (else FP16 over `profile`)."""
     import onnxruntime as ort
 
     from mmserve.exporters.triton_config import trt_profile_options
@@ -42,11 +59,14 @@ def ort_session(onnx_path: Path, provider: str, profile: ShapeProfile | None, ca
     available = ort.get_available_providers()
     if provider not in available:
         raise RuntimeError(ort_provider_advice(provider, available, ort.__version__))
-    options: dict[str, Any] = {}
     if provider == "TensorrtExecutionProvider":
         cache.mkdir(parents=True, exist_ok=True)
-        options = {"trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-                   "trt_max_workspace_size": 4 << 30, **(trt_profile_options(profile) if profile else {})}
+        options = dict(options) if options else {
+            "trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_max_workspace_size": 4 << 30,
+            **(trt_profile_options(profile) if profile else {})}
+        options["trt_engine_cache_path"] = str(cache)
+    else:
+        options = {}
     chain: list[Any] = [(provider, options)]
     chain += [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p != provider and p in available]
     session = ort.InferenceSession(str(onnx_path), providers=chain)
