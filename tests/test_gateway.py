@@ -39,8 +39,11 @@ def cli(*argv: str) -> tuple[int, str]:
     return code, out.getvalue()
 
 
-def create_key(store: str, repository: Path, *options: str) -> dict:
-    code, out = cli("keys", "create", "--store", store, "--repository", str(repository), "--json", *options)
+def create_key(store: str, repository: Path, audit: Path, *options: str) -> dict:
+    """`mmserve keys create` (its audit records in ``audit``: the session repository's own log
+    stays the lifecycle tests')."""
+    code, out = cli("keys", "create", "--store", store, "--repository", str(repository), "--json",
+                    "--audit-log", str(audit), *options)
     assert code == 0, out
     return json.loads(out)
 
@@ -81,17 +84,18 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def setup(server, repository, tmp_path_factory):
-    store = str(tmp_path_factory.mktemp("gateway") / "gateway.sqlite3")
+    folder = tmp_path_factory.mktemp("gateway")
+    store, audit = str(folder / "gateway.sqlite3"), folder / "audit.jsonl"
     gateway = start_gateway(server, repository, store)
     keys = {
-        "all": create_key(store, repository, "--tenant", "acme", "--products",
+        "all": create_key(store, repository, audit, "--tenant", "acme", "--products",
                           "text_embed,image_embed,audio_embed,clip_text_embed,text_classify,text_ner,"
                           "zero_shot_image,audio_classify"),
-        "text": create_key(store, repository, "--tenant", "globex", "--products", "text_embed"),
-        "slow": create_key(store, repository, "--tenant", "initech", "--products", "text_embed", "--rate", "0.2"),
-        "quota": create_key(store, repository, "--tenant", "umbrella", "--products", "text_embed", "--quota", "3"),
+        "text": create_key(store, repository, audit, "--tenant", "globex", "--products", "text_embed"),
+        "slow": create_key(store, repository, audit, "--tenant", "initech", "--products", "text_embed", "--rate", "0.2"),
+        "quota": create_key(store, repository, audit, "--tenant", "umbrella", "--products", "text_embed", "--quota", "3"),
     }
-    yield {"gateway": gateway, "store": store, "keys": keys}
+    yield {"gateway": gateway, "store": store, "audit": audit, "keys": keys}
     gateway.stop()
 
 
@@ -207,22 +211,23 @@ def test_over_quota_refused_and_not_retried(setup):
 
 
 def test_revoked_and_expired_keys_are_refused(setup, repository):
-    store = setup["store"]
-    key = create_key(store, repository, "--tenant", "hooli", "--products", "text_embed")
+    store, audit = setup["store"], setup["audit"]
+    key = create_key(store, repository, audit, "--tenant", "hooli", "--products", "text_embed")
     headers = {"Authorization": f"Bearer {key['key']}"}
     url = setup["gateway"].url + "/v1/models"
     assert httpx.get(url, headers=headers).status_code == 200
-    assert cli("keys", "revoke", key["id"], "--store", store, "--repository", str(repository))[0] == 0
+    assert cli("keys", "revoke", key["id"], "--store", store, "--repository", str(repository),
+               "--audit-log", str(audit))[0] == 0
     refused = httpx.get(url, headers=headers)
     assert refused.status_code == 401 and "revoked" in refused.json()["error"]["message"]
-    old = create_key(store, repository, "--tenant", "hooli", "--products", "text_embed", "--expires", "2020-01-01")
+    old = create_key(store, repository, audit, "--tenant", "hooli", "--products", "text_embed", "--expires", "2020-01-01")
     assert "expired" in httpx.get(url, headers={"Authorization": f"Bearer {old['key']}"}).json()["error"]["message"]
     code, listing = cli("keys", "list", "--store", store, "--repository", str(repository), "--json")
     records = {r["id"]: r for r in json.loads(listing)}
     assert records[key["id"]]["revoked"] and "key_hash" not in records[key["id"]]
     assert key["key"] not in Path(store).read_bytes().decode("latin-1")  # only its hash is stored
-    audit = (repository / ".mmserve-audit.jsonl").read_text()
-    assert '"action":"keys.revoke"' in audit and key["id"] in audit and key["key"] not in audit
+    records = audit.read_text()
+    assert '"action":"keys.revoke"' in records and key["id"] in records and key["key"] not in records
 
 
 def test_bad_requests_are_openai_shaped_400s(setup):

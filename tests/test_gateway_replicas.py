@@ -47,6 +47,11 @@ def redis_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def audit(tmp_path_factory):
+    return tmp_path_factory.mktemp("gateway-audit") / "audit.jsonl"
+
+
+@pytest.fixture(scope="module")
 def replicas(server, repository, redis_url):
     gateways = [start_gateway(server, repository, redis_url) for _ in range(2)]
     yield gateways
@@ -65,9 +70,9 @@ def _fire(replicas, key: str, bodies: list[dict]) -> list[int]:
         return list(pool.map(send, enumerate(bodies)))
 
 
-def test_usage_is_exact_across_replicas(replicas, redis_url, repository):
-    a = create_key(redis_url, repository, "--tenant", "acme", "--products", "text_embed,clip_text_embed")
-    b = create_key(redis_url, repository, "--tenant", "globex", "--products", "text_embed")
+def test_usage_is_exact_across_replicas(replicas, redis_url, repository, audit):
+    a = create_key(redis_url, repository, audit, "--tenant", "acme", "--products", "text_embed,clip_text_embed")
+    b = create_key(redis_url, repository, audit, "--tenant", "globex", "--products", "text_embed")
     since = utcnow() - timedelta(minutes=1)
     bodies_a = [{"model": ("text_embed", "clip_text_embed")[i % 2], "input": ["x"] * (1 + i % 3)} for i in range(30)]
     bodies_b = [{"model": "text_embed", "input": f"text {i}"} for i in range(18)]
@@ -89,11 +94,11 @@ def test_usage_is_exact_across_replicas(replicas, redis_url, repository):
     assert got == expected
 
 
-def test_one_quota_and_one_rate_limit_across_replicas(replicas, redis_url, repository):
-    quota = create_key(redis_url, repository, "--tenant", "umbrella", "--products", "text_embed", "--quota", "10")
+def test_one_quota_and_one_rate_limit_across_replicas(replicas, redis_url, repository, audit):
+    quota = create_key(redis_url, repository, audit, "--tenant", "umbrella", "--products", "text_embed", "--quota", "10")
     statuses = _fire(replicas, quota["key"], [{"model": "text_embed", "input": "q"}] * 24)
     assert Counter(statuses) == {200: 10, 429: 14}
-    rate = create_key(redis_url, repository, "--tenant", "initech", "--products", "text_embed", "--rate", "2/s")
+    rate = create_key(redis_url, repository, audit, "--tenant", "initech", "--products", "text_embed", "--rate", "2/s")
     started = time.monotonic()
     statuses = _fire(replicas, rate["key"], [{"model": "text_embed", "input": "r"}] * 16)
     elapsed = time.monotonic() - started

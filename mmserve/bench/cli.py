@@ -71,6 +71,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser, default_repository: Pat
                         help="instead: export ViT-B-32, BERT-base and Whisper-base (random weights) into OUT/repository, "
                              "serve them, compare with in-process and measure the server's memory (--report: its section of "
                              "docs/benchmarks.md); default --out artifacts/bench/real-size")
+    parser.add_argument("--gateway", action="store_true",
+                        help="instead: `mmserve gateway` (REST) vs direct gRPC, text_embed and image_embed, c=1 and "
+                        "c=8 (with --report: its section of docs/benchmarks.md only)")
 
 
 def repositories(args: argparse.Namespace) -> list[Path]:
@@ -127,6 +130,12 @@ def bench_command(args: argparse.Namespace) -> int:
         from mmserve.bench.client import client_command
 
         client_command(first, args.url, calls=3000, quick=args.quick)
+        return 0
+    if args.gateway:
+        from mmserve.bench.gateway import gateway_command
+
+        command = f"mmserve bench --gateway --repository {shlex.quote(str(first))}" + (" --quick" if args.quick else "")
+        gateway_command(first, args.url, quick=args.quick, report=args.docs if args.report else None, command=command)
         return 0
     if args.from_results:
         if not (args.from_results / "results.json").exists():

@@ -107,22 +107,24 @@ def add_gateway_options(parser: argparse.ArgumentParser, prefix: str = "") -> No
                        help=f"the key Prometheus sends for /metrics (default: ${METRICS_KEY_ENV}; none: /metrics refused)")
 
 
+def _audit_log(args: argparse.Namespace) -> Path:
+    from mmserve.audit import AUDIT_LOG
+
+    return Path(args.audit_log) if args.audit_log else Path(args.repository) / AUDIT_LOG
+
+
 def _keys_create(args: argparse.Namespace) -> int:
-    from mmserve.gateway.keys import KeyError_, make_record
+    from mmserve.audit import actor_for
+    from mmserve.gateway.admin import create_key
+    from mmserve.gateway.keys import KeyError_
 
     try:
-        key, record = make_record(args.tenant, args.products, rate=args.rate, quota=args.quota, expires=args.expires)
+        key, record = _with_store(args, lambda store: create_key(
+            store, _audit_log(args), actor_for(), args.tenant, args.products,
+            rate=args.rate, quota=args.quota, expires=args.expires))
     except KeyError_ as error:
         return _fail(str(error))
     unknown = _unknown_products(args.repository, record.products)
-    audit = _audit(args)
-    attempt = audit.attempt(_audit_record("keys.create", record, args))
-    try:
-        _with_store(args, lambda store: store.add_key(record))
-    except BaseException as error:
-        audit.result(attempt, {**_audit_record("keys.create", record, args), "result": str(error)})
-        raise
-    audit.result(attempt, {**_audit_record("keys.create", record, args), "result": "ok"})
     if args.json:
         print(json.dumps({"key": key, **record.public()}))
     else:
@@ -147,26 +149,7 @@ def _unknown_products(repository: Path, products) -> list[str]:  # noqa: ANN001
     return [p for p in products if p not in names]
 
 
-def _audit(args: argparse.Namespace):
-    from mmserve.audit import AUDIT_LOG, AuditLog
-
-    return AuditLog(Path(args.audit_log) if args.audit_log else Path(args.repository) / AUDIT_LOG)
-
-
-def _audit_record(action: str, record, args: argparse.Namespace) -> dict:  # noqa: ANN001
-    from mmserve.audit import actor_for
-    from mmserve.gateway.keys import now_iso
-
-    detail = f"{record.id} tenant={record.tenant} products={','.join(record.products)}"
-    detail += f" rate={record.rate:g}/s" if record.rate else ""
-    detail += f" quota={record.quota}/month" if record.quota else ""
-    detail += f" expires={record.expires}" if record.expires else ""
-    return {"time": now_iso(), "actor": actor_for(), "action": action, "product": ",".join(record.products),
-            "detail": detail}
-
-
 def _keys_list(args: argparse.Namespace) -> int:
-
     records = _with_store(args, lambda store: store.keys())
     if args.json:
         print(json.dumps([r.public() for r in records], indent=2))
@@ -180,16 +163,12 @@ def _keys_list(args: argparse.Namespace) -> int:
 
 
 def _keys_revoke(args: argparse.Namespace) -> int:
-    from mmserve.gateway.keys import KeyRecord
+    from mmserve.audit import actor_for
+    from mmserve.gateway.admin import revoke_key
 
-    audit = _audit(args)
-    placeholder = KeyRecord(id=args.id, tenant="?", products=(), key_hash="")
-    attempt = audit.attempt(_audit_record("keys.revoke", placeholder, args))
-    record = _with_store(args, lambda store: store.revoke(args.id))
+    record = _with_store(args, lambda store: revoke_key(store, _audit_log(args), actor_for(), args.id))
     if record is None:
-        audit.result(attempt, {**_audit_record("keys.revoke", placeholder, args), "result": "no such key"})
         return _fail(f"no key {args.id!r}: `mmserve keys list` shows the ids")
-    audit.result(attempt, {**_audit_record("keys.revoke", record, args), "result": "ok"})
     print(f"revoked {record.id} (tenant {record.tenant}) at {record.revoked}; it is refused from now on")
     return 0
 
@@ -219,7 +198,7 @@ def _usage(args: argparse.Namespace) -> int:
 
 def _store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
-                        help="the repository the gateway serves (its default store and audit log live there)")
+                        help="the repository the gateway serves (where its store and audit log live unless given)")
     parser.add_argument("--store", help="sqlite:///PATH, a path, or redis://HOST:PORT/DB "
                         "(default: $MMSERVE_GATEWAY_STORE or REPOSITORY/.mmserve-gateway.sqlite3)")
 
