@@ -3,7 +3,9 @@ app, the app in front of the session's real tritonserver (tiny models).
 
 Every page answers, the playground answers per kind with what the client itself answers,
 bad input shows the server's own message, and the admin routes refuse without sign-in
-(401) or without the session's CSRF token (403).
+(401) or without the session's CSRF token (403). The attacks on the console itself
+(anonymous visitors, foreign Host, parallel guesses, big bodies...) are in
+tests/test_console_security.py.
 """
 from __future__ import annotations
 
@@ -43,10 +45,15 @@ def settings(server, repository: Path, audit_log: Path) -> ConsoleSettings:
     )
 
 
+BASE_URL = "http://localhost"  # a Host the console answers to (it refuses TestClient's "testserver")
+
+
 @pytest.fixture(scope="module")
 def web(settings: ConsoleSettings):
-    """The app with its lifespan running (the statistics sampler polls the real server)."""
-    with TestClient(create_app(settings)) as test_client:
+    """The app with its lifespan running (the statistics sampler polls the real server),
+    signed in: everything beyond the landing page needs it."""
+    with TestClient(create_app(settings), base_url=BASE_URL) as test_client:
+        sign_in(test_client, ADMIN_KEY, "module")
         yield test_client
 
 
@@ -70,8 +77,15 @@ def csrf_of(html: str) -> str:
 
 
 def fresh_session(settings: ConsoleSettings) -> TestClient:
-    """A second browser: its own cookie jar (the module's client stays signed out)."""
-    return TestClient(create_app(settings))
+    """Another browser, not signed in, with a console of its own (own sessions and sign-in limits)."""
+    return TestClient(create_app(settings), base_url=BASE_URL)
+
+
+def sign_in(browser: TestClient, key: str, name: str = "tester"):
+    token = csrf_of(browser.get("/signin").text)
+    response = browser.post(f"/signin?csrf_token={token}", data={"admin_key": key, "name": name}, follow_redirects=False)
+    assert response.status_code == 303, response.text
+    return response
 
 
 def png(colour: tuple[int, int, int]) -> bytes:
@@ -99,7 +113,7 @@ def test_every_page_answers(web: TestClient, products: dict):
     for page in pages:
         response = web.get(page)
         assert response.status_code == 200, (page, response.text[:500])
-    assert web.get("/", follow_redirects=False).headers["location"] == "/products"
+    assert web.get("/", follow_redirects=False).headers["location"] == "/products"  # signed in
     assert web.get("/healthz").json() == {"console": "ok", "server_ready": True}
 
 
@@ -131,7 +145,7 @@ def test_security_headers(web: TestClient, settings: ConsoleSettings):
     assert response.headers["x-content-type-options"] == "nosniff"
     assert not re.search(r"<script(?![^>]*\bsrc=)", response.text)  # no inline scripts
     with fresh_session(settings) as browser:  # a first visit gets its session cookie
-        cookie = browser.get("/products").headers["set-cookie"].lower()
+        cookie = browser.get("/").headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
 
 
@@ -139,9 +153,13 @@ def test_security_headers(web: TestClient, settings: ConsoleSettings):
 
 
 def post(web: TestClient, product: str, data: dict | None = None, files: list | None = None, htmx: bool = True):
+    """The playground form as htmx sends it (the token as a header) or as a browser without
+    JavaScript does (the token in the form's action URL)."""
     token = csrf_of(web.get(f"/playground/{product}").text)
-    headers = {"HX-Request": "true"} if htmx else {}
-    return web.post(f"/playground/{product}", data={"csrf_token": token, **(data or {})}, files=files, headers=headers)
+    if htmx:
+        return web.post(f"/playground/{product}", data=data or {}, files=files,
+                        headers={"HX-Request": "true", "X-CSRF-Token": token})
+    return web.post(f"/playground/{product}?csrf_token={token}", data=data or {}, files=files)
 
 
 def test_playground_classifies_text_like_the_client(web: TestClient, client_for_module, products: dict):
@@ -204,7 +222,7 @@ def test_playground_classifies_audio_like_the_client(web: TestClient, client_for
         ("text_classify", {"text": ""}, None, "TEXT[0] is empty or only whitespace"),
         ("zero_shot_image", {"labels": "a cat"}, [("files", ("broken.png", b"\x89PNG\r\n\x1a\nnot really", "image/png"))], "IMAGE[0]"),
         ("zero_shot_image", {"labels": " , "}, [("files", ("ok.png", None, "image/png"))], "labels is empty"),
-        ("audio_classify", {}, [("files", ("slow.wav", None, "audio/wav"))], "SAMPLE_RATE"),
+        ("audio_classify", {}, [("files", ("slow.wav", None, "audio/wav"))], "Hz"),  # refused from the header
         ("audio_classify", {}, None, "no audio clips chosen"),
     ],
 )
@@ -222,11 +240,12 @@ def test_bad_input_shows_the_servers_message(web: TestClient, product, data, fil
 
 def test_an_upload_over_the_limit_is_refused_before_reading(server, repository: Path, tmp_path: Path):
     small = ConsoleSettings(server=server.grpc_url, repository=repository, audit_log=tmp_path / "audit.jsonl",
-                            max_upload_bytes=100_000)
-    with TestClient(create_app(small)) as browser:
+                            admin_key=ADMIN_KEY, max_upload_bytes=100_000)
+    with TestClient(create_app(small), base_url=BASE_URL) as browser:
+        sign_in(browser, ADMIN_KEY)
         response = post(browser, "zero_shot_image", {"labels": "a cat"},
                         files=[("files", ("big.png", b"\0" * 200_000, "image/png"))])
-        assert response.status_code == 413 and "at most 0 MB" not in response.text and "MB per request" in response.text
+        assert response.status_code == 413 and "over 0.1 MB" in response.text and "per request" in response.text
 
 
 # --- live -----------------------------------------------------------------------------------
@@ -297,23 +316,26 @@ def test_the_session_servers_metrics_port_is_read(web: TestClient, server):
 def test_admin_post_needs_sign_in_and_csrf(settings: ConsoleSettings, audit_log: Path):
     before = audit_log.read_text() if audit_log.exists() else ""
     with fresh_session(settings) as browser:
-        token = csrf_of(browser.get("/products/sentiment").text)
-        assert browser.post("/products/sentiment/reload", data={"csrf_token": token, "confirm": "yes"}).status_code == 401
+        token = csrf_of(browser.get("/signin").text)
+        header = {"X-CSRF-Token": token}
+        assert browser.post("/products/sentiment/reload", data={"confirm": "yes"}, headers=header).status_code == 401
         assert browser.post("/products/sentiment/reload", data={"confirm": "yes"}).status_code == 403
+        # The token counts only where it is read before the body: a form field does not.
+        assert browser.post("/products/sentiment/reload", data={"csrf_token": token, "confirm": "yes"}).status_code == 403
         assert browser.post("/signin", data={"admin_key": ADMIN_KEY}).status_code == 403  # sign-in is a POST too
-        wrong = browser.post("/signin", data={"csrf_token": token, "admin_key": "guess"})
+        wrong = browser.post("/signin", data={"admin_key": "guess-guess-guess-guess"}, headers=header)
         assert wrong.status_code == 401 and "wrong admin key" in wrong.text
 
-        signed_in = browser.post("/signin", data={"csrf_token": token, "admin_key": ADMIN_KEY, "name": "ada",
-                                                  "next": "/products/sentiment"}, follow_redirects=False)
+        signed_in = browser.post(f"/signin?csrf_token={token}", data={"admin_key": ADMIN_KEY, "name": "ada",
+                                                                     "next": "/products/sentiment"}, follow_redirects=False)
         assert signed_in.status_code == 303 and signed_in.headers["location"] == "/products/sentiment"
         page = browser.get("/products/sentiment").text
         new_token = csrf_of(page)
         assert new_token != token and "console:ada" in page  # a new token once signed in
-        assert browser.post("/products/sentiment/reload", data={"csrf_token": token, "confirm": "yes"}).status_code == 403
+        assert browser.post("/products/sentiment/reload", data={"confirm": "yes"}, headers=header).status_code == 403
         assert browser.post("/products/sentiment/reload", data={"confirm": "yes"},
                             headers={"X-CSRF-Token": "x" + new_token}).status_code == 403
-        assert browser.post("/products/sentiment/frobnicate", data={"csrf_token": new_token}).status_code == 404
+        assert browser.post("/products/sentiment/frobnicate", headers={"X-CSRF-Token": new_token}).status_code == 404
     after = audit_log.read_text() if audit_log.exists() else ""
     assert after == before  # nothing was done
 
@@ -323,73 +345,83 @@ def test_forged_or_foreign_cookies_are_not_sessions(settings: ConsoleSettings):
     forged = SessionCodec().dumps(admin)  # signed with another process's secret
     with fresh_session(settings) as browser:
         browser.cookies.set(COOKIE_NAME, forged)
-        page = browser.get("/products/sentiment").text
-        assert "console:mallory" not in page and "Sign in" in page
-        assert browser.post("/products/sentiment/reload", data={"csrf_token": admin.csrf, "confirm": "yes"}).status_code == 403
+        page = browser.get("/products/sentiment")  # not signed in: sent to the sign-in page
+        assert page.url.path == "/signin" and "console:mallory" not in page.text and "Sign in" in page.text
+        assert browser.post("/products/sentiment/reload", data={"confirm": "yes"},
+                            headers={"X-CSRF-Token": admin.csrf}).status_code == 403
 
 
 def test_signed_in_action_asks_first(settings: ConsoleSettings, audit_log: Path):
     """The first POST of an action only describes it (acting on the session's shared server
     is left to the test with a server of its own, below)."""
     with fresh_session(settings) as browser:
-        token = csrf_of(browser.get("/signin").text)
-        browser.post("/signin", data={"csrf_token": token, "admin_key": ADMIN_KEY, "name": "grace"})
+        sign_in(browser, ADMIN_KEY, "grace")
         page = browser.get("/products/sentiment").text
         token = csrf_of(page)
         assert 'data-action="reload"' in page and 'data-action="unload"' in page
         lines_before = len(audit_log.read_text().splitlines()) if audit_log.exists() else 0
 
-        ask = browser.post("/products/sentiment/unload", data={"csrf_token": token}, headers={"HX-Request": "true"})
+        ask = browser.post("/products/sentiment/unload", headers={"HX-Request": "true", "X-CSRF-Token": token})
         assert ask.status_code == 200 and 'name="confirm" value="yes"' in ask.text
         assert "Unload <code>sentiment</code>?" in ask.text and "will FAIL" in ask.text
         assert (len(audit_log.read_text().splitlines()) if audit_log.exists() else 0) == lines_before
         assert browser.get("/healthz").json()["server_ready"]
 
-        signed_out = browser.post("/signout", data={"csrf_token": token}, follow_redirects=False)
+        signed_out = browser.post(f"/signout?csrf_token={token}", follow_redirects=False)
         assert signed_out.status_code == 303
-        token = csrf_of(browser.get("/products/sentiment").text)
-        assert browser.post("/products/sentiment/reload", data={"csrf_token": token}).status_code == 401
+        token = csrf_of(browser.get("/signin").text)
+        assert browser.post("/products/sentiment/reload", headers={"X-CSRF-Token": token}).status_code == 401
 
 
 def test_rollback_without_an_earlier_version_says_why(settings: ConsoleSettings, products: dict):
     with fresh_session(settings) as browser:
-        token = csrf_of(browser.get("/signin").text)
-        browser.post("/signin", data={"csrf_token": token, "admin_key": ADMIN_KEY, "name": "ci"})
+        sign_in(browser, ADMIN_KEY, "ci")
         token = csrf_of(browser.get("/products/text_ner").text)
         assert len(products["text_ner"].versions) == 1
-        response = browser.post("/products/text_ner/rollback", data={"csrf_token": token, "confirm": "yes"},
-                                headers={"HX-Request": "true"})
+        response = browser.post("/products/text_ner/rollback", data={"confirm": "yes"},
+                                headers={"HX-Request": "true", "X-CSRF-Token": token})
         assert response.status_code == 409
-        assert "no version before" in response.text and 'role="alert"' in response.text
+        assert re.search("no version before|no earlier one", response.text) and 'role="alert"' in response.text
 
 
 # --- binding --------------------------------------------------------------------------------
 
 
-def test_a_bind_beyond_loopback_needs_an_admin_key(repository: Path):
+def test_a_bind_beyond_loopback_needs_an_admin_key_and_tls(repository: Path):
     with pytest.raises(ConsoleError, match="MMSERVE_ADMIN_KEY"):
         ConsoleSettings(host="0.0.0.0", repository=repository).check_bind()
-    ConsoleSettings(host="0.0.0.0", repository=repository, admin_key=ADMIN_KEY).check_bind()
+    with pytest.raises(ConsoleError, match="plain HTTP.*--https-cert"):
+        ConsoleSettings(host="0.0.0.0", repository=repository, admin_key=ADMIN_KEY).check_bind()
+    ConsoleSettings(host="0.0.0.0", repository=repository, admin_key=ADMIN_KEY, insecure=True).check_bind()
     ConsoleSettings(host="localhost", repository=repository).check_bind()
+    with pytest.raises(ConsoleError, match="at least 16"):
+        ConsoleSettings(repository=repository, admin_key="short").check_bind()
     with pytest.raises(ConsoleError, match="no repository at"):
         ConsoleSettings(repository=repository / "missing").check()
 
     env = {"PATH": "/usr/bin:/bin", "HOME": str(repository.parent)}
+    for extra, message in (([], "needs an admin key"), (["--insecure"], "needs an admin key")):
+        result = subprocess.run(
+            [sys.executable, "-m", "mmserve.cli", "console", "--host", "0.0.0.0", "--repository", str(repository), *extra],
+            capture_output=True, text=True, env=env, timeout=120,
+        )
+        assert result.returncode == 2
+        assert "refusing to listen on 0.0.0.0" in result.stderr and message in result.stderr
+        assert "Traceback" not in result.stderr
     result = subprocess.run(
         [sys.executable, "-m", "mmserve.cli", "console", "--host", "0.0.0.0", "--repository", str(repository)],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True, text=True, env={**env, "MMSERVE_ADMIN_KEY": ADMIN_KEY}, timeout=120,
     )
-    assert result.returncode == 2
-    assert "refusing to listen on 0.0.0.0" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "over plain HTTP" in result.stderr and "--https-cert" in result.stderr
 
 
 def test_sign_in_without_any_key_is_impossible(settings: ConsoleSettings):
     from dataclasses import replace
 
-    with TestClient(create_app(replace(settings, admin_key=None))) as browser:
+    with TestClient(create_app(replace(settings, admin_key=None)), base_url=BASE_URL) as browser:
         page = browser.get("/signin").text
         assert "started without an admin key" in page
-        response = browser.post("/signin", data={"csrf_token": csrf_of(page), "admin_key": ""})
+        response = browser.post(f"/signin?csrf_token={csrf_of(page)}", data={"admin_key": ""})
         assert response.status_code == 401 and "no admin key to sign in with" in response.text
 
 
@@ -418,15 +450,14 @@ def test_console_against_a_server_with_tls_and_keys(repository: Path, tmp_path_f
             server=secure.grpc_url, repository=repository, metrics_url=secure.metrics_url, admin_key=admin_key,
             api_key=api_key, tls_ca=certs.ca, audit_log=folder / "audit.jsonl", sample_interval_s=0.5,
         )
-        with TestClient(create_app(settings)) as browser:
+        with TestClient(create_app(settings), base_url=BASE_URL) as browser:
+            sign_in(browser, admin_key, "ops")
             products = browser.get("/products").text
             assert 'id="product-text_classify"' in products and "state-ready" in products
             answer = post(browser, "text_classify", {"text": "where is my parcel?"})
             assert answer.status_code == 200 and 'class="top-label"' in answer.text
-            token = csrf_of(browser.get("/signin").text)
-            browser.post("/signin", data={"csrf_token": token, "admin_key": admin_key, "name": "ops"})
             token = csrf_of(browser.get("/products/text_classify").text)
-            done = browser.post("/products/text_classify/reload", data={"csrf_token": token, "confirm": "yes"},
+            done = browser.post("/products/text_classify/reload", data={"confirm": "yes"},
                                 headers={"X-CSRF-Token": token, "HX-Request": "true", "HX-Target": "main"})
             assert done.status_code == 200 and "Reload text_classify: ok" in done.text
             entry = Lifecycle(repository, audit_log=settings.audit_log).audit(limit=1)[0]
@@ -444,7 +475,8 @@ def test_console_against_a_server_with_tls_and_keys(repository: Path, tmp_path_f
             assert not any(key in text for text in pages + [done.text, answer.text] for key in (api_key, admin_key))
 
         without_api_key = replace(settings, api_key=None)
-        with TestClient(create_app(without_api_key)) as browser:
+        with TestClient(create_app(without_api_key), base_url=BASE_URL) as browser:
+            sign_in(browser, admin_key)
             refused = post(browser, "text_classify", {"text": "where is my parcel?"})
             assert refused.status_code == 403
             assert "PermissionDeniedError" in refused.text and "api-key" in refused.text
@@ -458,7 +490,8 @@ def test_a_server_that_is_down_is_shown_not_raised(repository: Path, tmp_path: P
     settings = ConsoleSettings(server=f"127.0.0.1:{free_port()}", repository=repository, admin_key=ADMIN_KEY,
                                metrics_url=f"http://127.0.0.1:{free_port()}/metrics", audit_log=tmp_path / "audit.jsonl",
                                sample_interval_s=0.2, request_timeout_s=5.0)
-    with TestClient(create_app(settings)) as browser:
+    with TestClient(create_app(settings), base_url=BASE_URL) as browser:
+        sign_in(browser, ADMIN_KEY)  # the server being down does not keep anyone out
         products = browser.get("/products")
         assert products.status_code == 200
         assert 'role="status"' in products.text and settings.server in products.text

@@ -131,6 +131,7 @@ def _console(args: argparse.Namespace) -> int:
         one_time_key,
         read_key,
     )
+    from mmserve.console.options import web_options
 
     try:
         admin_key = read_key(ADMIN_KEY_ENV, args.admin_key_file)
@@ -145,6 +146,7 @@ def _console(args: argparse.Namespace) -> int:
             sign_in_key=None if admin_key or not is_loopback(args.host) else one_time_key(),
             tls=args.tls, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
             tls_server_name=args.tls_server_name, audit_log=args.audit_log, sample_interval_s=args.sample_interval,
+            **web_options(args),
         )
         settings.check()
         from mmserve.console.server import run_console
@@ -181,6 +183,9 @@ def _add_console_command(commands) -> None:
     console.add_argument("--audit-log", type=Path, default=os.environ.get("MMSERVE_AUDIT_LOG"),
                          help="append-only audit log (default: $MMSERVE_AUDIT_LOG or the lifecycle's, in the repository)")
     console.add_argument("--sample-interval", type=float, default=2.0, help="seconds between statistics samples")
+    from mmserve.console.options import add_web_options  # stdlib only
+
+    add_web_options(console)
     console.set_defaults(handler=_console)
 
 

@@ -5,6 +5,11 @@ process (a restart signs everyone out, which is what an admin console wants). Th
 session carries a CSRF token that every POST must echo (form field or header), and,
 after signing in with the admin key, who signed in and when. Keys and tokens are
 compared in constant time. Standard library only: HMAC-SHA256 over a small JSON.
+
+Served over TLS (or behind a proxy that says so) the cookie is ``Secure`` and named
+``__Host-...``, which a browser only accepts from a secure origin, for the whole host
+and from no subdomain. Sign-in attempts are limited per client and overall
+(:class:`SignInLimiter`), so parallel guesses are refused rather than merely slowed.
 """
 from __future__ import annotations
 
@@ -13,10 +18,14 @@ import hashlib
 import hmac
 import json
 import secrets
+import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 COOKIE_NAME = "mmserve_console"
+SECURE_COOKIE_NAME = "__Host-mmserve_console"  # only over https: Secure, Path=/, no Domain
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_TTL_S = 8 * 3600
@@ -79,6 +88,46 @@ class SessionCodec:
         if time.time() - session.issued > self._ttl_s:
             return None
         return session
+
+
+def cookie_name(secure: bool) -> str:
+    """The session cookie's name: the ``__Host-`` one over https."""
+    return SECURE_COOKIE_NAME if secure else COOKIE_NAME
+
+
+class SignInLimiter:
+    """At most ``per_client`` sign-in attempts per client and ``overall`` in all per
+    ``window_s`` seconds. An attempt is counted when it starts (so 30 parallel guesses
+    are 30 attempts, not 0 failures yet) and given back when it succeeds."""
+
+    def __init__(self, per_client: int = 5, overall: int = 20, window_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_client, self.overall, self.window_s = per_client, overall, window_s
+        self._clock = clock
+        self._all: deque[tuple[float, str]] = deque()
+        self._lock = threading.Lock()
+
+    def reserve(self, client: str) -> float | None:
+        """None: go ahead (the attempt is counted); else the seconds until one is allowed."""
+        with self._lock:
+            now = self._clock()
+            while self._all and now - self._all[0][0] >= self.window_s:
+                self._all.popleft()
+            mine = [t for t, who in self._all if who == client]
+            if len(mine) >= self.per_client:
+                return self.window_s - (now - mine[0])
+            if len(self._all) >= self.overall:
+                return self.window_s - (now - self._all[0][0])
+            self._all.append((now, client))
+            return None
+
+    def refund(self, client: str) -> None:
+        """A successful attempt does not count against anyone."""
+        with self._lock:
+            for i in range(len(self._all) - 1, -1, -1):
+                if self._all[i][1] == client:
+                    del self._all[i]
+                    return
 
 
 def keys_match(given: str, expected: str | None) -> bool:

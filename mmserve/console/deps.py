@@ -7,6 +7,9 @@ error is shown) live in one place.
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -36,35 +39,73 @@ def session_of(request: Request) -> Session:
     return request.state.new_session or request.state.session
 
 
-def render(request: Request, name: str, context: dict[str, Any] | None = None, status_code: int = 200) -> HTMLResponse:
-    """A template with what every page needs (session, CSRF field, nav state) in its context."""
+def render(request: Request, name: str, context: dict[str, Any] | None = None, status_code: int = 200,
+           headers: Mapping[str, str] | None = None) -> HTMLResponse:
+    """A template with what every page needs (session, CSRF field, nav state) in its context.
+
+    ``show_paths``: local paths (checkpoints, data, the audit log) only for a signed-in
+    person; a ``--public-read`` visitor sees names, never where they are on disk."""
     settings = console_of(request).settings
+    session = session_of(request)
     base = {
-        "session": session_of(request),
+        "session": session,
         "csrf_field": CSRF_FIELD,
+        "csrf_query": f"?{CSRF_FIELD}={session.csrf}",  # a form's action carries it: checked before the body
         "admin_enabled": settings.admin_enabled,
+        "public_read": settings.public_read,
+        "show_paths": session.is_admin,
         "server": settings.server,
         "path": request.url.path,
         "partial": is_htmx(request),
     }
-    return templates.TemplateResponse(request, name, {**base, **(context or {})}, status_code=status_code)
+    return templates.TemplateResponse(request, name, {**base, **(context or {})}, status_code=status_code,
+                                      headers=headers)
 
 
-async def checked_form(request: Request, *, admin: bool) -> Any:
-    """The POST's form after the CSRF check (403) and, for admin routes, the sign-in check (401)."""
+# --- who may do what ---------------------------------------------------------------------------
+
+
+class Access(Enum):
+    """Who may use a page's routes (every route of a page has one, see pages.PAGES)."""
+
+    PUBLIC = "public"  # anyone: the landing page, sign-in
+    READ = "read"  # signed in, or anyone when the console runs with --public-read (products, live)
+    SIGNED_IN = "signed-in"  # signed in with the admin key: playground (spends the API key), audit, actions
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class SignInRequired(HTTPException):
+    def __init__(self) -> None:
+        super().__init__(401, "sign in with the admin key first")
+
+
+def guard(access: Access) -> Callable[[Request], Awaitable[None]]:
+    """The dependency every route of a page runs first: for a POST the CSRF token (403),
+    from the ``X-CSRF-Token`` header or the ``csrf_token`` query parameter, so it is
+    checked before a byte of the body is read or parsed; then the sign-in (401)."""
+
+    async def check(request: Request) -> None:
+        session: Session = request.state.session
+        if request.method not in SAFE_METHODS:
+            token = request.headers.get(CSRF_HEADER) or request.query_params.get(CSRF_FIELD)
+            if not csrf_ok(session, token):
+                raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
+        if access is Access.PUBLIC or session.is_admin:
+            return
+        if access is Access.READ and console_of(request).settings.public_read:
+            return
+        raise SignInRequired()
+
+    return check
+
+
+async def read_form(request: Request) -> Any:
+    """The POST's form (after :func:`guard`), its size bounded as it streams in
+    (:class:`mmserve.console.guards.BodyLimit`, 413) and per part."""
     settings = console_of(request).settings
-    size = request.headers.get("content-length", "")
-    if size.isdigit() and int(size) > settings.max_upload_bytes:
-        raise HTTPException(413, f"the upload is {int(size) / 1e6:.1f} MB; the console takes at most "
-                                 f"{settings.max_upload_bytes / 1e6:.3g} MB per request")
-    form = await request.form(max_files=playground.MAX_FILES, max_part_size=settings.max_upload_bytes)
-    session: Session = request.state.session
-    token = request.headers.get(CSRF_HEADER) or form.get(CSRF_FIELD)
-    if not csrf_ok(session, token if isinstance(token, str) else None):
-        raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
-    if admin and not session.is_admin:
-        raise HTTPException(401, "sign in with the admin key first")
-    return form
+    return await request.form(max_files=playground.MAX_FILES, max_part_size=settings.max_upload_bytes)
 
 
 # --- products ---------------------------------------------------------------------------------
@@ -126,6 +167,15 @@ def local_path(target: str) -> str:
     return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/products"
 
 
+_PATH = re.compile(r"(?<![\w.:/])(?:~|\.{1,2})?/(?:[^\s'\"/:;,()\[\]<>]+/)*([^\s'\"/:;,()\[\]<>]*)")
+
+
+def no_paths(text: str) -> str:
+    """``text`` with every absolute or relative path cut to its last part ("…/model.onnx"):
+    what a --public-read visitor reads of a server's message."""
+    return _PATH.sub(lambda m: f"…/{m.group(1)}", str(text or ""))
+
+
 def _ms(value: float | None) -> str:
     return "—" if value is None else (f"{value:.1f} ms" if value >= 10 else f"{value:.2f} ms")
 
@@ -134,6 +184,7 @@ templates.env.filters["when"] = cards.when
 templates.env.filters["facts"] = cards.card_facts
 templates.env.filters["card_json"] = cards.card_json
 templates.env.filters["ms"] = _ms
+templates.env.filters["no_paths"] = no_paths
 templates.env.filters["shown_labels"] = shown_labels
 templates.env.filters["by_modality"] = playground.by_modality
 templates.env.globals["kind_title"] = lambda kind: playground.KIND_TITLES.get(Kind(kind), str(kind))

@@ -6,13 +6,15 @@ One :class:`Console` per app (``app.state.console``); every page reaches it thro
 """
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 from mmserve.client import Client
 from mmserve.lifecycle import Lifecycle
 
 from . import sampler
-from .auth import SessionCodec
+from .auth import SessionCodec, SignInLimiter
 from .settings import ConsoleSettings
 
 
@@ -22,6 +24,10 @@ class Console:
     def __init__(self, settings: ConsoleSettings) -> None:
         self.settings = settings
         self.sessions = SessionCodec()
+        self.sign_ins = SignInLimiter()
+        self.sign_in_lock = asyncio.Lock()  # one key check at a time, with a pause after each failure
+        self.one_time_lock = threading.Lock()
+        self.one_time_key_used = False  # the one-time sign-in key signs in once
         self.client = make_client(settings)
         self.statistics = StatisticsReader(settings)
         self.sampler = sampler.StatsSampler(

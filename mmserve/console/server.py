@@ -19,10 +19,17 @@ STARTUP_TIMEOUT_S = 30.0
 
 
 def _config(settings: ConsoleSettings) -> uvicorn.Config:
+    """uvicorn for the console: its own TLS when given a certificate, and X-Forwarded-*
+    believed only from --forwarded-allow-ips (then the scheme a TLS proxy reports makes
+    the session cookie Secure)."""
     settings.check()
     return uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-        access_log=False, server_header=False, proxy_headers=False, lifespan="on",
+        access_log=False, server_header=False, lifespan="on",
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips or "",
+        ssl_certfile=str(settings.https_cert) if settings.https_cert else None,
+        ssl_keyfile=str(settings.https_key) if settings.https_key else None,
     )
 
 
@@ -37,7 +44,8 @@ def run_console(settings: ConsoleSettings) -> int:
 
 def url_of(settings: ConsoleSettings) -> str:
     host = settings.host if settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
-    return f"http://{host}:{settings.port}/"
+    host = f"[{host}]" if ":" in host else host
+    return f"{'https' if settings.https else 'http'}://{host}:{settings.port}/"
 
 
 def _check_port_free(settings: ConsoleSettings) -> None:

@@ -1,4 +1,5 @@
-"""What the console is started with: which server, which repository, which keys.
+"""What the console is started with: which server, which repository, which keys, and
+how it is reached (bind, TLS, the Host names it answers to, the proxy it trusts).
 
 Keys come from the environment (or a file), never from the command line, so they do
 not show in `ps`. The console holds the admin key itself: the browser signs in with
@@ -6,11 +7,12 @@ it once and afterwards only carries a signed session cookie.
 """
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmserve.server import LaunchError, is_loopback, resolve_key
+from mmserve.server import MIN_KEY_LENGTH, LaunchError, is_loopback, resolve_key
 
 ADMIN_KEY_ENV = "MMSERVE_ADMIN_KEY"
 API_KEY_ENV = "MMSERVE_API_KEY"
@@ -42,7 +44,14 @@ class ConsoleSettings:
     history_s: float = 600.0  # how far back the live charts reach
     request_timeout_s: float = 30.0
     audit_log: Path | None = None  # None: the lifecycle core's default beside the repository
-    max_upload_bytes: int = 32 * 1024 * 1024
+    max_upload_bytes: int = 32 * 1024 * 1024  # per request body, counted as it streams in
+    # How the console itself is reached.
+    public_read: bool = False  # anonymous visitors see products and live figures (no paths, no playground)
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered beyond loopback's (DNS rebinding)
+    forwarded_allow_ips: str | None = None  # proxies whose X-Forwarded-Proto/-For are believed
+    https_cert: Path | None = None  # the console's own TLS certificate (PEM), with https_key
+    https_key: Path | None = None
+    insecure: bool = False  # allow a bind beyond loopback over plain HTTP
 
     @property
     def login_key(self) -> str | None:
@@ -67,12 +76,49 @@ class ConsoleSettings:
                 f"no repository at {self.repository}: pass --repository, the folder the server serves"
             )
 
+    @property
+    def https(self) -> bool:
+        return self.https_cert is not None
+
+    def host_names(self) -> frozenset[str]:
+        """The Host header values (without port) the console answers: loopback names, the
+        address it is bound to when that is a literal IP, and --allowed-host. A page on
+        another name (DNS rebinding) gets 400."""
+        names = {"localhost", "127.0.0.1", "::1", *(h.lower().strip("[]") for h in self.allowed_hosts)}
+        try:
+            if not ipaddress.ip_address(self.host).is_unspecified:
+                names.add(self.host.lower())
+        except ValueError:
+            pass
+        return frozenset(names)
+
     def check_bind(self) -> None:
-        """Refuse a bind beyond loopback without an admin key, as `mmserve serve` does."""
-        if not is_loopback(self.host) and not self.admin_key:
+        """Refuse, beyond loopback, a console without an admin key (as `mmserve serve` does)
+        and one that would take the key over plain HTTP (unless --insecure)."""
+        if (self.https_cert is None) != (self.https_key is None):
+            raise ConsoleError("--https-cert and --https-key go together: the certificate and its private key")
+        for path in (self.https_cert, self.https_key):
+            if path is not None and not path.is_file():
+                raise ConsoleError(f"no file at {path} (--https-cert/--https-key)")
+        key = self.admin_key
+        if key is not None and (len(key) < MIN_KEY_LENGTH or not key.isprintable() or any(c.isspace() for c in key)):
+            raise ConsoleError(
+                f"the admin key must be at least {MIN_KEY_LENGTH} printable characters without spaces "
+                "(what the server takes); generate one with `openssl rand -hex 32`"
+            )
+        if is_loopback(self.host):
+            return
+        if not self.admin_key:
             raise ConsoleError(
                 f"refusing to listen on {self.host}: beyond this machine the console needs an admin key "
                 f"to sign in with. Set {ADMIN_KEY_ENV} (or --admin-key-file), or bind to 127.0.0.1."
+            )
+        if not self.https and not self.insecure:
+            raise ConsoleError(
+                f"refusing to listen on {self.host} over plain HTTP: the admin key typed at sign-in and the "
+                "session cookie would cross the network readable. Give the console its certificate with "
+                "--https-cert CERT --https-key KEY, or bind to 127.0.0.1 behind a TLS proxy "
+                "(--forwarded-allow-ips 127.0.0.1), or pass --insecure on a network you trust."
             )
 
 

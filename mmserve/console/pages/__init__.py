@@ -5,11 +5,13 @@ Adding a page
 1. Write ``mmserve/console/pages/NAME.py`` with ``router = APIRouter()`` and its routes.
    Take what every page shares from :mod:`mmserve.console.deps`: ``console_of(request)``
    (settings, client, lifecycle), ``render(request, "NAME.html", context)`` (a template
-   under ``mmserve/console/templates/`` that extends ``base.html``), ``checked_form`` for
-   a POST (CSRF and sign-in checked), ``products_of`` / ``product_or_404``.
-2. Add a :class:`Page` for it to :data:`PAGES` below; give it a ``nav`` entry
-   ``(href, label)`` to show it in the top bar (its link is marked active on every path
-   under ``href``).
+   under ``mmserve/console/templates/`` that extends ``base.html``), ``read_form`` for a
+   POST's body, ``products_of`` / ``product_or_404``.
+2. Add a :class:`Page` for it to :data:`PAGES` below, with who may use it (``access``,
+   signed-in by default) and, to show it in the top bar, a ``nav`` entry ``(href, label)``
+   (its link is marked active on every path under ``href``). Every route of the page
+   then runs ``deps.guard(access)`` first: a POST's CSRF token (before its body is
+   read) and the sign-in; the page's own code never checks either.
 3. Test it in ``tests/test_console_api.py`` (every page answers) and, if it has a script,
    in ``tests/test_console_browser.py``.
 
@@ -22,27 +24,31 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter
 
-from . import actions, audit, live, playground, products, signin
+from ..deps import Access
+from . import actions, audit, landing, live, playground, products, signin
 
 
 @dataclass(frozen=True)
 class Page:
-    """One page: its routes and, if it has one, its entry in the top bar."""
+    """One page: its routes, who may use them and, if it has one, its entry in the top bar."""
 
     router: APIRouter
     nav: tuple[str, str] | None = None  # (href, label)
+    access: Access = Access.SIGNED_IN
 
 
 PAGES: tuple[Page, ...] = (
-    Page(products.router, ("/products", "Products")),
+    Page(landing.router, access=Access.PUBLIC),
+    Page(products.router, ("/products", "Products"), Access.READ),
     Page(actions.router),
-    Page(live.router, ("/live", "Live")),
+    Page(live.router, ("/live", "Live"), Access.READ),
     Page(playground.router, ("/playground", "Playground")),
     Page(audit.router, ("/audit", "Audit")),
-    Page(signin.router),
+    Page(signin.router, access=Access.PUBLIC),
 )
 
 
-def nav_entries() -> list[tuple[str, str]]:
-    """The top bar's links, in the order of :data:`PAGES`."""
-    return [page.nav for page in PAGES if page.nav is not None]
+def nav_entries() -> list[tuple[str, str, str]]:
+    """The top bar's links (href, label, access), in the order of :data:`PAGES`; base.html
+    shows a visitor only those they may open."""
+    return [(*page.nav, page.access.value) for page in PAGES if page.nav is not None]

@@ -14,7 +14,7 @@ from mmserve.lifecycle import Product
 from mmserve.pipelines import Kind
 
 from .. import playground as forms
-from ..deps import checked_form, console_of, is_htmx, product_or_404, products_of, render, status_for
+from ..deps import console_of, is_htmx, product_or_404, products_of, read_form, render, status_for
 
 router = APIRouter()
 
@@ -35,7 +35,7 @@ def playground_page(request: Request, name: str) -> HTMLResponse:
 
 @router.post("/playground/{name}", response_class=HTMLResponse)
 async def playground_run(request: Request, name: str) -> HTMLResponse:
-    form = await checked_form(request, admin=False)
+    form = await read_form(request)
     console = console_of(request)
     products, _ = await run_in_threadpool(products_of, console)
     product = product_or_404(console, name, products)
