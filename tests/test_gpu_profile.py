@@ -341,3 +341,29 @@ def test_zero_shot_keeps_the_fp32_text_tower_on_an_fp16_gpu_export(workdir: Path
     assert onnx_file == "model.onnx" and not graph_is_fp16(graph)
     encoder = text_format.Parse((repository / "clip_text_encoder" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert encoder.default_model_filename == FP16_FILE
+
+
+def test_a_waveform_encoders_shape_profile_starts_at_its_shortest_input(tmp_path: Path):
+    """Defect 9 end to end: a Wav2Vec2 encoder's TensorRT profile starts at the min_samples its
+    pre-processing pads every clip to (its convolutional front end gives nothing from 1 sample)."""
+    from mmserve.exporters.speech import export_speech
+    from mmserve.training.speech_tiny import make_tiny_wav2vec2
+
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    base = make_tiny_wav2vec2(tmp_path / "tiny-wav2vec2")
+    torch.manual_seed(0)
+    Wav2Vec2Model(Wav2Vec2Config.from_pretrained(base)).save_pretrained(base)  # random weights: shapes are what count
+    repository = tmp_path / "repo"
+    export_speech(base, repository, task="embed", max_seconds=2.0, profile="gpu")
+    configs = {p.parent.name: text_format.Parse(p.read_text(), model_config_pb2.ModelConfig())
+               for p in repository.glob("*/config.pbtxt")}
+    (preprocess,) = [c for c in configs.values() if "min_samples" in c.parameters]
+    min_samples = int(preprocess.parameters["min_samples"].string_value)
+    assert min_samples > 1
+    (encoder,) = [c for c in configs.values() if c.backend == "onnxruntime"]
+    (accelerator,) = encoder.optimization.execution_accelerators.gpu_execution_accelerator
+    shapes = dict(item.split(":") for item in accelerator.parameters["trt_profile_min_shapes"].split(","))
+    assert all(shape == f"1x{min_samples}" for shape in shapes.values()), shapes
+    maxima = dict(item.split(":") for item in accelerator.parameters["trt_profile_max_shapes"].split(","))
+    assert all(shape == f"{MAX_BATCH_SIZE}x{int(2.0 * 16000)}" for shape in maxima.values()), maxima
