@@ -77,9 +77,10 @@ def hour(now: datetime | None = None) -> str:
     return (now or utcnow()).replace(minute=0, second=0, microsecond=0).isoformat()
 
 
-def open_store(url: str | os.PathLike | None, repository: Path | None = None) -> Store:
+def open_store(url: str | os.PathLike | None, repository: Path | None = None, *, create: bool = True) -> Store:
     """``redis://HOST:PORT/DB`` (or ``rediss://``), ``sqlite:///PATH`` or a path; default
-    ``$MMSERVE_GATEWAY_STORE``, else ``REPOSITORY/.mmserve-gateway.sqlite3``."""
+    ``$MMSERVE_GATEWAY_STORE``, else ``REPOSITORY/.mmserve-gateway.sqlite3``. ``create=False``:
+    a SQLite file that does not exist yet is a StoreError (a reader never creates one)."""
     text = os.fspath(url) if url is not None else os.environ.get(STORE_ENV, "")
     if not text:
         if repository is None:
@@ -87,7 +88,11 @@ def open_store(url: str | os.PathLike | None, repository: Path | None = None) ->
         text = str(Path(repository) / STORE_FILE)
     if text.startswith(("redis://", "rediss://", "unix://")):
         return RedisStore(text)
-    return SqliteStore(Path(text.removeprefix("sqlite://")))
+    path = Path(text.removeprefix("sqlite://"))
+    if not create and not path.exists():
+        raise StoreError(f"no gateway store at {path} yet: it appears with the first `mmserve keys create` "
+                         f"(or set {STORE_ENV} to the gateway's store)")
+    return SqliteStore(path)
 
 
 # --- SQLite -------------------------------------------------------------------------

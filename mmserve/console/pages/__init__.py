@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from fastapi import APIRouter
 
 from ..deps import Access
-from . import actions, audit, landing, live, playground, products, signin
+from . import actions, audit, landing, live, playground, products, signin, usage
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ PAGES: tuple[Page, ...] = (
     Page(live.router, ("/live", "Live"), Access.READ),
     Page(playground.router, ("/playground", "Playground")),
     Page(audit.router, ("/audit", "Audit")),
+    Page(usage.router, ("/usage", "Usage")),  # admin only: billing data; revoking a key is audited
     Page(signin.router, access=Access.PUBLIC),
 )
 
