@@ -91,3 +91,23 @@ def test_the_gateway_is_the_public_entry_with_tls_on_both_hops(objects):
     assert [p["targetPort"] for p in service["ports"]] == ["https"]
     hpa = one(objects, "HorizontalPodAutoscaler", "mmserve-gateway")["spec"]
     assert hpa["scaleTargetRef"]["name"] == "mmserve-gateway" and 1 < hpa["minReplicas"] < hpa["maxReplicas"]
+
+
+def test_the_grafana_dashboard_queries_the_gateways_own_counters():
+    import json
+    import re
+
+    from mmserve.gateway.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.count("acme", "text_embed", 200, 2, 100, 0.01)
+    exported = {line.split("{")[0] for line in metrics.render().splitlines() if not line.startswith("#")}
+    dashboard = json.loads((K8S.parent / "grafana" / "mmserve-gateway.json").read_text())
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert [p["id"] for p in dashboard["panels"]] == sorted({p["id"] for p in dashboard["panels"]})
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}" and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        for target in panel["targets"]:
+            names = set(re.findall(r"\b(mmserve_gateway_\w+)\b", target["expr"]))
+            assert names and names <= exported, (panel["title"], names - exported)
+            assert set(re.findall(r"\$(\w+)", target["expr"])) - {"__rate_interval"} <= variables
