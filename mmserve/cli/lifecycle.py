@@ -72,9 +72,7 @@ def _lifecycle(args: argparse.Namespace, action) -> int:
         print(f"mmserve: {error}", file=sys.stderr)
         return EXIT_USAGE
     except TLSError as error:  # before ServerUnavailableError: a handshake refused is not a server down
-        print(f"mmserve: {error}. Options: --tls-ca (the CA that signed the server's certificate), "
-              "--tls-cert and --tls-key (this client's certificate, where the server asks for one), "
-              "--tls-server-name (the name the server's certificate carries).", file=sys.stderr)
+        print(f"mmserve: {_in_flags(str(error))}", file=sys.stderr)
         return EXIT_DENIED
     except PermissionDeniedError as error:
         print(f"mmserve: the server at {args.server} refused: {error.server_message or error}. Pass its admin key "
@@ -92,6 +90,19 @@ def _lifecycle(args: argparse.Namespace, action) -> int:
         print(f"mmserve: {args.command} {getattr(args, 'product', '')} failed: {error}. "
               "The server's log says more; the audit log keeps the attempt.", file=sys.stderr)
         return EXIT_FAILED
+
+
+# The client's TLS advice names its options; the CLI's flags say the same.
+_TLS_FLAGS = (
+    ("certificate_chain= and private_key=", "--tls-cert and --tls-key"), ("root_certificates=", "--tls-ca"),
+    ("tls_server_name=", "--tls-server-name"), ("ssl=True", "--tls"), ("its --tls-ca", "the server's --tls-ca"),
+)
+
+
+def _in_flags(text: str) -> str:
+    for option, flag in _TLS_FLAGS:
+        text = text.replace(option, flag)
+    return text
 
 
 def _version_cell(version: int | None, state: str) -> str:
