@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,6 +128,7 @@ def test_the_cuda_runtime_names_the_failing_call_and_cudas_reason():
     except CudaError as error:  # no libcudart: says which wheel brings it
         assert "nvidia-cuda-runtime-cu12" in str(error)
         return
+    assert re.fullmatch(r"\d+\.\d+", cuda.version())  # the runtime itself answers without a driver
     if HAS_GPU:
         pytest.skip("a GPU is here: the runtime works")
     with pytest.raises(CudaError, match=r"cudaGetDeviceCount failed: CUDA error \d+ \(.+\)"):
