@@ -273,8 +273,10 @@ def measure_baseline(
     batch_sizes: Sequence[int] = BATCH_SIZES,
     seconds: float = 3.0,
     progress: Callable[[str], None] | None = None,
+    min_calls: int = 20,
 ) -> Baseline:
-    """Items/s and latency per batch size, on the same requests perf_analyzer sends."""
+    """Items/s and latency per batch size, on the same requests perf_analyzer sends (at least
+    `seconds` and `min_calls` calls per size)."""
     runner = InProcessPipeline(repository, pipeline)
     result = Baseline(pipeline, encoders=runner.encoder_steps())
     for size in batch_sizes:
@@ -284,7 +286,7 @@ def measure_baseline(
                    for start in range(0, max(len(requests), size * 4), size)]
         for values in runner.step_times.values():
             values.clear()
-        times = time_calls(runner, batches, seconds)
+        times = time_calls(runner, batches, seconds, min_calls)
         result.timings.append(
             BatchTiming(
                 batch=size,

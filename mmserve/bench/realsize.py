@@ -37,6 +37,7 @@ DEFAULT_OUT = Path("artifacts/bench/real-size")
 MEASURED = (("image_embed", Kind.IMAGE_EMBED), ("text_embed", Kind.TEXT_EMBED), ("audio_embed", Kind.AUDIO_EMBED))
 BATCH_SIZES = (1, 4, 8)  # concurrency 8 forms batches of at most 8; each size takes >= 20 calls (Whisper-base b8: ~4 s each)
 LATENCY_TARGET, THROUGHPUT_TARGET, MEMORY_TARGET = 1.3, 0.9, 1.5
+REQUESTS = 64  # distinct requests per pipeline, the same in-process and served (seed 0)
 SECTION_START = "<!-- real-size: written by `mmserve bench --real-size --report` -->"
 SECTION_END = "<!-- /real-size -->"
 
@@ -215,7 +216,6 @@ def _environment(**values: str) -> Iterator[None]:
 
 def run_real_size(config: RealSizeConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     from mmserve.bench import inputs as bench_inputs
-    from mmserve.bench.inprocess import measure_baseline_isolated
     from mmserve.bench.perf import Load, PerfSettings, find_perf_analyzer, run_level
     from mmserve.bench.run import loadavg, machine
     from mmserve.pipelines import PIPELINES
@@ -231,14 +231,13 @@ def run_real_size(config: RealSizeConfig, log: Callable[[str], None] = print) ->
     results["export_seconds"] = export_all(out, repository, config.size, log)
     results["weights_mib"] = round(weight_bytes(repository) / 2**20, 1)
     results["onnx_on_disk"] = onnx_copies(repository)
-    requests = {name: bench_inputs.requests_for(kind, 64, seed=0) for name, kind in MEASURED}
+    requests = {name: bench_inputs.requests_for(kind, REQUESTS, seed=0) for name, kind in MEASURED}
     results["inputs"] = {name: bench_inputs.describe(kind, requests[name]) for name, kind in MEASURED}
 
     results["baselines"] = {}
     for name, kind in MEASURED:
         log(f"{name}: in-process baseline (b{', b'.join(map(str, BATCH_SIZES))}) ...")
-        baseline = measure_baseline_isolated(repository, name, kind.value, 64, config.seconds, batch_sizes=BATCH_SIZES)
-        results["baselines"][name] = baseline.as_dict()
+        results["baselines"][name] = baseline_isolated(repository, name, kind, config.seconds)
     results["loadavg_after_baselines"] = loadavg()
 
     settings = PerfSettings(measurement_interval_ms=config.measurement_interval_ms, max_trials=6)
@@ -269,6 +268,36 @@ def run_real_size(config: RealSizeConfig, log: Callable[[str], None] = print) ->
     if config.report:
         write_section(config.docs, render(results))
     return results
+
+
+MIN_CALLS = 5  # per in-process batch size (and at least `seconds`): Whisper-base's b8 takes seconds a call
+
+
+def baseline_isolated(repository: Path, name: str, kind: Kind, seconds: float) -> dict:
+    """The in-process baseline (bench.inprocess.measure_baseline) in a child process of its own
+    session, as the server runs in one (see measure_baseline_isolated), with MIN_CALLS calls."""
+    import subprocess
+    import sys
+
+    from mmserve.bench.perf import BenchError
+
+    request = json.dumps({"repository": str(repository), "pipeline": name, "kind": kind.value, "seconds": seconds})
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "mmserve.bench.realsize", "--baseline", request],
+                          capture_output=True, text=True, start_new_session=True, env=env)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+        raise BenchError(f"in-process baseline of {name} failed: {lines[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _baseline_child(request: dict) -> dict:
+    from mmserve.bench.inprocess import measure_baseline
+    from mmserve.bench.inputs import requests_for
+
+    requests = requests_for(request["kind"], REQUESTS, seed=0)
+    return measure_baseline(Path(request["repository"]), request["pipeline"], requests, BATCH_SIZES,
+                            request["seconds"], min_calls=MIN_CALLS).as_dict()
 
 
 @contextmanager
@@ -459,7 +488,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=("real", "demo", "tiny"), default="real")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--baseline", help=argparse.SUPPRESS)  # the child of baseline_isolated
     args = parser.parse_args(argv)
+    if args.baseline:
+        print(json.dumps(_baseline_child(json.loads(args.baseline))))
+        return 0
     out = args.out or DEFAULT_OUT.with_name(f"{args.size}-size")
     results = run_real_size(RealSizeConfig(out=out, size=args.size, seconds=args.seconds,
                                            command=f"python -m mmserve.bench.realsize --size {args.size}"))
