@@ -37,6 +37,7 @@ DEFAULT_OUT = Path("artifacts/bench/real-size")
 MEASURED = (("image_embed", Kind.IMAGE_EMBED), ("text_embed", Kind.TEXT_EMBED), ("audio_embed", Kind.AUDIO_EMBED))
 BATCH_SIZES = (1, 4, 8)  # concurrency 8 forms batches of at most 8; each size takes >= 20 calls (Whisper-base b8: ~4 s each)
 LATENCY_TARGET, THROUGHPUT_TARGET, MEMORY_TARGET = 1.3, 0.9, 1.5
+EXPORTED = "exported.json"  # written once the export is complete: --reuse measures that repository
 REQUESTS = 64  # distinct requests per pipeline, the same in-process and served (seed 0)
 SECTION_START = "<!-- real-size: written by `mmserve bench --real-size --report` -->"
 SECTION_END = "<!-- /real-size -->"
@@ -48,6 +49,7 @@ class RealSizeConfig:
     docs: Path = Path("docs/benchmarks.md")
     report: bool = False
     size: str = "real"  # "demo": the demo's sizes (MiniLM-L6, the tiny ViT, Whisper tiny.en); "tiny": a smoke run
+    reuse: bool = False  # measure the repository an earlier run of this --out exported
     demo_results: Path | None = DEFAULT_OUT.with_name("demo-size") / "results.json"  # its memory rows join the report
     seconds: float = 4.0  # per in-process batch size
     measurement_interval_ms: int = 4000
@@ -224,11 +226,17 @@ def run_real_size(config: RealSizeConfig, log: Callable[[str], None] = print) ->
     find_perf_analyzer()
     out = config.out.resolve()
     repository = out / "repository"
-    shutil.rmtree(repository, ignore_errors=True)
+    reused = config.reuse and (out / EXPORTED).is_file()
+    if not reused:
+        shutil.rmtree(repository, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"command": config.command, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                                "machine": machine(), "loadavg_start": loadavg(), "size": config.size}
-    results["export_seconds"] = export_all(out, repository, config.size, log)
+    if reused:
+        results["export_seconds"] = json.loads((out / EXPORTED).read_text(encoding="utf-8"))
+    else:
+        results["export_seconds"] = export_all(out, repository, config.size, log)
+        (out / EXPORTED).write_text(json.dumps(results["export_seconds"]), encoding="utf-8")
     results["weights_mib"] = round(weight_bytes(repository) / 2**20, 1)
     results["onnx_on_disk"] = onnx_copies(repository)
     requests = {name: bench_inputs.requests_for(kind, REQUESTS, seed=0) for name, kind in MEASURED}
@@ -488,13 +496,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=("real", "demo", "tiny"), default="real")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--reuse", action="store_true", help="measure the repository an earlier run exported into --out")
     parser.add_argument("--baseline", help=argparse.SUPPRESS)  # the child of baseline_isolated
     args = parser.parse_args(argv)
     if args.baseline:
         print(json.dumps(_baseline_child(json.loads(args.baseline))))
         return 0
     out = args.out or DEFAULT_OUT.with_name(f"{args.size}-size")
-    results = run_real_size(RealSizeConfig(out=out, size=args.size, seconds=args.seconds,
+    results = run_real_size(RealSizeConfig(out=out, size=args.size, seconds=args.seconds, reuse=args.reuse,
                                            command=f"python -m mmserve.bench.realsize --size {args.size}"))
     for line in summary_lines(results):
         print(line)
