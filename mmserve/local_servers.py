@@ -98,15 +98,24 @@ def unregister(server_id: str) -> None:
         (folder / f"{server_id}.json").unlink(missing_ok=True)
 
 
-def _cmdline(pid: int) -> list[str]:
+def _cmdline(pid: int) -> list[str] | None:
+    """A process's arguments; None when there is no such process. Empty while it is being
+    exec'd (the kernel sets them up after the point the parent sees the exec succeed)."""
     try:
         return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
     except OSError:
-        return []
+        return None
 
 
-def _alive_with_id(pid: Any, server_id: str) -> bool:
-    return isinstance(pid, int) and f"--id={server_id}" in _cmdline(pid)
+def _liveness(pid: Any, server_id: str) -> bool | None:
+    """True: the server runs with the id it was started with; False: gone (or the pid reused);
+    None: cannot be told yet (a process in the middle of its exec)."""
+    argv = _cmdline(pid) if isinstance(pid, int) else None
+    if argv is None:
+        return False
+    if not argv:
+        return None
+    return f"--id={server_id}" in argv
 
 
 def entries() -> list[dict[str, Any]]:
@@ -123,8 +132,10 @@ def entries() -> list[dict[str, Any]]:
             entry = None
         if not isinstance(entry, dict):
             continue  # not ours to judge (someone else's file, or unreadable): neither used nor removed
-        if not _alive_with_id(entry.get("pid"), str(entry.get("id"))):
+        alive = _liveness(entry.get("pid"), str(entry.get("id")))
+        if alive is False:
             path.unlink(missing_ok=True)  # its server is gone
+        if not alive:
             continue
         found.append(entry)
     return found
@@ -196,7 +207,7 @@ def holder_of(port: int) -> str | None:
                     f"{entry.get('launcher_pid')}, run folder {entry.get('run_dir')}); stop it with "
                     f"`kill {entry.get('launcher_pid') or entry['pid']}`")
     for pid in listener_pids(port):
-        argv = _cmdline(pid)
+        argv = _cmdline(pid) or []
         ids = [a.split("=", 1)[1] for a in argv if a.startswith("--id=mmserve-")]
         if ids:
             try:

@@ -211,6 +211,7 @@ def test_the_registry_is_trusted_only_when_private(tmp_path: Path, monkeypatch):
     local_servers.write_private(key_file, "k" * 64 + "\n")
     server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--id=mmserve-fake"])
     try:
+        _wait_for(lambda: Path(f"/proc/{server.pid}/cmdline").read_bytes())  # its exec has finished
         local_servers.register("mmserve-fake", pid=server.pid, key_file=str(key_file), ports={"grpc": 1, "http": 2})
         assert local_servers.admin_key_for("127.0.0.1:1") == "k" * 64
         assert local_servers.admin_key_for("localhost:2") == "k" * 64
