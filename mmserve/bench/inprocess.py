@@ -16,7 +16,6 @@ run here.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import statistics
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from google.protobuf import json_format
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from mmserve.bench.inputs import Request, stack
@@ -39,6 +37,7 @@ from mmserve.exporters.triton_config import ENSEMBLE, ensemble_step
 from mmserve.exporters.versions import CONFIG_FILE, active_version, step_version
 from mmserve.serving import backend_stub
 from mmserve.serving.fused import PLAN_FILE, STEP_VERSION, STEPS_FOLDER
+from mmserve.serving.pipeline import PipelineRunner, PipelineStep, fused_sources, load_step_class, step_args
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 
@@ -104,28 +103,12 @@ def load_python_model(repository: Path, name: str, version: int | None = None) -
     version = version if version is not None else active_version(repository, name)
     if version is None:
         raise BenchError(f"{folder} has no numbered version folder")
-    source = folder / str(version) / MODEL_PY
-    module_spec = importlib.util.spec_from_file_location(f"mmserve_bench_model_{name}", source)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    model = module.TritonPythonModel()
-    # One instance: this process gives onnxruntime every core, whatever the server runs (the
-    # best one process does; a served layout with 2 instances of 1 thread is measured
-    # against that, not against a single thread).
-    whole_machine = triton_config.copy_config(config)
-    del whole_machine.instance_group[:]
-    args = {
-        # what the Python backend hands initialize(): the config as JSON with proto field names
-        "model_config": json.dumps(json_format.MessageToDict(whole_machine, preserving_proto_field_name=True)),
-        "model_repository": str(folder),
-        "model_version": str(version),
-        "model_name": name,
-        "model_instance_name": f"{name}_0",
-        "model_instance_kind": "CPU",
-        "model_instance_device_id": "0",
-    }
+    model = load_step_class(folder / str(version) / MODEL_PY)()
     if hasattr(model, "initialize"):
-        model.initialize(args)
+        # One instance (instances=0: no instance group): this process gives onnxruntime every
+        # core, whatever the server runs (the best one process does; a served layout with 2
+        # instances of 1 thread is measured against that, not against a single thread).
+        model.initialize(step_args(folder, name, str(version), instances=0))
     return model, config
 
 
@@ -146,7 +129,22 @@ class InProcessPipeline:
         else:
             self._load_models(config)
         self.captured: dict[str, dict[str, np.ndarray]] = {}  # the last inputs each step saw
-        self.step_times: dict[str, list[float]] = {step.model_name: [] for step in self.steps}  # s per execute()
+        self.step_times: dict[str, list[float]] = {step.model_name: [] for step in self.steps}  # s per answer_batch()
+        missing = [step.model_name for step in self.steps if not callable(getattr(self.models[step.model_name], "answer_batch", None))]
+        if missing:
+            raise BenchError(f"{pipeline}: steps {missing} are not mmserve Python steps (no answer_batch); "
+                             "the in-process baseline runs the cpu profile's steps")
+        # the project's one in-process runner (mmserve/serving/pipeline.py), in call order
+        self.runner = PipelineRunner(
+            [PipelineStep(step.model_name, self.models[step.model_name], dict(step.input_map), dict(step.output_map))
+             for step in _call_order(self.steps, [i.name for i in config.input], pipeline)],
+            self.output_names, on_step=self._record,
+        )
+
+    def _record(self, model: str, requests: Sequence[Any], seconds: float) -> None:
+        """The runner's hook: each step's inputs (the last batch's) and its time."""
+        self.captured[model] = dict(requests[0].inputs)
+        self.step_times[model].append(seconds)
 
     def _load_models(self, config: ModelConfig) -> None:
         """An ensemble's steps, or one model served on its own as a pipeline of one step."""
@@ -165,13 +163,12 @@ class InProcessPipeline:
     def _load_fused(self, version: int | None) -> None:
         """The steps pipeline.json lists, each from its folder of the served version's steps/."""
         served = self.repository / self.pipeline / str(version)
-        plan_file = served / PLAN_FILE
         try:
-            plan = json.loads(plan_file.read_text(encoding="utf-8"))["steps"]
+            sources = fused_sources(served)
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise BenchError(f"{plan_file} is not a fused pipeline's step list ({error}); export it again") from error
+            raise BenchError(f"{served / PLAN_FILE} is not a fused pipeline's step list ({error}); export it again") from error
         self.step_root = served / STEPS_FOLDER
-        self.steps = [ensemble_step(s["model"], s["input_map"], s["output_map"]) for s in plan]
+        self.steps = [ensemble_step(s.model, s.input_map, s.output_map) for s in sources]
         self.versions = {step.model_name: int(STEP_VERSION) for step in self.steps}
         for step in self.steps:  # each step a model of the mini repository, loaded as the fused model loads it
             self.models[step.model_name], self.configs[step.model_name] = load_python_model(
@@ -197,28 +194,29 @@ class InProcessPipeline:
         return self.step_root / encoder / str(self.versions[encoder]) / onnx_file
 
     def __call__(self, batch: Request) -> dict[str, np.ndarray]:
-        tensors = dict(batch)
-        pending = list(self.steps)
-        while pending:
-            ready = [s for s in pending if all(v in tensors for v in s.input_map.values())]
-            if not ready:
-                raise BenchError(f"{self.pipeline}: steps {[s.model_name for s in pending]} wait for missing tensors")
-            for step in ready:
-                model = step.model_name
-                feeds = {key: tensors[value] for key, value in step.input_map.items()}
-                self.captured[model] = feeds
-                started = time.perf_counter()
-                (response,) = self.models[model].execute([backend_stub.InferenceRequest(feeds, list(step.output_map))])
-                self.step_times[model].append(time.perf_counter() - started)
-                if response.has_error():
-                    raise BenchError(f"{self.pipeline}: step {model} failed: {response.error().message()}")
-                produced = {t.name(): t.as_numpy() for t in response.output_tensors()}
-                for key, value in step.output_map.items():
-                    if key not in produced:
-                        raise BenchError(f"{self.pipeline}: step {model} did not produce {key}")
-                    tensors[value] = produced[key]
-                pending.remove(step)
-        return {name: tensors[name] for name in self.output_names}
+        """The whole batch as one request through the pipeline's steps (every output asked)."""
+        (result,) = self.runner.run([dict(batch)], [self.output_names])
+        if isinstance(result, Exception):
+            raise BenchError(f"{self.pipeline} failed: {type(result).__name__}: {result}") from result
+        missing = [name for name in self.output_names if name not in result]
+        if missing:
+            raise BenchError(f"{self.pipeline}: no step produced {missing}")
+        return result
+
+
+def _call_order(steps: Sequence[Any], inputs: Sequence[str], pipeline: str) -> list[Any]:
+    """An ensemble's steps in an order each one's inputs exist by (Triton does not require the
+    config to list them so); a clear error for a step that waits for a tensor nothing makes."""
+    available, ordered, pending = set(inputs), [], list(steps)
+    while pending:
+        ready = [step for step in pending if set(step.input_map.values()) <= available]
+        if not ready:
+            raise BenchError(f"{pipeline}: steps {[s.model_name for s in pending]} wait for missing tensors")
+        for step in ready:
+            ordered.append(step)
+            available.update(step.output_map.values())
+            pending.remove(step)
+    return ordered
 
 
 @dataclass
