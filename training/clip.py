@@ -28,7 +28,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mmserve.training.clip_checkpoint import (
     load_clip_checkpoint,
@@ -58,6 +57,7 @@ from mmserve.training.loop import (
     make_scheduler,
     open_writer,
     seed_everything,
+    train_one_epoch,
 )
 from mmserve.training.quiet import quiet_libraries
 
@@ -535,35 +535,29 @@ def train_clip(cfg: ClipTrainConfig) -> TrainResult:
 def _train_epoch(
     model, forward, loader, n_batches, loss_fn, optimizer, scheduler, writer, step, desc, log_every
 ) -> tuple[float, int]:
-    """One epoch; `forward` is the open_clip model, DDP-wrapped under torchrun. Returns the mean
-    loss over all ranks and the global step."""
-    model.train()
+    """One epoch of the shared loop (loop.train_one_epoch) with CLIP's contrastive loss;
+    `forward` is the open_clip model, DDP-wrapped under torchrun. Returns the mean loss over
+    all ranks and the global step."""
     core = _core(model)
     device = distributed.device()
-    total, window = 0.0, []
-    with tqdm(total=n_batches, desc=desc, unit="batch", dynamic_ncols=True, disable=not distributed.is_main()) as bar:
-        for images, texts in loader:
-            out = forward(images.to(device), texts.to(device))
-            extra = (out["logit_bias"],) if "logit_bias" in out else ()
-            loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"], *extra)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                core.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-            step += 1
-            total += loss.item()
-            window.append(loss.item())
-            if len(window) == log_every:
-                writer.add_scalar("train/loss", sum(window) / len(window), step)
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-                writer.add_scalar("train/logit_scale", core.logit_scale.exp().item(), step)
-                window.clear()
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-            bar.update()
-    return distributed.mean(total / max(n_batches, 1)), step
+
+    def loss_of(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        images, texts = batch
+        out = forward(images.to(device), texts.to(device))
+        extra = (out["logit_bias"],) if "logit_bias" in out else ()
+        return loss_fn(out["image_features"], out["text_features"], out["logit_scale"], *extra)
+
+    def clamp_logit_scale() -> None:
+        with torch.no_grad():
+            core.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+    def log_logit_scale(writer: Any, step: int) -> None:  # a SummaryWriter
+        writer.add_scalar("train/logit_scale", core.logit_scale.exp().item(), step)
+
+    return train_one_epoch(
+        model, loader, n_batches, optimizer, scheduler, writer, step, desc, log_every,
+        loss_of=loss_of, after_step=clamp_logit_scale, log_extra=log_logit_scale,
+    )
 
 
 def _open_clip_version() -> str:

@@ -125,25 +125,42 @@ def train_one_epoch(
     desc: str,
     log_every: int = 10,
     max_grad_norm: float = 1.0,
+    loss_of: Callable[[Any], torch.Tensor] | None = None,
+    after_step: Callable[[], None] | None = None,
+    log_extra: Callable[[SummaryWriter, int], None] | None = None,
 ) -> tuple[float, int]:
-    """One pass over `batches`; returns (mean training loss over all ranks, global step after the epoch)."""
+    """One pass over `batches`; returns (mean training loss over all ranks, global step after the epoch).
+
+    The one epoch loop of every line (text, speech, CLIP). `loss_of(batch)`: the batch's loss
+    (default: a Hugging Face model called on the batch's tensors, moved to its device);
+    `after_step()`: runs after each optimizer step (CLIP clamps its logit scale); `log_extra(
+    writer, step)`: more scalars beside the loss and learning rate, every `log_every` steps."""
     model.train()
     total, window = 0.0, []
     with tqdm(total=n_batches, desc=desc, unit="batch", dynamic_ncols=True, disable=not distributed.is_main()) as bar:
-        device = next(model.parameters()).device
+        if loss_of is None:
+            device = next(model.parameters()).device
+
+            def loss_of(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+                return model(**{key: value.to(device) for key, value in batch.items()}).loss
+
         for batch in batches:
-            loss = model(**{key: value.to(device) for key, value in batch.items()}).loss
+            loss = loss_of(batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if after_step is not None:
+                after_step()
             step += 1
             total += loss.item()
             window.append(loss.item())
             if len(window) == log_every:
                 writer.add_scalar("train/loss", sum(window) / len(window), step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+                if log_extra is not None:
+                    log_extra(writer, step)
                 window.clear()
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
             bar.update()
