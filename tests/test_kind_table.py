@@ -64,6 +64,8 @@ def _registries() -> list[tuple[str, Mapping[Any, Any], Callable[[KindInfo], Any
     from mmserve import soak
     from mmserve.bench import inputs, runtimes, tune
     from mmserve.client import codec
+    from mmserve.gateway import app as gateway_app
+    from mmserve.gateway import inputs as gateway_inputs
 
     return [
         ("mmserve.client.codec.BATCHERS (requests per input shape)", codec.BATCHERS, _input, frozenset()),
@@ -73,6 +75,10 @@ def _registries() -> list[tuple[str, Mapping[Any, Any], Callable[[KindInfo], Any
         ("mmserve.bench.tune.SWEEPS (--tune per input shape)", tune.SWEEPS, _input, tune.NOT_SWEPT),
         ("mmserve.bench.runtimes.TORCH_SOURCES (torch eager per modality)", runtimes.TORCH_SOURCES,
          _modality, runtimes.WITHOUT_TORCH_SOURCE),
+        ("mmserve.gateway.inputs._DECODERS (a JSON body's items per input shape)", gateway_inputs._DECODERS,
+         _input, frozenset()),
+        ("mmserve.gateway.app.ANSWERS (a JSON answer per answer shape; embeddings: the OpenAI route)",
+         gateway_app.ANSWERS, _answer, frozenset({AnswerShape.EMBEDDING})),
     ]
 
 
