@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from mmserve.repository_layout import ONNX_FILE
+
 from mmserve.serving.runtime import (
     OnnxRunner,
     Outputs,
@@ -27,7 +29,7 @@ class OnnxEncoderModel(PythonStep):
             instance_count(args), parameters.get("intra_op_threads"), parameters.get("allow_spinning")
         )
         self.runner = OnnxRunner(
-            model_folder(args) / parameters.get("onnx_file", "model.onnx"), settings, session_providers(parameters)
+            model_folder(args) / parameters.get("onnx_file", ONNX_FILE), settings, session_providers(parameters)
         )
 
     def answer_batch(self, requests: Sequence[Any]) -> list[Outputs | Exception]:
