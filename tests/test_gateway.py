@@ -322,3 +322,39 @@ def test_gateway_serves_https(setup, server, repository, tmp_path):
             httpx.get(gateway.url + "/healthz")  # its certificate is not the system's to trust
     finally:
         gateway.stop()
+
+
+def test_a_killed_gateway_loses_no_answered_usage(server, repository, tmp_path):
+    """`mmserve gateway` as deployed (its own process), SIGKILLed right after its last answer:
+    every answered request is already in the store."""
+    import subprocess
+    import sys
+    import time
+
+    store = str(tmp_path / "gateway.sqlite3")
+    key = create_key(store, repository, tmp_path / "audit.jsonl", "--tenant", "acme", "--products", "text_embed")
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "mmserve.cli", "gateway", "--server", server.grpc_url,
+                                "--repository", str(repository), "--port", str(port), "--store", store],
+                               stdout=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url + "/healthz")
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.monotonic() < deadline, "the gateway did not start"
+                time.sleep(0.1)
+        headers = {"Authorization": f"Bearer {key['key']}"}
+        for i in range(12):
+            answer = httpx.post(url + "/v1/embeddings", json={"model": "text_embed", "input": ["x"] * (1 + i % 2)},
+                                headers=headers)
+            assert answer.status_code == 200
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+    with sqlite3.connect(store) as db:
+        counted = db.execute("SELECT SUM(requests), SUM(items) FROM usage WHERE tenant = 'acme' AND status = 200").fetchone()
+    assert counted == (12, 18)

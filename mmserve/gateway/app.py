@@ -136,6 +136,7 @@ class Gateway:
         self.config = config
         self.metrics = Metrics()
         self.client: AsyncClient | None = None
+        self.dimensions: dict[str, int] = {}  # each embedding product's vector size, once seen
 
     async def start(self) -> None:
         self.client = AsyncClient(self.config.server, timeout=self.config.timeout_s, **self.config.client_options)
@@ -301,17 +302,22 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
 def _add_embeddings(app: FastAPI, gateway: Gateway, route: str, titles: str) -> None:
     async def embeddings(request: Request, body: EmbeddingsRequest) -> Response:
-        def check(entry: CatalogEntry) -> None:
-            if body.dimensions is not None and body.dimensions <= 0:
-                raise bad_request("'dimensions' must be a positive integer", param="dimensions")
-
-        def answer(entry: CatalogEntry, vectors: np.ndarray, n: int) -> dict:
-            native = int(vectors.shape[-1])
+        def refuse_dimensions(entry: CatalogEntry, native: int) -> None:
             if body.dimensions is not None and body.dimensions != native:
                 raise bad_request(
                     f"{entry.name} answers {native}-dimensional vectors and cannot shorten them: its encoder was "
                     "not trained for truncated embeddings (Matryoshka); omit 'dimensions' or send "
                     f"{native}", param="dimensions", code="dimensions_not_supported")
+
+        def check(entry: CatalogEntry) -> None:
+            if body.dimensions is not None and body.dimensions <= 0:
+                raise bad_request("'dimensions' must be a positive integer", param="dimensions")
+            if entry.name in gateway.dimensions:  # known: refused before any inference or quota
+                refuse_dimensions(entry, gateway.dimensions[entry.name])
+
+        def answer(entry: CatalogEntry, vectors: np.ndarray, n: int) -> dict:
+            native = gateway.dimensions[entry.name] = int(vectors.shape[-1])
+            refuse_dimensions(entry, native)  # the first call learns the size (its items are given back)
             return {"object": "list", "data": _embedding_data(vectors, body.encoding_format), "model": entry.name,
                     "usage": {"prompt_tokens": n, "total_tokens": n}}
 

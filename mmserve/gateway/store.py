@@ -176,6 +176,9 @@ class SqliteStore:
         return _to_record(*row) if row else None
 
     async def admit(self, record: KeyRecord, items: int) -> Admission:
+        if not record.rate and record.quota is None:
+            return Admission(True)  # nothing to count against: no transaction
+
         def work(db: sqlite3.Connection) -> Admission:
             now = time.time()
             tokens = None
@@ -310,6 +313,8 @@ class RedisStore:
         return _to_record(text, revoked) if text else None
 
     async def admit(self, record: KeyRecord, items: int) -> Admission:
+        if not record.rate and record.quota is None:
+            return Admission(True)
         rate = record.rate or 0.0
         code, value = await self._do(self._admit(
             keys=[f"{self._p}:bucket:{record.id}", f"{self._p}:quota:{record.id}:{month()}"],
