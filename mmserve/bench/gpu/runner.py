@@ -1,9 +1,7 @@
-"""Real encoder inputs: a fused pipeline's steps before its encoder, run in this process.
-
-The one place the GPU check runs pipeline steps in-process, so the project's one in-process
-runner (issue 19) can replace `preprocess` without touching the rest of the check. It loads
-only the steps before the encoder: the encoder itself (onnxruntime on GPU providers, whose
-TensorRT engine takes minutes to build) is what the check measures, elsewhere.
+"""Real encoder inputs: a fused pipeline's steps before its encoder, run in this process
+by the project's one in-process runner (mmserve/serving/pipeline.py: `stop_before` loads
+only those steps; the encoder itself, onnxruntime on GPU providers whose TensorRT engine
+takes minutes to build, is what the check measures, elsewhere).
 """
 from __future__ import annotations
 
@@ -13,6 +11,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from mmserve.repository_layout import CONFIG_FILE, PIPELINE_FILE, STEP_VERSION, STEPS_FOLDER
 
 Feeds = dict[str, np.ndarray]
 
@@ -37,19 +37,15 @@ def _served_version(repository: Path, pipeline: str) -> Path:
 
 
 def _plan(repository: Path, pipeline: str) -> tuple[Path, list[dict[str, Any]]]:
-    from mmserve.serving.fused import PLAN_FILE, STEPS_FOLDER
-
     served = _served_version(repository, pipeline)
-    if not (served / PLAN_FILE).is_file():
-        raise ValueError(f"{pipeline} is not a fused pipeline ({served / PLAN_FILE} missing): export it with --layout fused")
-    return served / STEPS_FOLDER, json.loads((served / PLAN_FILE).read_text(encoding="utf-8"))["steps"]
+    if not (served / PIPELINE_FILE).is_file():
+        raise ValueError(f"{pipeline} is not a fused pipeline ({served / PIPELINE_FILE} missing): export it with --layout fused")
+    return served / STEPS_FOLDER, json.loads((served / PIPELINE_FILE).read_text(encoding="utf-8"))["steps"]
 
 
 def encoder_step(repository: Path, pipeline: str) -> EncoderStep:
     """The first step of the pipeline that serves an ONNX graph whose every input the pipeline feeds it."""
     from mmserve.bench.inprocess import model_config
-    from mmserve.repository_layout import CONFIG_FILE
-    from mmserve.serving.fused import STEP_VERSION
 
     steps_root, plan = _plan(repository, pipeline)
     max_length = None
@@ -66,26 +62,20 @@ def encoder_step(repository: Path, pipeline: str) -> EncoderStep:
 
 def preprocess(repository: Path, step: EncoderStep, batches: Sequence[Sequence[dict[str, np.ndarray]]]) -> list[Feeds]:
     """Each batch of requests through the steps before `step.encoder`: the encoder's inputs."""
-    from mmserve.bench.inprocess import load_python_model
     from mmserve.bench.inputs import stack
     from mmserve.serving import backend_stub
-    from mmserve.serving.fused import STEP_VERSION
+    from mmserve.serving.pipeline import PipelineRunner, fused_sources, load_pipeline
 
-    steps_root, plan = _plan(repository, step.pipeline)
-    models: dict[str, Any] = {}
-    feeds = []
-    for requests in batches:
-        tensors = dict(stack(list(requests)))
-        for entry in plan:
-            if entry["model"] == step.encoder:
-                break
-            if entry["model"] not in models:
-                models[entry["model"]] = load_python_model(steps_root, entry["model"], int(STEP_VERSION))[0]
-            inputs = {key: tensors[value] for key, value in entry["input_map"].items()}
-            (response,) = models[entry["model"]].execute([backend_stub.InferenceRequest(inputs, list(entry["output_map"]))])
-            if response.has_error():
-                raise RuntimeError(f"{entry['model']}: {response.error().message()}")
-            produced = {t.name(): t.as_numpy() for t in response.output_tensors()}
-            tensors.update({outer: produced[inner] for inner, outer in entry["output_map"].items() if inner in produced})
-        feeds.append({name: np.ascontiguousarray(tensors[outer]) for name, outer in step.input_map.items()})
-    return feeds
+    backend_stub.install()  # outside tritonserver: the steps' triton_python_backend_utils
+    steps = load_pipeline(fused_sources(_served_version(repository, step.pipeline)), instances=0, stop_before=step.encoder)
+    runner = PipelineRunner(steps, outputs=list(step.input_map.values()))
+    try:
+        feeds = []
+        for requests in batches:
+            (tensors,) = runner.run([dict(stack(list(requests)))], [runner.outputs])
+            if isinstance(tensors, Exception):
+                raise RuntimeError(f"{step.pipeline}: a step before {step.encoder} failed: {tensors}")
+            feeds.append({name: np.ascontiguousarray(tensors[outer]) for name, outer in step.input_map.items()})
+        return feeds
+    finally:
+        runner.finalize()
