@@ -57,6 +57,18 @@ def test_the_import_contracts_hold(installed_layout: Path) -> None:
     assert "0 broken" in report
 
 
+def test_every_module_of_mmserve_is_in_a_layer() -> None:
+    """A module in no layer is checked by no layers contract: each new one is placed."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]
+    (layers,) = [c for c in config["contracts"] if c["type"] == "layers"]
+    placed = {name.strip() for layer in layers["layers"] for name in layer.replace("|", ":").split(":")}
+    modules = {p.stem for p in (ROOT / "mmserve").glob("*.py") if p.stem != "__init__"}
+    modules |= {p.name for p in (ROOT / "mmserve").iterdir() if (p / "__init__.py").is_file()}
+    modules |= set(SUBPACKAGES_BESIDE)
+    assert sorted(modules - placed) == [], "place these in a layer of pyproject.toml's [tool.importlinter] contract"
+
+
 def test_the_client_imports_with_no_server_side_package_installed() -> None:
     """In a fresh interpreter where torch, onnxruntime, tokenizers... cannot be imported (as after
     `pip install mmserve`, which no longer pulls them), the client imports and builds requests."""
