@@ -278,7 +278,7 @@ def run_real_size(config: RealSizeConfig, log: Callable[[str], None] = print) ->
     return results
 
 
-MIN_CALLS = 5  # per in-process batch size (and at least `seconds`): Whisper-base's b8 takes seconds a call
+MIN_CALLS = 3  # per in-process batch size (after 2 warm-up calls) (and at least `seconds`): Whisper-base's b8 takes seconds a call
 
 
 def baseline_isolated(repository: Path, name: str, kind: Kind, seconds: float) -> dict:
