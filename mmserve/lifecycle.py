@@ -4,7 +4,10 @@ One core for the CLI (`mmserve products|load|unload|reload|rollback`), the clien
 console. A product is a pipeline of the public contract (an ensemble, or a fused model),
 told apart from its internal steps by :mod:`mmserve.client.products`; its versions and
 product cards are the exporters' on-disk version scheme (:mod:`mmserve.exporters.versions`);
-its state comes from the running server through :class:`mmserve.client.Client`.
+its state comes from the running server through :class:`mmserve.client.Client`; what a
+product is, as shown (served and on-disk versions, the words for changing them), is
+:mod:`mmserve.product_view`'s. The server must serve this repository
+(:mod:`mmserve.served_repository`), else every call refuses before acting or writing.
 
 Every admin action is appended to an audit log (JSON lines; who, what, when in UTC, and
 the result, failures included) before its error, if any, reaches the caller.
@@ -19,21 +22,30 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from mmserve import kinds
 from mmserve.client.products import find_products, model_state, served_version, steps_of, tensor_specs
 from mmserve import audit as _audit
-from mmserve.pipelines import Kind, TensorSpec
+from mmserve.product_view import (  # noqa: F401 - what a product is, shown; re-exported for callers
+    UNKNOWN,
+    Product,
+    StepInfo,
+    VersionChange,
+    VersionInfo,
+    drift_text,
+    headline,
+    version_changes,
+)
 from mmserve.repository_layout import LABELS_FILE
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2
+
+    from mmserve.pipelines import Kind
 
     from mmserve.client import Client, ModelInfo
 
 # Inside the repository, so the log travels with what it describes; a file, not a folder,
 # so neither Triton's repository index nor repository_models() takes it for a model.
 AUDIT_LOG = _audit.AUDIT_LOG  # the log itself: mmserve/audit.py (hash-chained, attempt before acting)
-UNKNOWN = "UNKNOWN"  # a product's state when no server was asked
 UNLOAD_WAIT_S = 120.0  # how long unload waits for Triton to finish, when the client sets no timeout
 
 
@@ -73,132 +85,6 @@ class RepositoryMismatchError(LifecycleError):
 
 
 @dataclass(frozen=True)
-class StepInfo:
-    """An internal model a product calls; shared when another product calls it too."""
-
-    name: str
-    shared: bool
-    versions: tuple[int, ...]  # on disk
-    state: str | None  # the server's; None without one
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    version: int
-    active: bool
-    card: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Product:
-    name: str
-    kind: Kind
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    labels: tuple[str, ...]
-    steps: tuple[StepInfo, ...]
-    versions: tuple[VersionInfo, ...]
-    active_version: int | None  # on disk: what the next start (or `mmserve reload`) serves
-    state: str  # READY / UNAVAILABLE / UNLOADED / LOADING from the server, UNKNOWN without one
-    reason: str
-    # What the server answers with: the product's READY version (None: not served, or no server asked).
-    served_version: int | None = None
-    # "" when disk and server agree; else what differs and the command that reconciles them,
-    # e.g. "v3 exported, v1 serving — run `mmserve reload sentiment`" (CLI and console show it as is).
-    drift: str = ""
-
-    @property
-    def card(self) -> Mapping[str, Any]:
-        """The active version's product card ({} when it has none)."""
-        return next((v.card for v in self.versions if v.active), {})
-
-    @property
-    def headline(self) -> str:
-        """The active version's headline metric, e.g. "dev accuracy 0.912" ("" without one)."""
-        return headline(self.card)
-
-    @property
-    def live_version(self) -> int | None:
-        """The version requests get: the served one (None: not served), or, when no server
-        was asked, the one on disk."""
-        return self.active_version if self.state == UNKNOWN else self.served_version
-
-    @property
-    def actions(self) -> tuple[str, ...]:
-        """The admin actions that can succeed now ("load", "unload", "reload"); version
-        changes are :func:`version_changes`'s."""
-        if self.state == UNKNOWN:
-            return ()
-        offered = []
-        if self.state not in ("READY", "LOADING"):
-            offered.append("load")
-        if self.state == "READY":
-            offered.append("unload")
-            if self.served_version is not None and self.served_version != self.active_version:
-                offered.append("reload")
-        return tuple(offered)
-
-
-@dataclass(frozen=True)
-class VersionChange:
-    """Serving another version of a product, in the words the CLI and the console share:
-    "roll back" to an earlier one, "roll forward" to a later one, "make live" when nothing
-    is served yet."""
-
-    product: str
-    current: int | None  # the version served (or, without a server, active on disk)
-    target: int
-
-    @property
-    def action(self) -> str:
-        """The audit log's (and the console's form's) name: rollback / roll-forward / make-live."""
-        if self.current is None:
-            return "make-live"
-        return "rollback" if self.target < self.current else "roll-forward"
-
-    @property
-    def verb(self) -> str:
-        return {"make-live": "Make live", "rollback": "Roll back", "roll-forward": "Roll forward"}[self.action]
-
-    @property
-    def label(self) -> str:
-        """A button's text, e.g. "Roll back to v1"."""
-        if self.action == "make-live":
-            return f"Make v{self.target} live"
-        return f"{self.verb} to v{self.target}"
-
-    @property
-    def question(self) -> str:
-        """The confirmation's question, e.g. "Roll sentiment back from v2 to v1?"."""
-        if self.action == "make-live":
-            return f"Make v{self.target} of {self.product} live?"
-        way = "back" if self.action == "rollback" else "forward"
-        return f"Roll {self.product} {way} from v{self.current} to v{self.target}?"
-
-    @property
-    def effect(self) -> str:
-        """What confirming does, in one sentence."""
-        which = {"rollback": "an earlier", "roll-forward": "a later", "make-live": "this"}[self.action]
-        return (f"Makes {which} version (v{self.target}) the one {self.product} serves, on disk and on the server; "
-                "requests keep being answered while it switches.")
-
-
-def version_changes(product: Product) -> list[VersionChange]:
-    """The version changes on offer: every version on disk but the one requests get now."""
-    current = product.live_version
-    return [VersionChange(product.name, current, v.version) for v in product.versions if v.version != current]
-
-
-def drift_text(name: str, served: int | None, active: int | None) -> str:
-    """What an operator must know when the server serves another version than the disk
-    names, with the command that reconciles them; "" when they agree (or nothing is served)."""
-    if served is None or active is None or served == active:
-        return ""
-    made = "exported" if active > served else "made active on disk"
-    return f"v{active} {made}, v{served} serving — run `mmserve reload {name}`"
-
-
-@dataclass(frozen=True)
 class AuditEntry:
     time: str  # ISO 8601, UTC
     actor: str
@@ -210,33 +96,6 @@ class AuditEntry:
     @property
     def ok(self) -> bool:
         return self.result == "ok"
-
-
-def headline(card: Mapping[str, Any]) -> str:
-    """A card's headline metric: the one training selected on (``metric``) on its held-out
-    split, or the kind's own, else the first held-out figure; "" for a checkpoint exported
-    as it was."""
-    metrics = card.get("metrics") or {}
-    if not isinstance(metrics, Mapping):
-        return ""
-    for split, key in (("dev", "dev_metrics"), ("val", "val_metrics")):
-        figures = metrics.get(key)
-        if not isinstance(figures, Mapping):
-            continue
-        wanted = [metrics.get("metric"), _kind_headline(card.get("kind"))]
-        name = next((n for n in wanted if n in figures), next(iter(figures), None))
-        value = figures.get(name) if name is not None else None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return f"{split} {name} {value:.3f}"
-    return ""
-
-
-def _kind_headline(kind: object) -> str | None:
-    """The kind table's headline metric (a CLIP run's three products each name their own)."""
-    try:
-        return kinds.info(str(kind)).headline_metric
-    except ValueError:  # no kind, or one this version does not know
-        return None
 
 
 def default_actor(client: Client | None = None) -> str:
