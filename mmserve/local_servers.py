@@ -39,7 +39,7 @@ def state_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"mmserve-{os.getuid()}"
 
 
-def _private_dir(create: bool) -> Path | None:
+def private_dir(create: bool) -> Path | None:
     """The state folder if it is ours and closed to others (else None: never trust it)."""
     folder = state_dir()
     if create:
@@ -75,7 +75,7 @@ def read_private(path: Path) -> str | None:
 def register(server_id: str, **entry: Any) -> Path | None:
     """Record a running server (its pid, ports, run folder, key file); None when the folder is not usable."""
     try:
-        folder = _private_dir(create=True)
+        folder = private_dir(create=True)
     except OSError:
         return None
     if folder is None:
@@ -93,7 +93,7 @@ def register(server_id: str, **entry: Any) -> Path | None:
 
 
 def unregister(server_id: str) -> None:
-    folder = _private_dir(create=False)
+    folder = private_dir(create=False)
     if folder is not None:
         (folder / f"{server_id}.json").unlink(missing_ok=True)
 
@@ -120,7 +120,7 @@ def _liveness(pid: Any, server_id: str) -> bool | None:
 
 def entries() -> list[dict[str, Any]]:
     """The servers of this user that still run (entries of dead ones are removed)."""
-    folder = _private_dir(create=False)
+    folder = private_dir(create=False)
     if folder is None:
         return []
     found = []

@@ -309,6 +309,7 @@ class TritonServer:
     _cwd: Path | None = field(default=None, init=False, repr=False)
     _temporary_cwd: bool = field(default=False, init=False, repr=False)
     admin_key_file: Path | None = field(default=None, init=False)  # where a generated key was written
+    keys_hidden: bool = field(default=False, init=False)  # masked in tritonserver's argv (mmserve/hide_keys.py)
 
     # --- where it listens ------------------------------------------------------------
 
@@ -487,6 +488,14 @@ class TritonServer:
             env["PYTHONPATH"] = os.pathsep.join(kept)
         for secret in ("MMSERVE_ADMIN_KEY", "MMSERVE_API_KEY"):
             env.pop(secret, None)  # model code has no business with them
+        self.keys_hidden = False
+        if self.admin_key or self.api_key:  # Triton takes them as arguments: mask them from `ps`
+            from mmserve.hide_keys import library
+
+            hider = library()
+            if hider is not None:
+                env["LD_PRELOAD"] = " ".join(filter(None, [str(hider), env.get("LD_PRELOAD")]))
+                self.keys_hidden = True
         return env
 
     def _prepare_run_dir(self) -> Path:

@@ -65,7 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
     if server.admin_key_file is not None:
         print(f"admin key (new for this run): {server.admin_key_file}; the mmserve commands, the client and the "
               "console on this host read it from there (docs/security.md)", flush=True)
-    if server.admin_key is not None and other_users_see_arguments():
+    if server.admin_key is not None and not server.keys_hidden and other_users_see_arguments():
         print("mmserve: note: Triton takes its keys on its command line, which other users of this host can read "
               "with ps; on a shared host mount /proc with hidepid=2 (docs/security.md)", file=sys.stderr, flush=True)
     if args.gateway:
