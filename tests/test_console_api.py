@@ -358,7 +358,9 @@ def test_signed_in_action_asks_first(settings: ConsoleSettings, audit_log: Path)
         sign_in(browser, ADMIN_KEY, "grace")
         page = browser.get("/products/sentiment").text
         token = csrf_of(page)
-        assert 'data-action="reload"' in page and 'data-action="unload"' in page
+        # Offered: what can succeed now. READY, serving the version on disk: unload only.
+        assert 'data-action="unload"' in page
+        assert 'data-action="load"' not in page and 'data-action="reload"' not in page
         lines_before = len(audit_log.read_text().splitlines()) if audit_log.exists() else 0
 
         ask = browser.post("/products/sentiment/unload", headers={"HX-Request": "true", "X-CSRF-Token": token})
@@ -373,15 +375,31 @@ def test_signed_in_action_asks_first(settings: ConsoleSettings, audit_log: Path)
         assert browser.post("/products/sentiment/reload", headers={"X-CSRF-Token": token}).status_code == 401
 
 
-def test_rollback_without_an_earlier_version_says_why(settings: ConsoleSettings, products: dict):
+def test_actions_that_cannot_succeed_are_refused_in_words_and_audited(settings: ConsoleSettings, products: dict,
+                                                                     audit_log: Path):
+    """No roll back from the oldest version, no load of a READY product, no reload with
+    nothing new: refused (409) with a sentence for the page (no CLI flags), and each
+    confirmed attempt is in the audit log with its refusal."""
+    assert [v.version for v in products["text_ner"].versions] == [1]
     with fresh_session(settings) as browser:
         sign_in(browser, ADMIN_KEY, "ci")
         token = csrf_of(browser.get("/products/text_ner").text)
-        assert len(products["text_ner"].versions) == 1
-        response = browser.post("/products/text_ner/rollback", data={"confirm": "yes"},
-                                headers={"HX-Request": "true", "X-CSRF-Token": token})
-        assert response.status_code == 409
-        assert re.search("no version before|no earlier one", response.text) and 'role="alert"' in response.text
+        headers = {"HX-Request": "true", "X-CSRF-Token": token}
+        for action, data, words in (
+            ("rollback", {}, "v1 is the oldest version of text_ner: there is no earlier one to roll back to"),
+            ("make-live", {"to": "1"}, "text_ner already serves v1"),
+            ("make-live", {"to": "7"}, "text_ner has no v7; its versions are v1"),
+            ("load", {}, "text_ner is READY already: there is nothing to load"),
+            ("reload", {}, "text_ner already serves v1, the version on disk: there is nothing new to serve"),
+        ):
+            response = browser.post(f"/products/text_ner/{action}", data={**data, "confirm": "yes"}, headers=headers)
+            assert response.status_code == 409 and 'role="alert"' in response.text, (action, response.text)
+            assert words in response.text and "--" not in response.text.split('role="alert"')[1], action
+            entry = Lifecycle(settings.repository, audit_log=audit_log).audit(limit=1)[0]
+            assert (entry.actor, entry.action, entry.product) == ("console:ci", action, "text_ner")
+            assert not entry.ok and words in entry.result
+        page = browser.get("/products/text_ner").text  # and none of them is offered
+        assert not re.search(r'data-action="(load|reload|rollback|roll-forward|make-live)', page)
 
 
 # --- binding --------------------------------------------------------------------------------
@@ -457,13 +475,14 @@ def test_console_against_a_server_with_tls_and_keys(repository: Path, tmp_path_f
             answer = post(browser, "text_classify", {"text": "where is my parcel?"})
             assert answer.status_code == 200 and 'class="top-label"' in answer.text
             token = csrf_of(browser.get("/products/text_classify").text)
-            done = browser.post("/products/text_classify/reload", data={"confirm": "yes"},
-                                headers={"X-CSRF-Token": token, "HX-Request": "true", "HX-Target": "main"})
-            assert done.status_code == 200 and "Reload text_classify: ok" in done.text
-            entry = Lifecycle(repository, audit_log=settings.audit_log).audit(limit=1)[0]
-            assert (entry.actor, entry.action, entry.product, entry.result) == ("console:ops", "reload", "text_classify", "ok")
+            for action in ("unload", "load"):  # what a READY product, then an unloaded one, offers
+                done = browser.post(f"/products/text_classify/{action}", data={"confirm": "yes"},
+                                    headers={"X-CSRF-Token": token, "HX-Request": "true", "HX-Target": "main"})
+                assert done.status_code == 200 and f"{action.capitalize()} text_classify: ok" in done.text
+                entry = Lifecycle(repository, audit_log=settings.audit_log).audit(limit=1)[0]
+                assert (entry.actor, entry.action, entry.product, entry.result) == ("console:ops", action, "text_classify", "ok")
             audit_page = browser.get("/audit").text
-            assert "console:ops" in audit_page and "<b>reload</b>" in audit_page
+            assert "console:ops" in audit_page and "<b>unload</b>" in audit_page
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 live = browser.get("/api/live?product=text_classify").json()
@@ -480,6 +499,14 @@ def test_console_against_a_server_with_tls_and_keys(repository: Path, tmp_path_f
             refused = post(browser, "text_classify", {"text": "where is my parcel?"})
             assert refused.status_code == 403
             assert "PermissionDeniedError" in refused.text and "api-key" in refused.text
+
+        # A console holding a key the server does not enforce: nobody signs in with it.
+        other_key = secrets.token_hex(16)
+        with TestClient(create_app(replace(settings, admin_key=other_key)), base_url=BASE_URL) as browser:
+            token = csrf_of(browser.get("/signin").text)
+            refused = browser.post(f"/signin?csrf_token={token}", data={"admin_key": other_key})
+            assert refused.status_code == 401 and "the server refuses this key" in refused.text
+            assert browser.get("/products", follow_redirects=False).status_code == 303
 
 
 def test_a_server_that_is_down_is_shown_not_raised(repository: Path, tmp_path: Path):

@@ -347,8 +347,14 @@ def admin_console(versioned: Path, tmp_path_factory) -> Iterator[tuple[ConsoleSe
             yield running, own
 
 
-def test_sign_in_roll_back_and_see_it_in_the_audit_log(browser, admin_console, versioned: Path, tmp_path: Path):
+def test_sign_in_roll_back_export_and_see_it_all(browser, admin_console, versioned: Path, text_checkpoints: dict,
+                                                tmp_path: Path):
+    """The words follow the direction (roll back from v2 to v1, then roll forward to v2 is
+    what v2 offers), only what can succeed is offered, an export without a reload shows on
+    the card as "v1 serving, v3 on disk" with the command that reconciles them, and the
+    audit log has the console's and the CLI's entries."""
     from mmserve.client import Client
+    from mmserve.exporters.text import export_text
 
     console, own = admin_console
     assert Lifecycle(versioned).product("sentiment").active_version == 2
@@ -361,26 +367,34 @@ def test_sign_in_roll_back_and_see_it_in_the_audit_log(browser, admin_console, v
         tab.click("form.stack button[type=submit]")
         tab.wait_for_url(re.compile(r"/products/sentiment$"))
         assert tab.locator(".signed-in").inner_text() == "console:tester"
-
-        tab.click("button[data-action=reload]")  # asks first
-        tab.click("button[data-confirm=reload]")
-        tab.wait_for_selector("#action-panel .alert.ok")
-        tab.reload()
+        offered = set(tab.locator("button[data-action]").evaluate_all("bs => bs.map(b => b.dataset.action)"))
+        assert offered == {"unload", "rollback-to-1"}, offered  # READY at v2: no load, no reload, nothing to v2
+        assert tab.locator("button[data-action=rollback-to-1]").inner_text() == "Roll back to v1…"
 
         tab.click("button[data-action=rollback-to-1]")
         confirm = tab.wait_for_selector("#action-panel .confirm")
-        assert "Rollback" in confirm.inner_text() and "v1" in confirm.inner_text()
+        assert "Roll sentiment back from v2 to v1?" in confirm.inner_text() and "an earlier version" in confirm.inner_text()
         tab.click("button[data-confirm=rollback]")
         done = tab.wait_for_selector("#action-panel .alert.ok", timeout=180_000)
-        assert "Rollback sentiment: ok" in done.inner_text()
+        assert "Roll back sentiment: ok" in done.inner_text()
         page.shot("rolled-back")
+        assert tab.locator("button[data-action=roll-forward-to-2]").inner_text() == "Roll forward to v2…"
 
         with Client(own.grpc_url, timeout=60) as c:  # the server serves v1 now, and answers
             product = Lifecycle(versioned, c).product("sentiment")
-            assert (product.active_version, product.state) == (1, "READY")
+            assert (product.served_version, product.active_version, product.state) == (1, 1, "READY")
             assert c.classify_text("where is my parcel?", pipeline="sentiment").label in product.labels
 
-        # The CLI's admin commands write to the same log.
+        export_text(text_checkpoints["sentiment"], versioned, name="sentiment")  # v3, no reload
+        tab = page.open("/products")
+        card = tab.locator("#product-sentiment")
+        assert "v1 serving · v3 on disk" in " ".join(card.locator("dd").first.inner_text().split())
+        assert "v3 exported, v1 serving — run `mmserve reload sentiment`" in card.locator(".drift").inner_text()
+        tab = page.open("/products/sentiment")
+        assert tab.locator("button[data-action=reload]").inner_text() == "Reload — serve v3"
+        page.shot("drift")
+
+        # The CLI reconciles them, and writes to the same log.
         cli = subprocess.run(
             [sys.executable, "-m", "mmserve.cli", "reload", "sentiment", "--server", own.grpc_url,
              "--repository", str(versioned)],
@@ -388,14 +402,16 @@ def test_sign_in_roll_back_and_see_it_in_the_audit_log(browser, admin_console, v
             env={k: v for k, v in os.environ.items() if k not in ("MMSERVE_AUDIT_LOG", "MMSERVE_ADMIN_KEY")},
         )
         assert cli.returncode == 0, cli.stderr
+        tab = page.open("/products")
+        assert "v3 serving" in " ".join(tab.locator("#product-sentiment dd").first.inner_text().split())
+        assert tab.locator("#product-sentiment .drift").count() == 0
 
         tab = page.open("/audit")
         rows = tab.locator("table.audit tbody tr")
-        assert rows.count() >= 3  # and the export that made v2, where exports are audited
         newest = [rows.nth(i).inner_text() for i in range(3)]
         assert "reload" in newest[0] and "console:" not in newest[0]  # the CLI: user@host
-        assert "console:tester" in newest[1] and "rollback" in newest[1] and "ok" in newest[1]
-        assert "console:tester" in newest[2] and "reload" in newest[2]
+        assert "export" in newest[1] and "version 3" in newest[1]
+        assert "console:tester" in newest[2] and "rollback" in newest[2] and "ok" in newest[2]
         page.shot("audit", "console-audit", height=420)
     finally:
         page.close()

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from mmserve.client import InvalidInputError, MmserveError, PermissionDeniedError
-from mmserve.lifecycle import Lifecycle, LifecycleError, Product
+from mmserve.lifecycle import Lifecycle, LifecycleError, Product, version_changes
 from mmserve.pipelines import Kind
 
 from . import cards, playground
@@ -176,6 +176,11 @@ def no_paths(text: str) -> str:
     return _PATH.sub(lambda m: f"…/{m.group(1)}", str(text or ""))
 
 
+# How the pages (and the audit page) name the lifecycle's actions.
+ACTION_TITLES = {"load": "Load", "unload": "Unload", "reload": "Reload", "rollback": "Roll back",
+                 "roll-forward": "Roll forward", "make-live": "Make live", "export": "Export"}
+
+
 def _ms(value: float | None) -> str:
     return "—" if value is None else (f"{value:.1f} ms" if value >= 10 else f"{value:.2f} ms")
 
@@ -185,6 +190,8 @@ templates.env.filters["facts"] = cards.card_facts
 templates.env.filters["card_json"] = cards.card_json
 templates.env.filters["ms"] = _ms
 templates.env.filters["no_paths"] = no_paths
+templates.env.globals["version_changes"] = version_changes
+templates.env.globals["action_title"] = lambda action: ACTION_TITLES.get(action, str(action).capitalize())
 templates.env.filters["shown_labels"] = shown_labels
 templates.env.filters["by_modality"] = playground.by_modality
 templates.env.globals["kind_title"] = lambda kind: playground.KIND_TITLES.get(Kind(kind), str(kind))

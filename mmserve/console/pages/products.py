@@ -4,8 +4,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
+from mmserve.lifecycle import version_changes
+
 from ..deps import console_of, product_or_404, products_of, render
-from .actions import ACTIONS
 
 router = APIRouter()
 
@@ -19,4 +20,4 @@ def products_page(request: Request) -> HTMLResponse:
 @router.get("/products/{name}", response_class=HTMLResponse)
 def product_page(request: Request, name: str) -> HTMLResponse:
     product = product_or_404(console_of(request), name)
-    return render(request, "product.html", {"product": product, "actions": ACTIONS})
+    return render(request, "product.html", {"product": product})
