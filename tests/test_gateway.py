@@ -358,3 +358,22 @@ def test_a_killed_gateway_loses_no_answered_usage(server, repository, tmp_path):
     with sqlite3.connect(store) as db:
         counted = db.execute("SELECT SUM(requests), SUM(items) FROM usage WHERE tenant = 'acme' AND status = 200").fetchone()
     assert counted == (12, 18)
+
+
+def test_serve_gateway_options_start_a_gateway_beside_the_server(setup, server, repository):
+    """`mmserve serve --gateway ...`: the options parsed by the real parser reach a gateway that
+    calls this server (the server itself is the session's: no second Triton here)."""
+    from mmserve.cli import build_parser
+    from mmserve.cli.gateway import gateway_beside
+
+    port = free_port()
+    args = build_parser().parse_args(["serve", "--repository", str(repository), "--gateway", "--gateway-port",
+                                      str(port), "--gateway-store", setup["store"], "--gateway-max-items", "2"])
+    gateway = gateway_beside(server, args, None)
+    try:
+        headers = {"Authorization": f"Bearer {setup['keys']['text']['key']}"}
+        url = f"http://127.0.0.1:{port}/v1/embeddings"
+        assert httpx.post(url, json={"model": "text_embed", "input": ["a", "b"]}, headers=headers).status_code == 200
+        assert httpx.post(url, json={"model": "text_embed", "input": ["a"] * 3}, headers=headers).status_code == 400
+    finally:
+        gateway.stop()
