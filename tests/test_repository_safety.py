@@ -53,14 +53,23 @@ def tmpfs(tmp_path: Path):
 
 
 def snapshot(repository: Path) -> dict[str, str]:
-    """Every path under the repository with its content's hash (the writer's lock file aside)."""
+    """Every path under the repository with its content's hash (the writer's lock file aside, and
+    the audit log, where a failed export is recorded as an attempt: see failed_export_recorded)."""
     tree = {}
     for path in sorted(repository.rglob("*")):
         relative = str(path.relative_to(repository))
-        if relative == ".mmserve.lock":
+        if relative in (".mmserve.lock", ".mmserve-audit.jsonl"):
             continue
         tree[relative] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
     return tree
+
+
+def failed_export_recorded(repository: Path, error: str) -> None:
+    """The served repository's audit log ends with the failed export and its error."""
+    from mmserve.lifecycle import Lifecycle
+
+    entry = Lifecycle(repository).audit(limit=1)[0]
+    assert (entry.action, entry.result.split(":")[0]) == ("export", error)
 
 
 def answers(server: TritonServer) -> int:
@@ -181,6 +190,7 @@ def test_a_failed_parity_gate_leaves_the_repository_and_the_server_as_they_were(
     with pytest.raises(ParityError, match="Nothing was written"):
         export_text(text_checkpoints["classify"], repository)
     assert snapshot(repository) == before
+    failed_export_recorded(repository, "ParityError")
     assert answers(server) == classes and reload_and_serve(server) == ["1"]
 
 
