@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,23 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def real_size(tmp_path_factory) -> Path:
+def real_size(tmp_path_factory):
+    """The three products exported; their prepared weights (random, never used again) in a
+    cache of this module's own, removed at the end."""
     from mmserve.bench.realsize import export_all
 
     work = tmp_path_factory.mktemp("real-size")
-    export_all(work, work / "repository", "real", log=print)
-    return work / "repository"
+    previous = os.environ.get("MMSERVE_ORT_CACHE")
+    os.environ["MMSERVE_ORT_CACHE"] = str(work / "ort-cache")
+    try:
+        export_all(work, work / "repository", "real", log=print)
+        yield work / "repository"
+    finally:
+        if previous is None:
+            os.environ.pop("MMSERVE_ORT_CACHE", None)
+        else:
+            os.environ["MMSERVE_ORT_CACHE"] = previous
+        shutil.rmtree(work / "ort-cache", ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -197,3 +197,16 @@ def test_the_real_size_report_states_each_target_and_replaces_only_its_own_secti
     assert text.startswith("# Benchmarks\n\nsmall-model figures\n") and text.count("## Real-size models") == 1
     assert "**1.60×**" in text and "**not met**" in text and "(batches of 6.0)" in text and "1.10×" not in text
     assert kept_section(docs).strip() == text[text.index("<!-- real-size"):].strip()
+
+
+def test_clip_training_gives_a_real_size_model_every_core():
+    import torch
+
+    from mmserve.training.clip import LARGE_MODEL_PARAMETERS, _configure_threads, _cores
+
+    before = torch.get_num_threads()
+    try:
+        assert _configure_threads(workers=1, parameters=LARGE_MODEL_PARAMETERS) == _cores()  # ViT-B-32: 151M
+        assert _configure_threads(workers=1, parameters=3_600_000) == max(1, _cores() - 1)  # the tiny ViT: one per loader
+    finally:
+        torch.set_num_threads(before)
