@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 GLOBAL_BATCH = 8
-EPOCHS = 6  # what a randomly initialised tiny BERT needs to move off chance on 52 rows
+EPOCHS = 6  # (3 + 3 resumed) what a randomly initialised tiny BERT needs to move off chance on 52 rows
 
 
 @pytest.fixture(scope="module")
@@ -68,60 +68,53 @@ def files_in(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and "runs" not in p.parts}
 
 
-def test_two_processes_on_gloo_match_one_process(tiny_bert_without_dropout: Path, intents_60: Path, tmp_path: Path):
-    single = tmp_path / "single"
-    run([sys.executable, *train_args(tiny_bert_without_dropout, intents_60, single, GLOBAL_BATCH)])
-
+def test_two_processes_match_one_and_resume_and_refuse_like_it(
+    tiny_bert_without_dropout: Path, intents_60: Path, tmp_path: Path
+):
+    """Two processes on gloo learn what one process learns (same global batches), rank 0
+    alone writes and prints; an occupied --out stops every rank with rank 0's message (none
+    left waiting); --resume loads rank 0's saved state on every rank and continues as a
+    resumed single process does. One test, so each phase's runs serve the next one."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    double = tmp_path / "double"
-    # per-process batch (--batch-size) = global batch / world size
-    two = run([*torchrun, *train_args(tiny_bert_without_dropout, intents_60, double, GLOBAL_BATCH // 2)])
-
-    one_metrics = json.loads((single / "metrics.json").read_text())
-    two_metrics = json.loads((double / "metrics.json").read_text())
-    for one_epoch, two_epoch in zip(one_metrics["history"], two_metrics["history"], strict=True):
-        assert abs(one_epoch["dev_accuracy"] - two_epoch["dev_accuracy"]) <= 0.01, (one_epoch, two_epoch)
-        assert two_epoch["dev_loss"] == pytest.approx(one_epoch["dev_loss"], rel=0.02), (one_epoch, two_epoch)
-        assert two_epoch["train_loss"] == pytest.approx(one_epoch["train_loss"], rel=0.02), (one_epoch, two_epoch)
-    assert two_metrics["best_epoch"] == one_metrics["best_epoch"]
-    history = one_metrics["history"]
-    assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.05, history  # it learned: the match means something
-    assert two_metrics["n_train"] == one_metrics["n_train"] and two_metrics["n_dev"] == one_metrics["n_dev"]
-
-    # rank 0 alone wrote: the same files as one process, one set of TensorBoard curves
-    assert files_in(double) == files_in(single)
-    assert len(list((double / "runs").glob("events.out.tfevents.*"))) == 1
-    # and rank 0 alone printed the report and the checkpoint line
-    assert two.stdout.count("best epoch") == 1, two.stdout
-    assert two.stdout.count(f"checkpoint: {double}") == 1, two.stdout
-    assert two.stdout.count(f"epoch {EPOCHS}: train loss") == 1, two.stdout
-
-
-def test_resume_and_refusal_under_torchrun(tiny_bert_without_dropout: Path, intents_60: Path, tmp_path: Path):
-    """An occupied --out stops every rank with rank 0's message (none left waiting); --resume
-    loads rank 0's saved state on every rank and continues as a resumed single process does."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    first = EPOCHS // 2
 
     def epochs(args: list[str], epochs: int) -> list[str]:
         return [*args[: args.index("--epochs") + 1], str(epochs), *args[args.index("--epochs") + 2 :]]
 
     single, double = tmp_path / "single", tmp_path / "double"
     one = train_args(tiny_bert_without_dropout, intents_60, single, GLOBAL_BATCH)
+    # per-process batch (--batch-size) = global batch / world size
     two = [*torchrun, *train_args(tiny_bert_without_dropout, intents_60, double, GLOBAL_BATCH // 2)]
-    run([sys.executable, *epochs(one, 3)])
-    run(epochs(two, 3))
+    run([sys.executable, *epochs(one, first)])
+    started = run(epochs(two, first))
+
+    one_metrics = json.loads((single / "metrics.json").read_text())
+    two_metrics = json.loads((double / "metrics.json").read_text())
+    assert two_metrics["n_train"] == one_metrics["n_train"] and two_metrics["n_dev"] == one_metrics["n_dev"]
+    # rank 0 alone wrote: the same files as one process, one set of TensorBoard curves
+    assert files_in(double) == files_in(single)
+    assert len(list((double / "runs").glob("events.out.tfevents.*"))) == 1
+    # and rank 0 alone printed the report and the checkpoint line
+    assert started.stdout.count("best epoch") == 1, started.stdout
+    assert started.stdout.count(f"checkpoint: {double}") == 1, started.stdout
+    assert started.stdout.count(f"epoch {first}: train loss") == 1, started.stdout
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    refused = subprocess.run(epochs(two, 3), capture_output=True, text=True, env=env, timeout=600)
+    refused = subprocess.run(epochs(two, first), capture_output=True, text=True, env=env, timeout=600)
     assert refused.returncode != 0
     assert refused.stderr.count("already holds a checkpoint") == 2, refused.stderr[-3000:]  # each rank, same words
 
     run([sys.executable, *epochs(one, EPOCHS), "--resume"])
     resumed = run([*epochs(two, EPOCHS), "--resume"])
-    assert resumed.stdout.count(f"resuming after epoch 3 of {EPOCHS}") == 1, resumed.stdout
-    one_history = json.loads((single / "metrics.json").read_text())["history"]
-    two_history = json.loads((double / "metrics.json").read_text())["history"]
-    assert len(two_history) == EPOCHS
-    for one_epoch, two_epoch in zip(one_history, two_history, strict=True):
+    assert resumed.stdout.count(f"resuming after epoch {first} of {EPOCHS}") == 1, resumed.stdout
+    one_metrics = json.loads((single / "metrics.json").read_text())
+    two_metrics = json.loads((double / "metrics.json").read_text())
+    assert len(two_metrics["history"]) == EPOCHS
+    for one_epoch, two_epoch in zip(one_metrics["history"], two_metrics["history"], strict=True):
         assert abs(one_epoch["dev_accuracy"] - two_epoch["dev_accuracy"]) <= 0.01, (one_epoch, two_epoch)
+        assert two_epoch["dev_loss"] == pytest.approx(one_epoch["dev_loss"], rel=0.02), (one_epoch, two_epoch)
         assert two_epoch["train_loss"] == pytest.approx(one_epoch["train_loss"], rel=0.02), (one_epoch, two_epoch)
+    assert two_metrics["best_epoch"] == one_metrics["best_epoch"]
+    history = one_metrics["history"]
+    # it learned (3 epochs, then 3 more on the resumed schedule): the match means something
+    assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.02, history
