@@ -138,14 +138,24 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _configure_threads(workers: int) -> int:
-    """Torch threads = cores left after the loader processes.
+# A model this large spends seconds per step in torch, and its loader a few ms per picture:
+# the step takes every core (issue 23: ViT-B-32 LoRA ran "1 torch threads" on 2 cores).
+# Smaller models keep a core for the loader.
+LARGE_MODEL_PARAMETERS = 20_000_000
+
+
+def _configure_threads(workers: int, parameters: int = 0) -> int:
+    """Torch threads = cores left after the loader processes, or every core (this process's
+    share under torchrun) for a model of LARGE_MODEL_PARAMETERS or more.
 
     Decoding and augmenting run in the loader process, in parallel with the step. A
     small model gains little from a second intra-op thread, and intra-op threads that
-    compete for a core with the loader (or anything else) slow a step down many times.
+    compete for a core with the loader (or anything else) slow a step down many times;
+    a real-size model's step is long enough that the loader's share is noise.
     """
     configure_runtime()
+    if parameters >= LARGE_MODEL_PARAMETERS:
+        return torch.get_num_threads()  # configure_runtime's: every core of this process's share
     threads = max(1, _cores() - workers)
     torch.set_num_threads(threads)
     return threads
@@ -466,6 +476,7 @@ def train_clip(cfg: ClipTrainConfig) -> TrainResult:
 
     seed_everything(cfg.seed)
     model, preprocess_train, preprocess_val, tokenizer, model_cfg = build_model(cfg)
+    threads = _configure_threads(cfg.loader_workers, sum(p.numel() for p in model.parameters()))
     model = _prepare_trainable(model, cfg).to(distributed.device())
     loss_fn = _loss_fn(model)
     tokens = tokenizer([p.caption for p in train_pairs])
