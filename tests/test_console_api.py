@@ -172,6 +172,28 @@ def test_playground_classifies_text_like_the_client(web: TestClient, client_for_
     assert response.text.count('class="bar"') == len(texts) * len(products["sentiment"].labels)
 
 
+def test_playground_shows_the_top_classes_and_the_version_that_answered(web: TestClient, products: dict):
+    labels = products["text_classify"].labels
+    assert len(labels) > 3
+    response = post(web, "text_classify", {"text": "where is my parcel?\nI want to cancel my order"})
+    assert response.status_code == 200, response.text
+    assert response.text.count('class="bar"') == 2 * 3  # the top 3 of each, not every class
+    more = len(labels) - 3
+    assert response.text.count(f"+{more} more {'class' if more == 1 else 'classes'} below") == 2
+    served = products["text_classify"].served_version
+    assert served is not None and f"Answered by <b>text_classify v{served}</b>" in response.text
+
+
+def test_the_playground_partner_is_a_served_product_of_the_partner_kind(web: TestClient):
+    """The form's partner is checked against the products, never sent to Triton as given."""
+    image = png((220, 30, 30))
+    for partner in ("text_tokenize", "sentiment", "clip_text_embed_encoder", "../x"):
+        response = post(web, "image_embed", {"text": "a red circle", "partner": partner},
+                        files=[("files", ("a.png", image, "image/png"))])
+        assert response.status_code == 400, (partner, response.text)
+        assert "is not a served clip_text_embed product" in response.text and "clip_text_embed" in response.text
+
+
 def test_playground_highlights_entities_like_the_client(web: TestClient, client_for_module):
     text = "Angela Merkel met Emmanuel Macron in Paris."
     response = post(web, "text_ner", {"text": text})

@@ -168,11 +168,7 @@ def _project_modules() -> list[Path]:
 
 # Modules being moved onto the table by another change of issue 19, and who does it. An entry
 # whose module no longer branches fails below: remove it then, so this list only shrinks.
-MIGRATING = {
-    "mmserve/console/playground.py": "the console's migration to the kind table",
-    "mmserve/console/pages/playground.py": "the console's migration to the kind table",
-    "mmserve/console/deps.py": "the console's migration to the kind table",
-}
+MIGRATING: dict[str, str] = {}
 
 
 def test_no_module_outside_the_table_branches_on_a_kind_name() -> None:

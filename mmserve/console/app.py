@@ -29,7 +29,6 @@ from .auth import Session, cookie_name
 from .deps import HERE, console_of, guard, is_htmx, local_path, render, templates
 from .guards import BodyLimit, HostAllowlist
 from .pages import PAGES, nav_entries
-from .pages.playground import clip_partner
 from .runtime import Console, make_client
 from .settings import ConsoleSettings
 
@@ -112,4 +111,4 @@ async def http_error(request: Request, error: StarletteHTTPException) -> Respons
                   status_code=error.status_code, headers=error.headers)
 
 
-__all__ = ["create_app", "Console", "make_client", "clip_partner"]
+__all__ = ["create_app", "Console", "make_client"]

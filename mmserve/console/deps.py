@@ -19,7 +19,8 @@ from fastapi.templating import Jinja2Templates
 
 from mmserve.client import InvalidInputError, MmserveError, PermissionDeniedError
 from mmserve.lifecycle import Lifecycle, LifecycleError, Product, version_changes
-from mmserve.pipelines import Kind
+from mmserve import kinds
+from mmserve.kinds import AnswerShape
 
 from . import cards, playground
 from .auth import CSRF_FIELD, CSRF_HEADER, Session, csrf_ok
@@ -132,8 +133,8 @@ def product_or_404(console: Console, name: str, products: list[Product] | None =
 
 
 def shown_labels(product: Product) -> tuple[str, ...]:
-    """What a person reads as the product's classes: NER's BIO tags as entity types."""
-    if product.kind != Kind.TEXT_NER:
+    """What a person reads as the product's classes: an entity kind's BIO tags as entity types."""
+    if kinds.info(product.kind).answer is not AnswerShape.ENTITIES:
         return product.labels
     types: dict[str, None] = {}
     for tag in product.labels:
@@ -194,4 +195,5 @@ templates.env.globals["version_changes"] = version_changes
 templates.env.globals["action_title"] = lambda action: ACTION_TITLES.get(action, str(action).capitalize())
 templates.env.filters["shown_labels"] = shown_labels
 templates.env.filters["by_modality"] = playground.by_modality
-templates.env.globals["kind_title"] = lambda kind: playground.KIND_TITLES.get(Kind(kind), str(kind))
+templates.env.globals["kind_title"] = playground.kind_title
+templates.env.globals["kind_info"] = kinds.info

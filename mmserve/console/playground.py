@@ -1,7 +1,10 @@
-"""Playground: one form per product kind, answered through the typed client.
+"""Playground: one form per product, answered through the typed client.
 
-Each kind turns the form's fields into one client call and the answer into a small
-view (bars, highlighted entities, a similarity matrix) that the templates draw. The
+What a form asks for and how its answer is drawn come from the kind table
+(:mod:`mmserve.kinds`): the form from the kind's input shape (texts, images, images and
+candidate labels, audio), the client call from its ``client_method``, the view from its
+answer shape (bars, highlighted entities, a similarity matrix), and an embedding kind
+with a partner (CLIP's two towers) as images × texts. No kind is named here. The
 client's typed errors are shown as they are: they carry the server's own message.
 """
 from __future__ import annotations
@@ -13,49 +16,32 @@ from typing import Any
 
 import numpy as np
 
+from mmserve import kinds
 from mmserve.client import Client, Entity, InvalidInputError
+from mmserve.client.media import open_image
+from mmserve.kinds import AnswerShape, InputShape, KindInfo
 from mmserve.pipelines import Kind
-
-# What the playground can try, per kind, and how the page names it.
-KIND_TITLES: dict[Kind, str] = {
-    Kind.TEXT_CLASSIFY: "Text classification",
-    Kind.TEXT_NER: "Named entities",
-    Kind.TEXT_EMBED: "Text embeddings",
-    Kind.ZERO_SHOT_IMAGE: "Zero-shot image classification",
-    Kind.IMAGE_EMBED: "Image embeddings",
-    Kind.CLIP_TEXT_EMBED: "Text embeddings in the image space",
-    Kind.AUDIO_CLASSIFY: "Audio classification",
-    Kind.AUDIO_EMBED: "Audio embeddings",
-}
-# How the pages group products: by what they take in.
-MODALITIES: tuple[tuple[str, tuple[Kind, ...]], ...] = (
-    ("Text", (Kind.TEXT_CLASSIFY, Kind.TEXT_NER, Kind.TEXT_EMBED)),
-    ("Vision and text", (Kind.ZERO_SHOT_IMAGE, Kind.IMAGE_EMBED, Kind.CLIP_TEXT_EMBED)),
-    ("Speech", (Kind.AUDIO_CLASSIFY, Kind.AUDIO_EMBED)),
-)
 
 
 def by_modality(products: Sequence[Any]) -> list[tuple[str, list[Any]]]:
-    """Products (anything with ``.kind``) grouped as MODALITIES says, kinds in that order."""
+    """Products (anything with ``.kind``) grouped by the kind table's modalities, kinds in
+    the table's order."""
     groups = []
-    for title, kinds in MODALITIES:
-        members = sorted((p for p in products if p.kind in kinds), key=lambda p: (kinds.index(p.kind), p.name))
+    for modality, rows in kinds.by_modality():
+        order = [row.kind for row in rows]
+        members = sorted((p for p in products if p.kind in order), key=lambda p: (order.index(p.kind), p.name))
         if members:
-            groups.append((title, members))
+            groups.append((modality.title, members))
     return groups
 
 
-# What a form holds before anyone types: one click shows an answer.
-EXAMPLES: dict[str, str] = {
-    Kind.TEXT_CLASSIFY.value: "where is my parcel?\nI want to cancel my order\nthis is the best purchase I ever made",
-    Kind.TEXT_NER.value: "Angela Merkel met Emmanuel Macron in Paris on behalf of the European Union.",
-    Kind.TEXT_EMBED.value: "how do I reset my password?\nI forgot my password\nthe weather is lovely today",
-    Kind.ZERO_SHOT_IMAGE.value: "a red circle, a blue square, a green triangle",
-    Kind.IMAGE_EMBED.value: "a red circle\na blue square",
-    Kind.CLIP_TEXT_EMBED.value: "a red circle\na blue square",
-}
+def kind_title(kind: Kind | str) -> str:
+    return kinds.info(kind).title
+
+
 MAX_TEXTS = 16  # a playground, not a batch job
 MAX_FILES = 8
+TOP_K = 3  # classes drawn per input; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -71,13 +57,14 @@ class Bar:
 
 @dataclass(frozen=True)
 class Classified:
-    """One input's answer: its label, that label's probability, every class as a bar."""
+    """One input's answer: its label, that label's probability, its top classes as bars."""
 
     source: str  # the text, or the file's name
     label: str
     score: float
-    bars: tuple[Bar, ...]
+    bars: tuple[Bar, ...]  # the TOP_K most probable, best first
     preview: str | None = None  # a data: URL thumbnail of an uploaded image
+    more: int = 0  # classes not drawn
 
 
 @dataclass(frozen=True)
@@ -129,6 +116,7 @@ class Result:
     classified: tuple[Classified, ...] = ()
     entity_texts: tuple[EntityText, ...] = ()
     similarity: Similarity | None = None
+    answered_by: str = ""  # the version(s) of the product that answered, e.g. "v2"
 
 
 def split_lines(text: str, what: str = "texts") -> list[str]:
@@ -140,11 +128,19 @@ def split_lines(text: str, what: str = "texts") -> list[str]:
     return lines or [text]
 
 
-def bars(probs: np.ndarray, labels: Sequence[str]) -> tuple[Bar, ...]:
-    """Bars in label order; the best one marked. Labels missing from the card show as #i."""
+def bars(probs: np.ndarray, labels: Sequence[str], top_k: int = TOP_K) -> tuple[Bar, ...]:
+    """The ``top_k`` most probable classes as bars, best first (marked). Labels missing from
+    the card show as #i."""
     best = int(np.argmax(probs)) if len(probs) else -1
     names = [labels[i] if i < len(labels) else f"#{i}" for i in range(len(probs))]
-    return tuple(Bar(names[i], float(p), i == best) for i, p in enumerate(probs))
+    order = sorted(range(len(probs)), key=lambda i: -float(probs[i]))[:top_k]
+    return tuple(Bar(names[i], float(probs[i]), i == best) for i in order)
+
+
+def classified(source: str, label: str, score: float, probs: np.ndarray, labels: Sequence[str],
+               preview: str | None = None) -> Classified:
+    drawn = bars(probs, labels)
+    return Classified(source, label, score, drawn, preview, more=max(0, len(probs) - len(drawn)))
 
 
 def highlight(text: str, entities: Sequence[Entity]) -> tuple[Segment, ...]:
@@ -188,15 +184,11 @@ def thumbnail(data: bytes, size: int = 96) -> str | None:
     (the server's answer then says what is wrong with it)."""
     import base64
 
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.width * image.height > 40_000_000:
-                return None  # the server refuses it too; no decoding here
+    try:  # the contract's formats only, its size checked before any pixel is decoded
+        with open_image(data) as image:
             picture = image.convert("RGB")
             picture.thumbnail((size, size))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except (InvalidInputError, OSError, ValueError):
         return None
     out = io.BytesIO()
     picture.save(out, format="PNG")
@@ -222,62 +214,66 @@ def run(
 ) -> Result:
     """One playground request for ``product`` of ``kind``.
 
-    ``labels`` are the product's class names (for its bars); ``partner`` is the other
-    tower of an image-text pair (the clip_text_embed product for an image_embed one
-    and the other way round).
+    ``labels`` are the product's class names (for its bars); ``partner`` is the product of
+    the kind's partner kind (the other tower of an image-text pair), checked by the caller
+    against the products served.
     """
-    text = str(fields.get("text", ""))
-    if kind == Kind.TEXT_CLASSIFY:
-        texts = split_lines(text)
-        answers = client.classify_text(texts, pipeline=product)
-        return Result(kind, classified=tuple(
-            Classified(t, a.label, a.score, bars(a.probs, labels)) for t, a in zip(texts, answers)
-        ))
-    if kind == Kind.TEXT_NER:
-        texts = split_lines(text)
-        found = client.extract_entities(texts, pipeline=product)
-        return Result(kind, entity_texts=tuple(
-            EntityText(t, highlight(t, e), tuple(e)) for t, e in zip(texts, found)
-        ))
-    if kind == Kind.TEXT_EMBED:
-        texts = split_lines(text)
-        vectors = client.embed_text(texts, pipeline=product)
-        return Result(kind, similarity=similarity("Cosine similarity between the texts", texts, texts, vectors, vectors))
-    if kind == Kind.ZERO_SHOT_IMAGE:
-        images = _files(uploads, "images")
+    row = kinds.info(kind)
+    call = getattr(client, row.client_method)
+    if row.partner is not None:
+        return _pair(client, row, product, fields, uploads, partner)
+    items, names, previews = _inputs(row, fields, uploads)
+    if row.input is InputShape.IMAGE_AND_LABELS:
         candidates = [c.strip() for c in str(fields.get("labels", "")).replace("\n", ",").split(",") if c.strip()]
-        answers = client.zero_shot([u.data for u in images], candidates, pipeline=product)
+        answers = call(items, candidates, pipeline=product)
+    else:
+        answers = call(items, pipeline=product)
+    if row.answer in (AnswerShape.CLASSIFICATION, AnswerShape.ZERO_SHOT):
         return Result(kind, classified=tuple(
-            Classified(u.name, a.label, a.score, bars(a.probs, a.labels), thumbnail(u.data))
-            for u, a in zip(images, answers)
+            classified(n, a.label, a.score, a.probs, labels if row.answer is AnswerShape.CLASSIFICATION else a.labels, p)
+            for n, a, p in zip(names, answers, previews)
         ))
-    if kind in (Kind.IMAGE_EMBED, Kind.CLIP_TEXT_EMBED):
-        image_product, text_product = (product, partner) if kind == Kind.IMAGE_EMBED else (partner, product)
-        if not image_product or not text_product:
-            raise InvalidInputError(
-                "image-text similarity needs an image_embed and a clip_text_embed product; "
-                "export a CLIP checkpoint (mmserve export clip) to get both"
-            )
+    if row.answer is AnswerShape.ENTITIES:
+        return Result(kind, entity_texts=tuple(EntityText(t, highlight(t, e), tuple(e)) for t, e in zip(items, answers)))
+    if row.answer is AnswerShape.EMBEDDING:
+        what = {InputShape.TEXT: "texts", InputShape.AUDIO: "clips"}.get(row.input, "inputs")
+        return Result(kind, similarity=similarity(f"Cosine similarity between the {what}", names, names,
+                                                  answers, answers, previews if any(previews) else ()))
+    raise InvalidInputError(f"the playground has no view for answers shaped {row.answer.value}")
+
+
+def _inputs(row: KindInfo, fields: dict[str, Any], uploads: Sequence[Upload]) -> tuple[list[Any], list[str], list[str | None]]:
+    """What the form holds for the kind's input shape: the items to send, their names as
+    shown, and thumbnails of images."""
+    if row.input is InputShape.TEXT:
+        texts = split_lines(str(fields.get("text", "")))
+        return texts, texts, [None] * len(texts)
+    if row.input in (InputShape.IMAGE, InputShape.IMAGE_AND_LABELS):
         images = _files(uploads, "images")
-        texts = split_lines(text)
-        image_vectors = client.embed_images([u.data for u in images], pipeline=image_product)
-        text_vectors = client.embed_clip_texts(texts, pipeline=text_product)
-        return Result(kind, similarity=similarity(
-            f"Cosine similarity: images ({image_product}) × texts ({text_product})",
-            [u.name for u in images], texts, image_vectors, text_vectors, [thumbnail(u.data) for u in images],
-        ))
-    if kind == Kind.AUDIO_CLASSIFY:
-        clips = _files(uploads, "audio clips")
-        answers = client.classify_audio([c.data for c in clips], pipeline=product)
-        return Result(kind, classified=tuple(
-            Classified(c.name, a.label, a.score, bars(a.probs, labels)) for c, a in zip(clips, answers)
-        ))
-    if kind == Kind.AUDIO_EMBED:
-        clips = _files(uploads, "audio clips")
-        vectors = client.embed_audio([c.data for c in clips], pipeline=product)
-        names = [c.name for c in clips]
-        return Result(kind, similarity=similarity("Cosine similarity between the clips", names, names, vectors, vectors))
-    raise InvalidInputError(f"the playground has no form for kind {kind.value}")
+        return [u.data for u in images], [u.name for u in images], [thumbnail(u.data) for u in images]
+    clips = _files(uploads, "audio clips")
+    return [c.data for c in clips], [c.name for c in clips], [None] * len(clips)
+
+
+def _pair(client: Client, row: KindInfo, product: str, fields: dict[str, Any], uploads: Sequence[Upload],
+          partner: str | None) -> Result:
+    """Images × texts for a kind with a partner: whichever of the two takes images sends them."""
+    if not partner:
+        raise InvalidInputError(
+            f"{row.title} needs a {row.partner.value if row.partner else 'partner'} product to compare with; "
+            "export a CLIP checkpoint (mmserve export clip) to get both towers"
+        )
+    other = kinds.info(row.partner) if row.partner else row
+    image_row, text_row = (row, other) if row.input is InputShape.IMAGE else (other, row)
+    image_product, text_product = (product, partner) if row.input is InputShape.IMAGE else (partner, product)
+    images = _files(uploads, "images")
+    texts = split_lines(str(fields.get("text", "")))
+    image_vectors = getattr(client, image_row.client_method)([u.data for u in images], pipeline=image_product)
+    text_vectors = getattr(client, text_row.client_method)(texts, pipeline=text_product)
+    return Result(row.kind, similarity=similarity(
+        f"Cosine similarity: images ({image_product}) × texts ({text_product})",
+        [u.name for u in images], texts, image_vectors, text_vectors, [thumbnail(u.data) for u in images],
+    ))
 
 
 def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:

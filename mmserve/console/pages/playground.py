@@ -2,6 +2,7 @@
 (the per-kind forms and views are :mod:`mmserve.console.playground`)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -9,12 +10,13 @@ from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from mmserve.client import MmserveError
-from mmserve.lifecycle import Product
-from mmserve.pipelines import Kind
+from mmserve import kinds
+from mmserve.client import InvalidInputError, MmserveError
+from mmserve.lifecycle import LifecycleError, Product
 
 from .. import playground as forms
 from ..deps import console_of, is_htmx, product_or_404, products_of, read_form, render, status_for
+from ..runtime import Console
 
 router = APIRouter()
 
@@ -46,12 +48,14 @@ async def playground_run(request: Request, name: str) -> HTMLResponse:
         if isinstance(item, UploadFile) and (item.filename or item.size)
     ]
     context = playground_context(product, products, fields)
-    partner = fields.get("partner") or context["partner"]
     status = 200
     try:
-        context["result"] = await run_in_threadpool(
+        partner = checked_partner(fields.get("partner"), context)
+        result = await run_in_threadpool(
             forms.run, console.client, product.kind, product.name, fields, uploads, product.labels, partner
         )
+        context["result"] = replace(result, answered_by=await run_in_threadpool(
+            answered_by, console, product.name, product.served_version))
     except MmserveError as error:
         context["error"] = error
         status = status_for(error)
@@ -60,30 +64,55 @@ async def playground_run(request: Request, name: str) -> HTMLResponse:
 
 
 def playground_context(product: Product, products: list[Product], fields: dict[str, str] | None = None) -> dict[str, Any]:
-    """The form's products, the image-text partner and the fields to show again."""
-    partner_kind = {Kind.IMAGE_EMBED: Kind.CLIP_TEXT_EMBED, Kind.CLIP_TEXT_EMBED: Kind.IMAGE_EMBED}.get(product.kind)
-    partners = [p.name for p in products if partner_kind is not None and p.kind == partner_kind]
+    """The form (from the kind table's row), the partner products served and the fields to show again."""
+    row = kinds.info(product.kind)
+    partners = [p.name for p in products if row.partner is not None and p.kind == row.partner and p.state == "READY"]
     return {
         "product": product,
+        "row": row,
         "products": products,
         "partners": partners,
-        "partner": clip_partner(product, partners),
+        "partner": twin_partner(product, partners),
         "fields": fields or {},
-        "examples": forms.EXAMPLES,
         "result": None,
         "error": None,
     }
 
 
-def clip_partner(product: Product, partners: list[str]) -> str | None:
-    """The other tower exported with this one: NAME_image_embed <-> NAME_clip_text_embed."""
-    swap = {Kind.IMAGE_EMBED: (Kind.IMAGE_EMBED.value, Kind.CLIP_TEXT_EMBED.value),
-            Kind.CLIP_TEXT_EMBED: (Kind.CLIP_TEXT_EMBED.value, Kind.IMAGE_EMBED.value)}.get(product.kind)
-    if swap is None or not partners:
+def checked_partner(asked: str | None, context: dict[str, Any]) -> str | None:
+    """The partner product to call: one the form offered (a served product of the partner
+    kind), never any model name a request carries."""
+    if not asked:
+        return context["partner"]
+    if asked not in context["partners"]:
+        row = context["row"]
+        offered = ", ".join(context["partners"]) or "none is served"
+        raise InvalidInputError(
+            f"partner {asked!r} is not a served {row.partner.value if row.partner else 'partner'} product; "
+            f"choose one of: {offered}"
+        )
+    return asked
+
+
+def twin_partner(product: Product, partners: list[str]) -> str | None:
+    """The other tower exported with this one (NAME_<kind> <-> NAME_<partner kind>), else the first served."""
+    row = kinds.info(product.kind)
+    if row.partner is None or not partners:
         return None
-    mine, theirs = swap
+    mine, theirs = row.kind.value, row.partner.value
     if product.name.endswith(mine):
         twin = product.name[: -len(mine)] + theirs
         if twin in partners:
             return twin
     return partners[0]
+
+
+def answered_by(console: Console, name: str, before: int | None) -> str:
+    """Which version answered: the one served before and after the request (Triton serves one
+    version of a product at a time; a switch during the request shows both)."""
+    try:
+        after = console.lifecycle().product(name).served_version
+    except (MmserveError, LifecycleError):
+        after = None
+    seen = sorted({v for v in (before, after) if v is not None})
+    return " or ".join(f"v{v}" for v in seen)
