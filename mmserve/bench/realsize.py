@@ -391,14 +391,16 @@ def verdicts(results: dict) -> list[dict[str, Any]]:
         if 1 in timings and c1:
             served, local = c1["p50_us"] / 1e3, timings[1]["p50_ms"]
             found.append({"pipeline": name, "metric": "c=1 p50", "served": served, "in_process": local,
-                          "ratio": served / local, "met": served / local <= LATENCY_TARGET, "unit": "ms", "batch": 1})
+                          "ratio": served / local, "met": served / local <= LATENCY_TARGET, "unit": "ms", "batch": 1,
+                          "reason": _latency_reason(c1, timings[1], name)})
         if timings and c8:
             best = max(timings.values(), key=lambda t: t["throughput"])
             step = (c8.get("steps") or {}).get(name, {})
             found.append({"pipeline": name, "metric": "c=8 throughput", "served": c8["throughput"],
                           "in_process": best["throughput"], "ratio": c8["throughput"] / best["throughput"],
                           "met": c8["throughput"] / best["throughput"] >= THROUGHPUT_TARGET, "unit": "items/s",
-                          "batch": best["batch"], "served_avg_batch": step.get("avg_batch")})
+                          "batch": best["batch"], "served_avg_batch": step.get("avg_batch"),
+                          "reason": _throughput_reason(c8, timings, best, step.get("avg_batch"))})
     memory = results.get("memory", {}).get("shared")
     if memory:
         weights = results["weights_mib"]
@@ -409,6 +411,32 @@ def verdicts(results: dict) -> list[dict[str, Any]]:
                       and memory["pss_mib"] <= MEMORY_TARGET * one_copy, "unit": "MiB",
                       "weights_pss_mib": memory["weights_pss_mib"], "weights_mib": weights})
     return found
+
+
+def _latency_reason(row: dict, local: dict, name: str) -> str:
+    """Where a lone request's time went: inside the pipeline model (Triton's compute) vs around it."""
+    step = (row.get("steps") or {}).get(name, {})
+    inside = step.get("compute_infer_us")
+    served = row["p50_us"] / 1e3
+    if inside is None:
+        return f"served {served - local['p50_ms']:+.1f} ms vs in-process"
+    return (f"the pipeline model computed {inside / 1e3:.1f} ms a request (in-process {local['p50_ms']:.1f} ms), "
+            f"queue {step.get('queue_us', 0) / 1e3:.1f} ms; gRPC, the client and the stub's hand-over the remaining "
+            f"{served - inside / 1e3 - step.get('queue_us', 0) / 1e3:.1f} ms")
+
+
+def _throughput_reason(row: dict, timings: dict, best: dict, avg_batch: float | None) -> str:
+    """What batch the server formed and what the in-process pipeline reaches at about that batch."""
+    if not avg_batch:
+        return ""
+    near = min(timings.values(), key=lambda t: abs(t["batch"] - avg_batch))
+    steps = near.get("steps_ms") or {}
+    encoder = max(steps.values(), default=0.0)
+    others = sum(steps.values()) - encoder
+    share = f"; outside the encoder (decoding, features, tokens) {100 * others / sum(steps.values()):.0f}% of an " \
+            f"in-process b{near['batch']} call" if steps and sum(steps.values()) > 0 else ""
+    return (f"served batches averaged {avg_batch:.1f}; in-process b{near['batch']} gives {near['throughput']:.1f} "
+            f"items/s (best b{best['batch']} {best['throughput']:.1f}){share}")
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -442,6 +470,10 @@ def render(results: dict) -> str:
             f" (batches of {_fmt(v.get('served_avg_batch'))})" if v.get("served_avg_batch") else "")
         lines.append(f"| `{v['pipeline']}` | {v['metric']} | {served} | {local} | **{v['ratio']:.2f}×** | {target} | "
                      f"{'met' if v['met'] else '**not met**'} |")
+    missed = [v for v in results["verdicts"] if not v["met"] and v.get("reason")]
+    if missed:
+        lines += ["", "Where a target is missed, what was measured:", ""]
+        lines += [f"- `{v['pipeline']}` {v['metric']}: {v['reason']}." for v in missed]
     shared, copies = results["memory"].get("shared", {}), results["memory"].get("not shared", {})
     disk = results["onnx_on_disk"]
     lines += [
