@@ -116,13 +116,13 @@ def _audit_log(args: argparse.Namespace) -> Path:
 def _keys_create(args: argparse.Namespace) -> int:
     from mmserve.audit import actor_for
     from mmserve.gateway.admin import create_key
-    from mmserve.gateway.keys import KeyError_
+    from mmserve.gateway.keys import KeyOptionError
 
     try:
         key, record = _with_store(args, lambda store: create_key(
             store, _audit_log(args), actor_for(), args.tenant, args.products,
             rate=args.rate, quota=args.quota, expires=args.expires))
-    except KeyError_ as error:
+    except KeyOptionError as error:
         return _fail(str(error))
     unknown = _unknown_products(args.repository, record.products)
     if args.json:

@@ -26,7 +26,7 @@ def _record(action: str, actor: str, record: KeyRecord) -> dict:
 async def create_key(store: Store, audit_log: Path, actor: str, tenant: str, products: str | list[str], *,
                      rate: str | float | None = None, quota: str | int | None = None,
                      expires: str | None = None) -> tuple[str, KeyRecord]:
-    """A new key (returned once, never stored) and its record; KeyError_ for a bad option."""
+    """A new key (returned once, never stored) and its record; KeyOptionError for a bad option."""
     key, record = make_record(tenant, products, rate=rate, quota=quota, expires=expires)
     audit = AuditLog(audit_log)
     attempt = audit.attempt(_record("keys.create", actor, record))

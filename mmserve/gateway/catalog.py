@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from mmserve.kinds import KindInfo, info
@@ -36,16 +37,8 @@ class Catalog:
 
         entries = {}
         for product in Lifecycle(self.repository).products():
-            created = 0
-            when = str(product.card.get("exported_at") or product.card.get("created") or "")
-            if when:
-                try:
-                    from datetime import datetime
-
-                    created = int(datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp())
-                except ValueError:
-                    created = 0
-            entries[product.name] = CatalogEntry(product.name, info(product.kind), tuple(product.labels), created)
+            entries[product.name] = CatalogEntry(product.name, info(product.kind), tuple(product.labels),
+                                                 _unix_time(product.card.get("exported_at")))
         self._entries = entries
         self._read_at = time.monotonic()
 
@@ -58,3 +51,11 @@ class Catalog:
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+
+def _unix_time(when: object) -> int:
+    """An ISO 8601 time as Unix seconds (0 when there is none)."""
+    try:
+        return int(datetime.fromisoformat(str(when).replace("Z", "+00:00")).timestamp()) if when else 0
+    except ValueError:
+        return 0

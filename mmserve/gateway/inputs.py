@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mmserve.client import media
+from mmserve.client.errors import InvalidInputError
+from mmserve.client.media import open_image
 from mmserve.kinds import InputShape, KindInfo
 
-from .errors import ApiError, bad_request
+from .errors import bad_request
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 _MEDIA_PREFIX = {InputShape.IMAGE: "image/", InputShape.IMAGE_AND_LABELS: "image/", InputShape.AUDIO: "audio/"}
@@ -101,12 +102,10 @@ def _media_bytes(value: str, index: int, info: KindInfo) -> bytes:
 
 def _image(value: str, index: int, info: KindInfo) -> bytes:
     data = _media_bytes(value, index, info)
-    check = getattr(media, "open_image", None)  # the client's format allowlist and size check
-    if check is not None:
-        try:
-            check(data, where=f"input[{index}]").close()
-        except media.InvalidInputError as error:
-            raise bad_request(str(error), param="input", code="invalid_image") from None
+    try:  # the client's format allowlist and size check, from the header: no pixel decoded here
+        open_image(data, where=f"input[{index}]").close()
+    except InvalidInputError as error:
+        raise bad_request(str(error), param="input", code="invalid_image") from None
     return data
 
 
@@ -127,9 +126,4 @@ def call_args(info: KindInfo, items: Items) -> tuple[tuple[Any, ...], dict[str, 
     return (items.values,), {}
 
 
-def nbytes(items: Items) -> int:
-    """The payload the items carry (UTF-8 text, encoded media)."""
-    return sum(len(v.encode("utf-8")) if isinstance(v, str) else len(v) for v in items.values)
-
-
-__all__ = ["ApiError", "Items", "items_of", "call_args", "nbytes"]
+__all__ = ["Items", "items_of", "call_args"]

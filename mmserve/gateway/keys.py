@@ -20,7 +20,7 @@ _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _PRODUCT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
-class KeyError_(ValueError):
+class KeyOptionError(ValueError):
     """A key option that cannot be: the message says what to give instead."""
 
 
@@ -93,9 +93,9 @@ def make_record(
     quota: str | int | None = None,
     expires: str | None = None,
 ) -> tuple[str, KeyRecord]:
-    """A new key and its record, the options checked; KeyError_ names a bad one."""
+    """A new key and its record, the options checked; KeyOptionError names a bad one."""
     if not _TENANT.match(tenant or ""):
-        raise KeyError_(f"tenant {tenant!r}: use 1-64 letters, digits, '.', '_' or '-'")
+        raise KeyOptionError(f"tenant {tenant!r}: use 1-64 letters, digits, '.', '_' or '-'")
     names = parse_products(products)
     key = new_key()
     record = KeyRecord(
@@ -109,10 +109,10 @@ def parse_products(products: str | list[str] | tuple[str, ...]) -> tuple[str, ..
     names = [p.strip() for p in (products.split(",") if isinstance(products, str) else products)]
     names = [p for p in names if p]
     if not names:
-        raise KeyError_("--products: name at least one product (comma-separated, e.g. text_embed,image_embed)")
+        raise KeyOptionError("--products: name at least one product (comma-separated, e.g. text_embed,image_embed)")
     bad = [p for p in names if not _PRODUCT.match(p)]
     if bad:
-        raise KeyError_(f"--products: {', '.join(map(repr, bad))} is not a product name")
+        raise KeyOptionError(f"--products: {', '.join(map(repr, bad))} is not a product name")
     return tuple(dict.fromkeys(names))
 
 
@@ -129,7 +129,7 @@ def parse_rate(rate: str | float | None) -> float | None:
     except ValueError:
         value = -1.0
     if per is None or not value > 0:
-        raise KeyError_(f"--rate {rate!r}: give requests per second as R or R/s (or R/min, R/h), R > 0")
+        raise KeyOptionError(f"--rate {rate!r}: give requests per second as R or R/s (or R/min, R/h), R > 0")
     return value / per
 
 
@@ -146,7 +146,7 @@ def parse_quota(quota: str | int | None) -> int | None:
     except ValueError:
         value = 0
     if value <= 0:
-        raise KeyError_(f"--quota {quota!r}: give items per month as N or N/month (e.g. 100000 or 100k/month), N > 0")
+        raise KeyOptionError(f"--quota {quota!r}: give items per month as N or N/month (e.g. 100000 or 100k/month), N > 0")
     return value
 
 
@@ -162,5 +162,5 @@ def parse_expires(expires: str | None) -> str | None:
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=timezone.utc)
     except ValueError:
-        raise KeyError_(f"--expires {expires!r}: give a date (2027-01-31) or an ISO 8601 time") from None
+        raise KeyOptionError(f"--expires {expires!r}: give a date (2027-01-31) or an ISO 8601 time") from None
     return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
