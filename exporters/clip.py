@@ -36,6 +36,7 @@ from mmserve.exporters.driver import ExportOptions, ExportResult, Feeds, Graph, 
 from mmserve.exporters.onnx_export import ExportError, OnnxSpec
 from mmserve.exporters.repository import VERSION, ModelFolder, encoder_model, shared_model
 from mmserve.exporters.triton_config import DECODER_INSTANCES, EncoderTuning, Tensor, ensemble_config, ensemble_step
+from mmserve.repository_layout import ONNX_FILE_PARAMETER
 from mmserve.exporters.triton_config import onnx_tensors, python_model_config
 from mmserve.pipelines import EMBEDDING, IMAGE, IMAGE_EMBEDS, INPUT_IDS, LABELS, PIXEL_VALUES, PROBS, TEXT, TEXT_EMBEDS, Kind
 
@@ -296,7 +297,7 @@ def pipeline_models(
             [Tensor(IMAGE_EMBEDS, "TYPE_FP32", image_embeds.dims), Tensor.from_spec(LABELS)],
             [Tensor.from_spec(PROBS)],
             {
-                "onnx_file": classify_onnx.name,
+                ONNX_FILE_PARAMETER: classify_onnx.name,
                 "tokenizer_file": "tokenizer.json",
                 "clip_file": "clip.json",
                 "logit_scale": f"{loaded.logit_scale:.6f}",

@@ -20,7 +20,7 @@ from mmserve.exporters.onnx_export import ExportError
 from mmserve.exporters.repository import ENCODER_MODEL_PY, VERSION, ModelFolder, python_model_py
 from mmserve.exporters.triton_config import EncoderTuning, copy_config, print_config
 from mmserve.serving.fused import PLAN_FILE, STEP_CONFIG, STEP_VERSION, STEPS_FOLDER
-from mmserve.repository_layout import Layout
+from mmserve.repository_layout import ONNX_FILE_PARAMETER, Layout, OnnxStepParameters
 
 FUSED = Layout.FUSED.value
 ENSEMBLE_LAYOUT = Layout.ENSEMBLE.value
@@ -39,6 +39,11 @@ FUSED_MODEL_PY = python_model_py("fused", "FusedPipelineModel", "A whole pipelin
 # a GPU machine with no NGC image. The encoder refuses to load where its first provider is
 # missing (mmserve/serving/runtime.py: session_providers): no silent CPU fallback.
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def _onnx_file(config: ModelConfig) -> str:
+    """The graph an ONNX step's config names; "" for a step that names none."""
+    return OnnxStepParameters.read(config).onnx_file if ONNX_FILE_PARAMETER in config.parameters else ""
 
 
 def check_layout(layout: str, profile: str) -> None:
@@ -60,7 +65,7 @@ def gpu_encoder_steps(models: Sequence[ModelFolder], profiles: dict) -> list[Mod
 
     result = []
     for model in models:
-        onnx_name = model.config.parameters["onnx_file"].string_value if "onnx_file" in model.config.parameters else ""
+        onnx_name = _onnx_file(model.config)
         source = model.files.get(f"{VERSION}/{onnx_name}") if onnx_name else None
         if model.files.get(f"{VERSION}/model.py") != ENCODER_MODEL_PY or source is None:
             result.append(model)
@@ -70,8 +75,9 @@ def gpu_encoder_steps(models: Sequence[ModelFolder], profiles: dict) -> list[Mod
         profile = profiles.get(source)
         if profile:
             tensorrt.update(trt_profile_options(profile))
-        config.parameters["providers"].string_value = ",".join(GPU_PROVIDERS)
-        config.parameters["provider_options"].string_value = json.dumps({GPU_PROVIDERS[0]: tensorrt}, sort_keys=True)
+        step = OnnxStepParameters.read(config)
+        dataclasses.replace(step, providers=GPU_PROVIDERS,
+                            provider_options=json.dumps({GPU_PROVIDERS[0]: tensorrt}, sort_keys=True)).write(config)
         result.append(dataclasses.replace(model, config=config))
     return result
 
@@ -132,7 +138,7 @@ def encoder_ms(step: ModelFolder, examples: Mapping[Path, Mapping[str, Any]] | N
     import numpy as np
     import onnxruntime as ort
 
-    onnx_name = step.config.parameters["onnx_file"].string_value if "onnx_file" in step.config.parameters else ""
+    onnx_name = _onnx_file(step.config)
     source = step.files.get(f"{VERSION}/{onnx_name}") if onnx_name else None
     if step.files.get(f"{VERSION}/model.py") != ENCODER_MODEL_PY or not isinstance(source, Path):
         return None
@@ -237,7 +243,7 @@ def _step_files(model: ModelFolder, instances: int) -> dict:
     del config.instance_group[:]
     config.instance_group.add(count=instances, kind=ModelInstanceGroup.KIND_CPU)
     if instances == 1 and model.files.get(f"{VERSION}/model.py") == ENCODER_MODEL_PY:
-        config.parameters["allow_spinning"].string_value = "1"
+        dataclasses.replace(OnnxStepParameters.read(config), allow_spinning=True).write(config)
     files: dict = {str(base / STEP_CONFIG): print_config(config)}
     for relative, content in model.files.items():
         parts = PurePosixPath(relative).parts

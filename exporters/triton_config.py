@@ -23,7 +23,7 @@ from tritonclient.grpc.model_config_pb2 import (
 )
 
 from mmserve.pipelines import MAX_BATCH_SIZE, TensorSpec
-from mmserve.repository_layout import ENSEMBLE_PLATFORM, LABELS_FILE, TENSORRT_PLAN_FILE  # LABELS_FILE: re-exported
+from mmserve.repository_layout import ENSEMBLE_PLATFORM, LABELS_FILE, TENSORRT_PLAN_FILE, OnnxStepParameters  # LABELS_FILE: re-exported
 
 ENSEMBLE = ENSEMBLE_PLATFORM  # an ensemble's `platform`
 
@@ -226,9 +226,7 @@ def encoder_config(
         ]
         return tensorrt_plan_config(name, retyped[0], retyped[1], tuning)
     if profile == "cpu":
-        parameters = {"onnx_file": onnx_path.name}
-        if tuning.intra_op_threads:
-            parameters["intra_op_threads"] = str(tuning.intra_op_threads)
+        parameters = OnnxStepParameters(onnx_path.name, tuning.intra_op_threads or None).values()
         return python_model_config(
             name,
             [Tensor(t.name, t.data_type, t.dims, ragged=True) for t in inputs],

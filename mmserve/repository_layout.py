@@ -125,3 +125,61 @@ def _layout(recorded: str, platform: str) -> Layout:
     if recorded in {layout.value for layout in Layout}:
         return Layout(recorded)
     return Layout.ENSEMBLE if platform == ENSEMBLE_PLATFORM else Layout.FUSED
+
+
+# --- an ONNX step's settings in its config ---------------------------------------------------
+
+ONNX_FILE_PARAMETER = "onnx_file"
+THREADS_PARAMETER = "intra_op_threads"
+SPINNING_PARAMETER = "allow_spinning"
+PROVIDERS_PARAMETER = "providers"
+PROVIDER_OPTIONS_PARAMETER = "provider_options"
+
+
+@dataclass(frozen=True)
+class OnnxStepParameters:
+    """What an ONNX step's config tells the shared runner (mmserve/serving/encoder_model.py):
+    its graph, onnxruntime's threads and spinning, its execution providers. The exporters
+    write them, the runner, the bench and --tune read or rewrite them, all through this."""
+
+    onnx_file: str = ONNX_FILE
+    intra_op_threads: int | None = None  # None: the cores split by the instance count
+    allow_spinning: bool | None = None  # None: not written (off)
+    providers: tuple[str, ...] = ()  # () : the CPU
+    provider_options: str = ""  # JSON: provider -> its options
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, str]) -> OnnxStepParameters:
+        """From a config's parameters as plain strings (``serving.runtime.model_parameters``)."""
+        threads = values.get(THREADS_PARAMETER, "").strip()
+        spinning = values.get(SPINNING_PARAMETER, "").strip()
+        return cls(
+            onnx_file=values.get(ONNX_FILE_PARAMETER) or ONNX_FILE,
+            intra_op_threads=int(threads) if threads else None,
+            allow_spinning=(spinning == "1") if spinning else None,
+            providers=tuple(name.strip() for name in values.get(PROVIDERS_PARAMETER, "").split(",") if name.strip()),
+            provider_options=values.get(PROVIDER_OPTIONS_PARAMETER, ""),
+        )
+
+    @classmethod
+    def read(cls, config: Any) -> OnnxStepParameters:
+        """From a ``ModelConfig`` message."""
+        return cls.from_values({key: value.string_value for key, value in config.parameters.items()})
+
+    def values(self) -> dict[str, str]:
+        """The parameters as a config states them (only what differs from the defaults, but the graph)."""
+        values = {ONNX_FILE_PARAMETER: self.onnx_file}
+        if self.intra_op_threads is not None:
+            values[THREADS_PARAMETER] = str(self.intra_op_threads)
+        if self.allow_spinning is not None:
+            values[SPINNING_PARAMETER] = "1" if self.allow_spinning else "0"
+        if self.providers:
+            values[PROVIDERS_PARAMETER] = ",".join(self.providers)
+        if self.provider_options:
+            values[PROVIDER_OPTIONS_PARAMETER] = self.provider_options
+        return values
+
+    def write(self, config: Any) -> None:
+        """Set them on a ``ModelConfig`` message (other parameters are left as they are)."""
+        for key, value in self.values().items():
+            config.parameters[key].string_value = value

@@ -27,7 +27,8 @@ HOME = ROOT / "mmserve" / "repository_layout.py"
 NAMES = {
     layout.CONFIG_FILE, layout.LABELS_FILE, layout.CARD_FILE, layout.MODEL_ROOT, layout.ONNX_FILE,
     layout.TENSORRT_PLAN_FILE, layout.PIPELINE_FILE, layout.ENSEMBLE_PLATFORM, layout.Layout.FUSED.value,
-    layout.KIND_PARAMETER, layout.LAYOUT_PARAMETER,
+    layout.KIND_PARAMETER, layout.LAYOUT_PARAMETER, layout.ONNX_FILE_PARAMETER, layout.THREADS_PARAMETER,
+    layout.SPINNING_PARAMETER, layout.PROVIDERS_PARAMETER, layout.PROVIDER_OPTIONS_PARAMETER,
 }
 
 # (file relative to the root, name) -> why that literal is not a repository name there.
@@ -78,6 +79,16 @@ def test_no_module_spells_out_a_repository_name() -> None:
 def test_the_check_sees_a_spelled_name_and_not_a_docstring() -> None:
     source = '"""Reads config.pbtxt."""\nPATH = "config.pbtxt"\nLAYOUT = "ensemble"\n'
     assert literal_names(source) == [(2, "config.pbtxt"), (3, "ensemble")]
+
+
+def test_onnx_step_parameters_read_what_they_write() -> None:
+    step = layout.OnnxStepParameters("model.int8.onnx", 2, True, ("TensorrtExecutionProvider", "CUDAExecutionProvider"), "{}")
+    config = ModelConfig(name="encoder")
+    config.parameters["max_length"].string_value = "128"  # another step setting: left alone
+    step.write(config)
+    assert layout.OnnxStepParameters.read(config) == step and config.parameters["max_length"].string_value == "128"
+    assert layout.OnnxStepParameters.read(ModelConfig()) == layout.OnnxStepParameters()  # the defaults: model.onnx, CPU
+    assert layout.OnnxStepParameters().values() == {layout.ONNX_FILE_PARAMETER: layout.ONNX_FILE}
 
 
 def test_layouts_are_not_triton_platforms() -> None:

@@ -30,7 +30,7 @@ from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from mmserve.bench.inputs import Request, stack
 from mmserve.bench.perf import BenchError
-from mmserve.repository_layout import MODEL_PY, ONNX_FILE, Layout, ProductParameters
+from mmserve.repository_layout import MODEL_PY, Layout, OnnxStepParameters, ProductParameters
 from mmserve.exporters import triton_config
 from mmserve.exporters.fused import ENSEMBLE_LAYOUT, FUSED
 from mmserve.exporters.triton_config import ENSEMBLE, ensemble_step
@@ -189,8 +189,7 @@ class InProcessPipeline:
 
     def onnx_path(self, encoder: str) -> Path:
         """The ONNX file an encoder step serves: its `onnx_file` in the version the ensemble runs."""
-        parameters = self.configs[encoder].parameters
-        onnx_file = parameters["onnx_file"].string_value if "onnx_file" in parameters else ONNX_FILE
+        onnx_file = OnnxStepParameters.read(self.configs[encoder]).onnx_file
         return self.step_root / encoder / str(self.versions[encoder]) / onnx_file
 
     def __call__(self, batch: Request) -> dict[str, np.ndarray]:

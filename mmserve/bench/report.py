@@ -33,6 +33,7 @@ from mmserve.bench.analysis import (
 from mmserve.bench.analysis import latency_met, throughput_met  # noqa: F401 - importers read the figures here too
 from mmserve.bench.plots import make_plots
 from mmserve.pipelines import MAX_BATCH_SIZE
+from mmserve.repository_layout import THREADS_PARAMETER
 
 
 # ---- markdown ----
@@ -50,7 +51,7 @@ def pipeline_section(results: dict, pipeline: dict, image: str | None) -> str:
             delay = "no batching" if s["max_queue_delay_us"] is None else f"delay {s['max_queue_delay_us']} µs"
             preferred = [v for v in s["preferred_batch_size"] if v != MAX_BATCH_SIZE]  # Triton fills that one in
             extra = f", preferred {preferred}" if preferred else ""
-            threads = f", {s['intra_op_threads']} intra-op threads" if s.get("intra_op_threads") else ""
+            threads = f", {s[THREADS_PARAMETER]} intra-op threads" if s.get(THREADS_PARAMETER) else ""
             parts.append(f"`{step}` {s['instances']}× ({delay}{extra}{threads})")
         out.append(f"Scheduling{' (' + layout + ')' if several else ''}: " + "; ".join(parts) + ".\n\n")
     table = []

@@ -30,7 +30,7 @@ from mmserve.bench.server_stats import CpuMeter, difference, snapshot
 from mmserve import kinds
 from mmserve.kinds import AnswerShape, Modality
 from mmserve.pipelines import PIPELINES, Kind
-from mmserve.repository_layout import recorded_kind_of, served_layout_of
+from mmserve.repository_layout import THREADS_PARAMETER, recorded_kind_of, served_layout_of
 
 
 class Progress:
@@ -319,7 +319,7 @@ def _scheduling(client: Any, pipeline: str) -> dict[str, dict[str, Any]]:
             "instances": sum(int(g.get("count", 1)) for g in c.get("instance_group", [])) or 1,
             "max_queue_delay_us": int(batching.get("max_queue_delay_microseconds", 0)) if batching is not None else None,
             "preferred_batch_size": [int(v) for v in (batching or {}).get("preferred_batch_size", [])],
-            "intra_op_threads": c.get("parameters", {}).get("intra_op_threads", {}).get("string_value"),
+            THREADS_PARAMETER: c.get("parameters", {}).get(THREADS_PARAMETER, {}).get("string_value"),
         }
     return found
 

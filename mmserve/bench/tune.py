@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import statistics
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,6 +23,7 @@ from mmserve.exporters.quantize import INT8_FILE, quantize_int8
 from mmserve.exporters.triton_config import print_config, read_config
 from mmserve.exporters.versions import CONFIG_FILE
 from mmserve.kinds import InputShape
+from mmserve.repository_layout import OnnxStepParameters
 from mmserve.pipelines import PIPELINES, Kind
 
 LATENCY_SLACK = 1.10  # a variant may cost up to 10% of c=1 p50 against the best c=1 p50
@@ -82,12 +83,15 @@ def _rewrite(folder: Path, changes: dict[str, Any], int8_file: str | None = None
         config.dynamic_batching.preferred_batch_size.extend(changes["preferred"])
     if "instances" in changes:
         config.instance_group[0].count = int(changes["instances"])
+    step = OnnxStepParameters.read(config)
     if "threads" in changes:
-        config.parameters["intra_op_threads"].string_value = str(changes["threads"])
+        step = replace(step, intra_op_threads=int(changes["threads"]))
     if "spinning" in changes:
-        config.parameters["allow_spinning"].string_value = "1" if changes["spinning"] else "0"
+        step = replace(step, allow_spinning=bool(changes["spinning"]))
     if int8_file:
-        config.parameters["onnx_file"].string_value = int8_file
+        step = replace(step, onnx_file=int8_file)
+    if "threads" in changes or "spinning" in changes or int8_file:
+        step.write(config)
     (folder / CONFIG_FILE).write_text(print_config(config))
 
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mmserve.pipelines import IMAGE_EMBEDS, INPUT_IDS, LABELS, PROBS, TEXT
-from mmserve.repository_layout import ONNX_FILE
+from mmserve.repository_layout import OnnxStepParameters
 from mmserve.serving.runtime import (
     InputError,
     OnnxRunner,
@@ -325,10 +325,9 @@ class ZeroShotClassifyModel(PythonStep):
         parameters = model_parameters(args)
         folder = model_folder(args)
         settings = json.loads((folder / parameters.get("clip_file", "clip.json")).read_text(encoding="utf-8"))
-        self.runner = OnnxRunner(
-            folder / parameters.get("onnx_file", ONNX_FILE),
-            RunnerSettings.for_instances(instance_count(args), parameters.get("intra_op_threads")),
-        )
+        step = OnnxStepParameters.from_values(parameters)
+        threads = None if step.intra_op_threads is None else str(step.intra_op_threads)
+        self.runner = OnnxRunner(folder / step.onnx_file, RunnerSettings.for_instances(instance_count(args), threads))
         self.tokenizer = ClipTokenizer(
             folder / parameters.get("tokenizer_file", "tokenizer.json"),
             context_length=int(parameters.get("context_length", settings["context_length"])),

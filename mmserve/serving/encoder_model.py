@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from mmserve.repository_layout import ONNX_FILE
+from mmserve.repository_layout import OnnxStepParameters
 
 from mmserve.serving.runtime import (
     OnnxRunner,
@@ -25,12 +25,11 @@ from mmserve.serving.runtime import (
 class OnnxEncoderModel(PythonStep):
     def initialize(self, args: dict[str, str]) -> None:
         parameters = model_parameters(args)
+        step = OnnxStepParameters.from_values(parameters)
         settings = RunnerSettings.for_instances(
-            instance_count(args), parameters.get("intra_op_threads"), parameters.get("allow_spinning")
+            instance_count(args), _text(step.intra_op_threads), None if step.allow_spinning is None else str(int(step.allow_spinning))
         )
-        self.runner = OnnxRunner(
-            model_folder(args) / parameters.get("onnx_file", ONNX_FILE), settings, session_providers(parameters)
-        )
+        self.runner = OnnxRunner(model_folder(args) / step.onnx_file, settings, session_providers(parameters))
 
     def answer_batch(self, requests: Sequence[Any]) -> list[Outputs | Exception]:
         """The whole batch in one onnxruntime call; request by request only when that fails,
@@ -49,3 +48,7 @@ class OnnxEncoderModel(PythonStep):
 
     def finalize(self) -> None:
         self.runner = None
+
+
+def _text(value: int | None) -> str | None:
+    return None if value is None else str(value)

@@ -14,6 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mmserve.repository_layout import PROVIDER_OPTIONS_PARAMETER, PROVIDERS_PARAMETER
+
 
 class InputError(ValueError):
     """A request's input is bad: answered with INVALID_ARG, the message names the input."""
@@ -150,7 +152,7 @@ def session_providers(parameters: Mapping[str, str]) -> list[Any]:
     """The onnxruntime providers a step's config names (`providers`, `provider_options` JSON):
     CPU when it names none. A pipeline exported for the GPU (`--profile gpu --layout fused`)
     refuses to load where its first provider is missing instead of falling back to the CPU."""
-    names = [name.strip() for name in parameters.get("providers", "").split(",") if name.strip()]
+    names = [name.strip() for name in parameters.get(PROVIDERS_PARAMETER, "").split(",") if name.strip()]
     override = os.environ.get(PROVIDERS_OVERRIDE, "").strip()
     if override:  # an explicit choice of the operator (the GPU check's dry run on CPU), never a silent one
         names = [name.strip() for name in override.split(",") if name.strip()]
@@ -164,7 +166,7 @@ def session_providers(parameters: Mapping[str, str]) -> list[Any]:
             f"this step was exported to run on {names[0]} (--profile gpu), which this onnxruntime {ort.__version__} "
             f"lacks (it has {', '.join(available)}): {GPU_PROVIDER_ADVICE}"
         )
-    options = json.loads(parameters.get("provider_options") or "{}")
+    options = json.loads(parameters.get(PROVIDER_OPTIONS_PARAMETER) or "{}")
     chosen: list[Any] = []
     for name in names:
         if name not in available:

@@ -25,7 +25,7 @@ from mmserve.bench.gpu.runner import encoder_step, preprocess
 from mmserve.bench.gpu.runtimes import TensorRtEncoder, engine_profile, ort_session, served_provider_options, timed
 from mmserve.pipelines import MAX_BATCH_SIZE
 from mmserve.serving.runtime import PROVIDERS_OVERRIDE
-from mmserve.repository_layout import Layout
+from mmserve.repository_layout import PROVIDER_OPTIONS_PARAMETER, PROVIDERS_PARAMETER, Layout
 
 DRY_RUN_BATCHES = (1, 4)
 
@@ -126,13 +126,13 @@ def check_gpu_repository(repository: Path) -> str:
     encoders = []
     for path in configs:
         config = text_format.Parse(path.read_text(encoding="utf-8"), ModelConfig())
-        if "providers" in config.parameters:
+        if PROVIDERS_PARAMETER in config.parameters:
             parameters = {k: v.string_value for k, v in config.parameters.items()}
-            if "trt_profile_max_shapes" not in parameters["provider_options"]:
+            if "trt_profile_max_shapes" not in parameters[PROVIDER_OPTIONS_PARAMETER]:
                 raise RuntimeError(f"{path}: no TensorRT shape profile in its provider options")
             try:
                 session_providers(parameters)
-                encoders.append(f"{config.name}: {parameters['providers']} available here")
+                encoders.append(f"{config.name}: {parameters[PROVIDERS_PARAMETER]} available here")
             except RuntimeError as error:
                 encoders.append(f"{config.name}: refused here ({error})")
     if not encoders:

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mmserve.repository_layout import CONFIG_FILE, PIPELINE_FILE, STEP_VERSION, STEPS_FOLDER
+from mmserve.repository_layout import CONFIG_FILE, ONNX_FILE_PARAMETER, PIPELINE_FILE, STEP_VERSION, STEPS_FOLDER
 
 Feeds = dict[str, np.ndarray]
 
@@ -53,8 +53,8 @@ def encoder_step(repository: Path, pipeline: str) -> EncoderStep:
         parameters = model_config(steps_root, entry["model"]).parameters
         if "max_length" in parameters:
             max_length = int(parameters["max_length"].string_value)
-        if "onnx_file" in parameters:
-            onnx = steps_root / entry["model"] / STEP_VERSION / parameters["onnx_file"].string_value
+        if ONNX_FILE_PARAMETER in parameters:
+            onnx = steps_root / entry["model"] / STEP_VERSION / parameters[ONNX_FILE_PARAMETER].string_value
             config = steps_root / entry["model"] / CONFIG_FILE
             return EncoderStep(pipeline, entry["model"], onnx, config, dict(entry["input_map"]), max_length)
     raise ValueError(f"{pipeline}: no ONNX encoder step in its pipeline.json")

@@ -11,6 +11,7 @@ import numpy as np
 from mmserve.bench.gpu.runner import EncoderStep, Feeds
 from mmserve.exporters.gpu_stack import ort_provider_advice
 from mmserve.exporters.tensorrt import ShapeProfile, export_profile, onnx_input_axes
+from mmserve.repository_layout import OnnxStepParameters
 
 
 def engine_profile(step: EncoderStep, feeds: Sequence[Feeds], max_batch: int) -> ShapeProfile:
@@ -43,9 +44,8 @@ def served_provider_options(step_config: Path) -> dict[str, str]:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
 
     config = text_format.Parse(step_config.read_text(encoding="utf-8"), ModelConfig())
-    if "provider_options" not in config.parameters:
-        return {}
-    return dict(json.loads(config.parameters["provider_options"].string_value).get("TensorrtExecutionProvider", {}))
+    options = OnnxStepParameters.read(config).provider_options
+    return dict(json.loads(options).get("TensorrtExecutionProvider", {})) if options else {}
 
 
 def ort_session(onnx_path: Path, provider: str, profile: ShapeProfile | None, cache: Path,
