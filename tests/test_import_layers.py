@@ -95,6 +95,17 @@ print("ok")
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
 
 
+def test_every_package_of_the_tree_is_installed() -> None:
+    """A package missing from pyproject's list works from a checkout (editable install) and is
+    absent from a wheel or an image (`pip install .`): its imports fail there only."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    found = {"mmserve." + init.parent.relative_to(ROOT / "mmserve").as_posix().replace("/", ".")
+             for init in (ROOT / "mmserve").rglob("__init__.py") if init.parent != ROOT / "mmserve"}
+    found |= {"mmserve"} | {f"mmserve.{name}" for name in SUBPACKAGES_BESIDE}
+    assert sorted(found - listed) == [], "add these to [tool.setuptools] packages in pyproject.toml"
+
+
 def test_the_base_install_is_the_client() -> None:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
