@@ -166,30 +166,16 @@ def _project_modules() -> list[Path]:
     )
 
 
-# Modules being moved onto the table by another change of issue 19, and who does it. An entry
-# whose module no longer branches fails below: remove it then, so this list only shrinks.
-MIGRATING: dict[str, str] = {}
-
-
 def test_no_module_outside_the_table_branches_on_a_kind_name() -> None:
     offenders = [
         f"{path.relative_to(ROOT)}:{line}: {code}"
         for path in _project_modules()
-        if path.relative_to(ROOT).as_posix() not in MIGRATING
         for line, code in kind_branches(path.read_text(encoding="utf-8"))
     ]
     assert not offenders, (
         "these branch on a kind's name; dispatch on the kind table's fields (mmserve/kinds.py: "
         "input, answer, modality, client_method, partner...) instead:\n" + "\n".join(offenders)
     )
-
-
-def test_modules_still_migrating_still_branch() -> None:
-    done = [
-        module for module in MIGRATING
-        if not (ROOT / module).exists() or not kind_branches((ROOT / module).read_text(encoding="utf-8"))
-    ]
-    assert not done, f"{done} no longer branch on kind names: remove them from MIGRATING in this test"
 
 
 def test_the_branch_finder_sees_each_form() -> None:
