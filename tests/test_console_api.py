@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from mmserve.console import ConsoleError, ConsoleSettings, create_app  # noqa: E402
 from mmserve.console.auth import COOKIE_NAME, Session, SessionCodec  # noqa: E402
 from mmserve.console.playground import wav_bytes  # noqa: E402
-from mmserve.console.sampler import ModelCounters, Sample, request_quantiles, series  # noqa: E402
+from mmserve.console.sampler import ModelCounters, Sample, request_quantiles, series, totals  # noqa: E402
 from mmserve.lifecycle import Lifecycle  # noqa: E402
 
 ADMIN_KEY = "console-test-admin-key-0123456789"
@@ -293,18 +293,37 @@ def test_live_data_counts_requests_per_product_and_step(web: TestClient, client_
     assert 'data-live-url="/api/live?product=text_classify"' in page
 
 
-def test_series_reads_counter_differences_and_resets():
-    def at(t: float, success: float, fail: float = 0.0, executions: float | None = None) -> Sample:
-        counters = ModelCounters(success=success, fail=fail, inferences=success * 2,
-                                 executions=success if executions is None else executions,
-                                 success_ns=success * 3e6, queue_ns=success * 1e6, compute_ns=success * 2e6)
-        return Sample(t, {"m": counters})
+def counters(success: float, fail: float = 0.0, executions: float | None = None) -> ModelCounters:
+    return ModelCounters(success=success, fail=fail, inferences=success * 2,
+                         executions=success if executions is None else executions,
+                         success_ns=success * 3e6, queue_ns=success * 1e6, compute_ns=success * 2e6)
 
-    out = series([at(0, 0), at(2, 10, 1), at(4, 10, 1), at(6, 4)], "m")  # the last one: a reload reset the counters
-    assert out.requests_per_s == [5.0, 0.0, None]
-    assert out.failures_per_s == [0.5, 0.0, None]
-    assert out.latency_ms == [3.0, None, None] and out.queue_ms[0] == 1.0 and out.compute_ms[0] == 2.0
-    assert out.batch == [2.0, None, None]
+
+def test_series_reads_counter_differences_and_restarts():
+    def at(t: float, success: float, fail: float = 0.0, executions: float | None = None) -> Sample:
+        return Sample(t, {"m": counters(success, fail, executions)})
+
+    out = series([at(0, 0), at(2, 10, 1), at(4, 10, 1), at(6, 4)], "m")  # the last: a reload restarted the counters
+    assert out.requests_per_s == [5.0, 0.0, 2.0]
+    assert out.failures_per_s == [0.5, 0.0, 0.0]
+    assert out.latency_ms == [3.0, None, 3.0] and out.queue_ms[0] == 1.0 and out.compute_ms[0] == 2.0
+    assert out.batch == [2.0, None, 2.0]
+    assert series([at(0, 0), Sample(2, {})], "m").requests_per_s == [None]  # no data: a gap
+
+
+def test_a_version_switch_is_counted_and_named():
+    """v1 answers, then v2 loads beside it and takes over, then v1 is gone: no interval is
+    blank, each names the version(s) that answered, and the window's totals add up."""
+    def at(t: float, **versions: float) -> Sample:
+        by_version = {"m": {v.lstrip("v"): counters(n) for v, n in versions.items()}}
+        return Sample(t, {"m": counters(sum(versions.values()))}, by_version=by_version)
+
+    samples = [at(0, v1=0), at(2, v1=10), at(4, v1=14, v2=6), at(6, v2=16)]
+    out = series(samples, "m")
+    assert out.versions == ["1", "1+2", "2"]
+    assert out.requests_per_s == [5.0, 5.0, 5.0]
+    window = totals(samples, "m", 60.0)
+    assert window is not None and window.requests == 30 and window.versions == ("1", "2")
 
 
 def test_latency_quantiles_from_the_metrics_text():

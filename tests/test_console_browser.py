@@ -359,6 +359,16 @@ def test_sign_in_roll_back_export_and_see_it_all(browser, admin_console, version
     console, own = admin_console
     assert Lifecycle(versioned).product("sentiment").active_version == 2
     page = Page(browser, console.url, tmp_path)
+    stop = threading.Event()
+
+    def traffic() -> None:  # steady requests, so the Live page sees the version that answers change
+        with Client(own.grpc_url, timeout=60.0) as c:
+            while not stop.is_set():
+                c.classify_text("where is my parcel?", pipeline="sentiment")
+                stop.wait(0.05)
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
     try:
         tab = page.open("/products/sentiment")  # not signed in: the sign-in page, which comes back here
         assert urlsplit(tab.url).path == "/signin" and tab.locator("button[data-action]").count() == 0
@@ -378,6 +388,16 @@ def test_sign_in_roll_back_export_and_see_it_all(browser, admin_console, version
         done = tab.wait_for_selector("#action-panel .alert.ok", timeout=180_000)
         assert "Roll back sentiment: ok" in done.inner_text()
         page.shot("rolled-back")
+
+        tab = page.open("/live?product=sentiment")  # the switch, marked: v2 answered, then v1
+        note = tab.locator("#version-changes span")
+        for _ in range(60):
+            if re.search(r"v2 → (v1\+2 → )?v1$", note.inner_text() if tab.locator("#version-changes:not([hidden])").count() else ""):
+                break
+            tab.wait_for_timeout(1000)
+        assert re.search(r"v2 → (v1\+2 → )?v1$", note.inner_text()), note.inner_text()
+        assert "v1" in tab.locator("#overview tr[data-product=sentiment] td.versions").inner_text()
+        tab = page.open("/products/sentiment")
         assert tab.locator("button[data-action=roll-forward-to-2]").inner_text() == "Roll forward to v2…"
 
         with Client(own.grpc_url, timeout=60) as c:  # the server serves v1 now, and answers
@@ -414,4 +434,6 @@ def test_sign_in_roll_back_export_and_see_it_all(browser, admin_console, version
         assert "console:tester" in newest[2] and "rollback" in newest[2] and "ok" in newest[2]
         page.shot("audit", "console-audit", height=420)
     finally:
+        stop.set()
+        sender.join(timeout=60)
         page.close()

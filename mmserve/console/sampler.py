@@ -3,7 +3,10 @@
 Triton keeps cumulative per-model statistics (requests, failures, time queued and
 computing, executions); the difference between two samples gives, per model and
 interval, the request rate, the average time per request and the average batch the
-dynamic batcher formed. Percentiles exist only where the server publishes latency
+dynamic batcher formed. Counters are kept per version: a reload or a version switch
+restarts a version's counters (or brings a new version), which reads as a restart from
+zero rather than a gap, and each interval knows which version(s) answered (the live
+charts mark a change). Percentiles exist only where the server publishes latency
 summaries on its metrics port (``--metrics-config=summary_latencies=true``); then
 p50/p99 come from there. No Prometheus server is needed: the console keeps the last
 minutes itself.
@@ -43,15 +46,27 @@ class ModelCounters:
 @dataclass(frozen=True)
 class Sample:
     time: float  # Unix seconds
-    models: dict[str, ModelCounters]
+    models: dict[str, ModelCounters]  # all versions summed
     quantiles_us: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> quantile -> µs
+    by_version: dict[str, dict[str, ModelCounters]] = field(default_factory=dict)  # model -> version -> counters
+
+    def versions_of(self, model: str) -> dict[str, ModelCounters] | None:
+        """The model's counters per version (one unnamed version for a sample without them)."""
+        if model in self.by_version:
+            return self.by_version[model]
+        return {"": self.models[model]} if model in self.models else None
 
 
-def counters_from_statistics(model_stats: Iterable[dict[str, Any]]) -> dict[str, ModelCounters]:
-    """Triton's ``get_inference_statistics(as_json=True)["model_stats"]`` -> counters per model."""
-    totals: dict[str, dict[str, float]] = {}
+def _summed(counters: list[ModelCounters]) -> ModelCounters:
+    return ModelCounters(**{f: sum(getattr(c, f) for c in counters) for f in ModelCounters.__dataclass_fields__})
+
+
+def counters_by_version(model_stats: Iterable[dict[str, Any]]) -> dict[str, dict[str, ModelCounters]]:
+    """The same statistics -> counters per model and version (Triton reports each loaded version)."""
+    totals: dict[tuple[str, str], dict[str, float]] = {}
     for model in model_stats:
-        entry = totals.setdefault(model["name"], dict.fromkeys(ModelCounters.__dataclass_fields__, 0.0))
+        key = (model["name"], str(model.get("version", "")))
+        entry = totals.setdefault(key, dict.fromkeys(ModelCounters.__dataclass_fields__, 0.0))
         stats = model.get("inference_stats", {})
         ns = {d: float(stats.get(d, {}).get("ns", 0)) for d in _DURATIONS}
         entry["success"] += float(stats.get("success", {}).get("count", 0))
@@ -61,7 +76,33 @@ def counters_from_statistics(model_stats: Iterable[dict[str, Any]]) -> dict[str,
         entry["success_ns"] += ns["success"]
         entry["queue_ns"] += ns["queue"]
         entry["compute_ns"] += ns["compute_input"] + ns["compute_infer"] + ns["compute_output"]
-    return {name: ModelCounters(**values) for name, values in totals.items()}
+    out: dict[str, dict[str, ModelCounters]] = {}
+    for (name, version), values in totals.items():
+        out.setdefault(name, {})[version] = ModelCounters(**values)
+    return out
+
+
+def increment(before: Sample, after: Sample, model: str) -> tuple[ModelCounters, tuple[str, ...]] | None:
+    """What the model did between two samples, and the versions that answered in between
+    (None: no data for it in one of them). A version whose counters went down was
+    reloaded and counts from zero; a version new in ``after`` counts all it has."""
+    a, b = before.versions_of(model), after.versions_of(model)
+    if a is None or b is None:
+        return None
+    parts, answered = [], []
+    for version, now in b.items():
+        then = a.get(version)
+        restarted = then is None or now.success < then.success or now.fail < then.fail
+        part = now if restarted else ModelCounters(**{
+            f: getattr(now, f) - getattr(then, f) for f in ModelCounters.__dataclass_fields__})
+        parts.append(part)
+        if part.success > 0 and version:
+            answered.append(version)
+    return _summed(parts) if parts else ModelCounters(), tuple(sorted(answered, key=_version_order))
+
+
+def _version_order(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (1 << 30, version)
 
 
 _SAMPLE_LINE = re.compile(r"^nv_inference_request_summary_us\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)")
@@ -113,6 +154,7 @@ class Series:
     compute_ms: list[float | None]
     batch: list[float | None]  # average items per execution
     quantiles_ms: dict[str, list[float | None]]  # "0.5"/"0.99" -> from the metrics port, if published
+    versions: list[str | None] = field(default_factory=list)  # which version(s) answered, e.g. "2" or "1+2"
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -124,33 +166,35 @@ class Series:
             "compute_ms": self.compute_ms,
             "batch": self.batch,
             "quantiles_ms": self.quantiles_ms,
+            "versions": self.versions,
         }
 
 
 def series(samples: list[Sample], model: str) -> Series:
-    """The interval values of one model over the samples; counter resets (a reload) read as gaps."""
-    out = Series([], [], [], [], [], [], [], {q: [] for q in QUANTILES})
+    """The interval values of one model over the samples; a reload or a version switch reads
+    as its counters restarting from zero (see :func:`increment`)."""
+    out = Series([], [], [], [], [], [], [], {q: [] for q in QUANTILES}, [])
     for before, after in zip(samples, samples[1:]):
         dt = after.time - before.time
-        a, b = before.models.get(model), after.models.get(model)
         out.time.append(after.time)
         for q in QUANTILES:
             value = after.quantiles_us.get(model, {}).get(q)
             out.quantiles_ms[q].append(None if value is None else round(value / 1e3, 3))
-        if a is None or b is None or dt <= 0 or b.success < a.success or b.fail < a.fail:
+        step = increment(before, after, model) if dt > 0 else None
+        if step is None:
             for column in (out.requests_per_s, out.failures_per_s, out.latency_ms, out.queue_ms,
-                           out.compute_ms, out.batch):
+                           out.compute_ms, out.batch, out.versions):
                 column.append(None)
             continue
-        answered = b.success - a.success
-        executions = b.executions - a.executions
-        out.requests_per_s.append(round(answered / dt, 3))
-        out.failures_per_s.append(round((b.fail - a.fail) / dt, 3))
-        per_request = (lambda ns: round(ns / answered / 1e6, 3)) if answered > 0 else (lambda ns: None)
-        out.latency_ms.append(per_request(b.success_ns - a.success_ns))
-        out.queue_ms.append(per_request(b.queue_ns - a.queue_ns))
-        out.compute_ms.append(per_request(b.compute_ns - a.compute_ns))
-        out.batch.append(round((b.inferences - a.inferences) / executions, 2) if executions > 0 else None)
+        d, answered_by = step
+        out.versions.append("+".join(answered_by) or None)
+        out.requests_per_s.append(round(d.success / dt, 3))
+        out.failures_per_s.append(round(d.fail / dt, 3))
+        per_request = (lambda ns: round(ns / d.success / 1e6, 3)) if d.success > 0 else (lambda ns: None)
+        out.latency_ms.append(per_request(d.success_ns))
+        out.queue_ms.append(per_request(d.queue_ns))
+        out.compute_ms.append(per_request(d.compute_ns))
+        out.batch.append(round(d.inferences / d.executions, 2) if d.executions > 0 else None)
     return out
 
 
@@ -162,23 +206,39 @@ class Totals:
     failures: float
     requests_per_s: float
     latency_ms: float | None
+    versions: tuple[str, ...] = ()  # the versions that answered in the window
 
 
 def totals(samples: list[Sample], model: str, window_s: float) -> Totals | None:
-    """Requests, failures and the average latency over the last ``window_s`` seconds."""
+    """Requests, failures, the average latency and the versions that answered over the last
+    ``window_s`` seconds, summed interval by interval (so a reload in the window does not
+    blank the figures); None when fewer than two samples cover the window."""
     if len(samples) < 2:
         return None
     last = samples[-1]
-    first = next((s for s in samples if last.time - s.time <= window_s), samples[0])
-    a, b = first.models.get(model), last.models.get(model)
-    if a is None or b is None or b.success < a.success or last.time <= first.time:
+    window = [s for s in samples if last.time - s.time <= window_s]
+    if len(window) < 2:
+        window = samples[-2:]
+    answered = failed = success_ns = 0.0
+    versions: set[str] = set()
+    seen = False
+    for before, after in zip(window, window[1:]):
+        step = increment(before, after, model)
+        if step is None:
+            continue
+        seen = True
+        answered += step[0].success
+        failed += step[0].fail
+        success_ns += step[0].success_ns
+        versions.update(step[1])
+    if not seen:
         return None
-    answered = b.success - a.success
     return Totals(
         requests=answered,
-        failures=max(0.0, b.fail - a.fail),
-        requests_per_s=answered / (last.time - first.time),
-        latency_ms=(b.success_ns - a.success_ns) / answered / 1e6 if answered else None,
+        failures=failed,
+        requests_per_s=answered / (window[-1].time - window[0].time),
+        latency_ms=success_ns / answered / 1e6 if answered else None,
+        versions=tuple(sorted(versions, key=_version_order)),
     )
 
 
@@ -209,12 +269,13 @@ class StatsSampler:
     def sample_once(self) -> Sample | None:
         """Take one sample now; errors are kept for the page to show, never raised."""
         try:
-            models = counters_from_statistics(self._read_statistics())
+            by_version = counters_by_version(self._read_statistics())
         except Exception as error:  # noqa: BLE001 - shown on the page; the next poll retries
             self.last_error = f"statistics unavailable: {error}"
             return None
         self.last_error = None
-        sample = Sample(time.time(), models, self._read_quantiles())
+        models = {name: _summed(list(versions.values())) for name, versions in by_version.items()}
+        sample = Sample(time.time(), models, self._read_quantiles(), by_version)
         with self._lock:
             self._samples.append(sample)
         return sample

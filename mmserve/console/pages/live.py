@@ -24,6 +24,7 @@ def live_context(console: Console, product: str | None) -> dict[str, Any]:
         "error": "; ".join(e for e in (error, console.sampler.last_error) if e) or None,
         "metrics_note": console.sampler.metrics_note,
         "interval_s": console.settings.sample_interval_s, "history_s": console.settings.history_s,
+        "samples": len(samples),
     }
 
 

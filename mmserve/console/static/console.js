@@ -58,7 +58,44 @@
     const url = section.dataset.liveUrl;
     const every = Number(section.dataset.intervalMs) || 2000;
     const status = document.getElementById("live-status");
+    const changesNote = document.getElementById("version-changes");
     const charts = {};
+    let markers = [];  // [{t, label}]: where the version that answers changed
+
+    // A dashed vertical line and the new version's name at each change, on every chart.
+    function drawMarkers(u) {
+      const { ctx, bbox } = u;
+      ctx.save();
+      ctx.strokeStyle = "#7c3aed";
+      ctx.fillStyle = "#7c3aed";
+      ctx.lineWidth = Math.max(1, devicePixelRatio);
+      ctx.setLineDash([4 * devicePixelRatio, 4 * devicePixelRatio]);
+      ctx.font = `${11 * devicePixelRatio}px sans-serif`;
+      for (const m of markers) {
+        const x = Math.round(u.valToPos(m.t, "x", true));
+        if (x < bbox.left || x > bbox.left + bbox.width) continue;
+        ctx.beginPath();
+        ctx.moveTo(x, bbox.top);
+        ctx.lineTo(x, bbox.top + bbox.height);
+        ctx.stroke();
+        ctx.fillText(m.label, x + 3 * devicePixelRatio, bbox.top + 11 * devicePixelRatio);
+      }
+      ctx.restore();
+    }
+
+    // The versions that answered, interval by interval ("2", "1+2"...) -> where they changed.
+    function versionChanges(data) {
+      const versions = data.models[data.product].versions || [];
+      const found = [];
+      let last = null;
+      versions.forEach((v, i) => {
+        if (v === null) return;
+        if (last !== null && v !== last) found.push({ t: data.time[i], label: `v${v}` });
+        if (v !== last) last = v;
+      });
+      const sequence = versions.filter((v, i) => v !== null && v !== versions.slice(0, i).filter((w) => w !== null).pop());
+      return { found, sequence: sequence.map((v) => `v${v}`) };
+    }
 
     function build(name, specs, holder) {
       const width = Math.max(320, holder.clientWidth || 540);
@@ -74,6 +111,7 @@
           points: { show: true, size: 4, width: 1 },  // a lone interval between gaps shows too
         }))),
         legend: { live: false },
+        hooks: { draw: [drawMarkers] },
       };
       return new uPlot(options, null, holder);
     }
@@ -87,6 +125,12 @@
       } catch (error) {
         if (status) status.textContent = `Live data unavailable: ${error.message}`;
         return;
+      }
+      const changes = versionChanges(data);
+      markers = changes.found;
+      if (changesNote) {
+        changesNote.hidden = changes.sequence.length === 0;
+        changesNote.querySelector("span").textContent = changes.sequence.join(" → ");
       }
       const specs = chartSpecs(data);
       for (const holder of section.querySelectorAll("[data-chart]")) {
