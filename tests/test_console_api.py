@@ -326,6 +326,20 @@ def test_a_version_switch_is_counted_and_named():
     assert window is not None and window.requests == 30 and window.versions == ("1", "2")
 
 
+def test_a_card_names_its_base_model_as_people_do():
+    from mmserve.console.cards import card_facts
+
+    for stored, shown in (
+        ("/data/models/all-MiniLM-L6-v2/model", "all-MiniLM-L6-v2"),  # not "model", the folder's name
+        ("sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"),
+        ("/home/u/.cache/huggingface/hub/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/" + "0" * 40,
+         "sentence-transformers/all-MiniLM-L6-v2"),
+        ("/tmp/ckpt/intents/best", "intents"),
+    ):
+        fact = card_facts({"base_model": stored})[0]
+        assert (fact.label, fact.text, fact.title) == ("Base model", shown, stored)
+
+
 def test_latency_quantiles_from_the_metrics_text():
     text = "\n".join([
         '# TYPE nv_inference_request_summary_us summary',

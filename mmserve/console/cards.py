@@ -8,6 +8,7 @@ product page offers the full card as JSON beside these facts.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -42,7 +43,7 @@ def card_facts(card: Mapping[str, Any]) -> list[Fact]:
     base = card.get("base_model")
     if base:
         lora = " + LoRA" if card.get("lora") else ""
-        facts.append(Fact("Base model", f"{_short_path(base)}{lora}", str(base)))
+        facts.append(Fact("Base model", f"{base_name(base)}{lora}", str(base)))
     data = card.get("training_data")
     if isinstance(data, Mapping) and data.get("path"):
         rows = [f"{data[key]} {what}" for key, what in (("train_rows", "train"), ("held_out_rows", "held-out"))
@@ -137,6 +138,31 @@ def when(value: Any, seconds: bool = True) -> str:
             return str(value)
         moment = moment.replace(tzinfo=moment.tzinfo or timezone.utc).astimezone(timezone.utc)
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC")
+
+
+# Folder names that say where a model sits, not which model it is ("…/all-MiniLM-L6-v2/model").
+_GENERIC_PARTS = {"model", "models", "checkpoint", "checkpoints", "ckpt", "best", "final", "last", "export",
+                  "exported", "pretrained", "hf", "weights", "snapshots", "main", "base", "encoder", "tokenizer"}
+_HF_CACHE = re.compile(r"^models--(.+)$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def base_name(value: Any) -> str:
+    """A base model as people name it: a hub id as it is, a Hugging Face cache folder as its
+    hub id, a local path as its most telling folder (not "model" or a commit hash)."""
+    text = str(value)
+    if "/" not in text and "\\" not in text:
+        return text
+    if text.count("/") == 1 and not text.startswith(("/", ".", "~")):  # a hub id: org/name
+        return text
+    parts = [p for p in PurePath(text.replace("\\", "/")).parts if p not in ("/", "")]
+    for part in reversed(parts):
+        cached = _HF_CACHE.match(part)
+        if cached:
+            return cached.group(1).replace("--", "/")
+        if part.lower() not in _GENERIC_PARTS and not _COMMIT.match(part):
+            return part
+    return parts[-1] if parts else text
 
 
 def _short_path(value: Any) -> str:
