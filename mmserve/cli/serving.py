@@ -170,7 +170,7 @@ def _add_console_command(commands) -> None:
     console.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
                          help="the repository that server serves (products, versions, cards, audit log)")
     console.add_argument("--host", default="127.0.0.1",
-                         help="where the console listens (default 127.0.0.1; beyond loopback needs MMSERVE_ADMIN_KEY)")
+                         help="where the console listens (default 127.0.0.1; beyond loopback needs MMSERVE_ADMIN_KEY and --https-cert, or --insecure)")
     console.add_argument("--port", type=int, default=8080, help="the console's port (default 8080)")
     console.add_argument("--metrics-url", help="Triton's Prometheus metrics (default: http://SERVER-HOST:8002/metrics)")
     console.add_argument("--admin-key-file", type=Path, help="file holding the admin key (default: $MMSERVE_ADMIN_KEY)")
