@@ -4,7 +4,7 @@ The intents set's held-out part is fixed (the demo's 15% per label, scripts/prod
 each draw picks N training examples per label from the rest. The embeddings come from the
 repository's served text_embed (the real MiniLM), computed once.
 
-    python scripts/products_head_draws.py REPOSITORY --per-label 8 --draws 5
+    python scripts/products_head_draws.py REPOSITORY --per-label 8 16 32 --draws 8
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import numpy as np
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("repository", type=Path)
-    parser.add_argument("--per-label", type=int, default=8)
+    parser.add_argument("--per-label", type=int, nargs="+", default=[8])
     parser.add_argument("--draws", type=int, default=5)
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -44,19 +44,20 @@ def main() -> None:
         pool[label] = items[n_held:]
     classes = sorted(by_label)
     gold = np.array([rows[i]["label"] for i in held])
-    results: dict[str, list[float]] = {"logreg": [], "centroid": []}
-    for draw in range(args.draws):
-        rng = random.Random(1000 + draw)
-        train = [i for label in classes for i in rng.sample(pool[label], args.per_label)]
-        labels = [rows[i]["label"] for i in train]
-        for method in results:
-            head = train_head(vectors[train], labels, classes, method)
-            predicted = np.array(classes)[head.probabilities(vectors[held]).argmax(axis=1)]
-            results[method].append(float((predicted == gold).mean()))
-    for method, values in results.items():
-        print(f"{method}: mean {100 * statistics.mean(values):.1f}%, min {100 * min(values):.1f}%, "
-              f"max {100 * max(values):.1f}% over {len(values)} draws of {args.per_label} per label "
-              f"({len(held)} held out): {', '.join(f'{100 * v:.1f}' for v in values)}")
+    for per_label in args.per_label:
+        results: dict[str, list[float]] = {"logreg": [], "centroid": []}
+        for draw in range(args.draws):
+            rng = random.Random(1000 + draw)
+            train = [i for label in classes for i in rng.sample(pool[label], per_label)]
+            labels = [rows[i]["label"] for i in train]
+            for method in results:
+                head = train_head(vectors[train], labels, classes, method)
+                predicted = np.array(classes)[head.probabilities(vectors[held]).argmax(axis=1)]
+                results[method].append(float((predicted == gold).mean()))
+        for method, values in results.items():
+            print(f"{method}: mean {100 * statistics.mean(values):.1f}%, min {100 * min(values):.1f}%, "
+                  f"max {100 * max(values):.1f}% over {len(values)} draws of {per_label} per label "
+                  f"({len(held)} held out): {', '.join(f'{100 * v:.1f}' for v in values)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -32,14 +32,27 @@ def intents(out: Path, per_label: int, seed: int) -> None:
 
 
 def keywords(out: Path, per_label: int, seed: int, source: Path, heldout_source: Path) -> None:
+    import hashlib
+
     rng = random.Random(seed)
+    seen: set[str] = set()  # espeak renders some voice variants byte for byte alike: one of each is kept
+
+    def unique(clips: list[Path]) -> list[Path]:
+        kept = []
+        for clip in clips:
+            digest = hashlib.sha256(clip.read_bytes()).hexdigest()
+            if digest not in seen:
+                seen.add(digest)
+                kept.append(clip)
+        return kept
+
     train = []
     for folder in sorted(p for p in source.iterdir() if p.is_dir()):
         clips = sorted(folder.glob("*.wav"))
         rng.shuffle(clips)
-        train += [[str(c.resolve()), folder.name] for c in clips[:per_label]]
+        train += [[str(c.resolve()), folder.name] for c in unique(clips)[:per_label]]
     heldout = [[str(c.resolve()), f.name] for f in sorted(p for p in heldout_source.iterdir() if p.is_dir())
-               for c in sorted(f.glob("*.wav"))]
+               for c in unique(sorted(f.glob("*.wav")))]
     write(out / "train.csv", ["path", "label"], train)
     write(out / "heldout.csv", ["path", "label"], heldout)
 

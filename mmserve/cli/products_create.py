@@ -193,7 +193,8 @@ def _jobs(args: argparse.Namespace) -> int:
         s = run.status()
         rows.append((run.id, run.request.name, s.state, f"{s.epoch}/{s.epochs or '?'}",
                      "-" if s.train_loss is None else f"{s.train_loss:.4f}",
-                     "-" if s.dev_value is None else f"{s.dev_metric} {s.dev_value:.4f}", s.error or s.stage))
+                     "-" if s.dev_value is None else f"{s.dev_metric} {s.dev_value:.4f}",
+                     ((s.error or s.stage).splitlines() or [""])[0]))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())

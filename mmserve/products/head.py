@@ -10,6 +10,7 @@ are the same two arrays at serving time (mmserve/serving/head.py).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -103,13 +104,16 @@ def _logistic_regression(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 
     smallest = int(np.bincount(y, minlength=n_classes).min())
-    if smallest >= 3:
-        model = LogisticRegressionCV(Cs=[1.0, 10.0, 100.0], cv=min(4, smallest), max_iter=2000, random_state=seed)
-        model.fit(x, y)
-        chosen = float(np.atleast_1d(model.C_)[0])
-    else:
-        chosen = 10.0
-        model = LogisticRegression(C=chosen, max_iter=2000, random_state=seed).fit(x, y)
+    with warnings.catch_warnings():  # scikit-learn 1.9 announces default changes that do not touch this use
+        warnings.simplefilter("ignore", FutureWarning)
+        if smallest >= 3:
+            model = LogisticRegressionCV(Cs=[1.0, 10.0, 100.0], cv=min(4, smallest), max_iter=2000, random_state=seed,
+                                         scoring="accuracy")
+            model.fit(x, y)
+            chosen = float(np.atleast_1d(model.C_)[0])
+        else:
+            chosen = 10.0
+            model = LogisticRegression(C=chosen, max_iter=2000, random_state=seed).fit(x, y)
     coef, intercept = model.coef_, model.intercept_
     if n_classes == 2 and coef.shape[0] == 1:  # sklearn's binary form: one row for class 1
         coef = np.vstack([-coef / 2, coef / 2])

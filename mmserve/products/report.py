@@ -120,7 +120,7 @@ def plot_confusion(scores: Scores, path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     n = len(scores.labels)
-    size = max(4.0, 0.45 * n + 2.5)
+    size = max(5.5, 0.45 * n + 2.5)
     figure, axes = plt.subplots(figsize=(size, size * 0.9), dpi=100)
     matrix = np.array(scores.confusion)
     axes.imshow(matrix, cmap="Blues")
