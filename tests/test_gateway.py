@@ -377,3 +377,14 @@ def test_serve_gateway_options_start_a_gateway_beside_the_server(setup, server, 
         assert httpx.post(url, json={"model": "text_embed", "input": ["a"] * 3}, headers=headers).status_code == 400
     finally:
         gateway.stop()
+
+
+def test_a_store_that_cannot_be_reached_is_a_503_not_an_answer(server, repository, setup):
+    gateway = start_gateway(server, repository, f"redis://127.0.0.1:{free_port()}/0")  # nobody listens there
+    try:
+        answer = httpx.post(gateway.url + "/v1/embeddings", json={"model": "text_embed", "input": "hi"},
+                            headers={"Authorization": f"Bearer {setup['keys']['text']['key']}"})
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+        assert answer.json()["error"]["code"] == "store_unavailable"
+    finally:
+        gateway.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -33,7 +34,7 @@ from .inputs import Items, call_args, items_of
 from .keys import KeyRecord, bearer_key, hash_key, same_hash
 from .limits import BODY_BYTES, BodyLimit
 from .metrics import Metrics
-from .store import Store
+from .store import Store, StoreError
 
 EMBEDDINGS_ROUTE = "/v1/embeddings"
 
@@ -121,6 +122,14 @@ ANSWERS: dict[AnswerShape, Callable[[CatalogEntry, Any], list[dict]]] = {
 }
 
 
+def store_unavailable(error: StoreError) -> Response:
+    """503: without the store no key can be checked and no answer counted, so none is given."""
+    logging.getLogger("mmserve.gateway").error("%s", error)
+    body = ApiError(503, "the gateway's store is unavailable; retry later", type="server_error",
+                    code="store_unavailable").body()
+    return _json(body, 503, {"Retry-After": "5"})
+
+
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(json.dumps(body, separators=(",", ":")), status_code=status, headers=headers,
                     media_type="application/json")
@@ -201,11 +210,19 @@ class Gateway:
             body = answer(entry, result, len(items.values))
             response = _json(body)
         except ApiError as error:
-            if admitted and record is not None and items is not None:
-                await self.config.store.refund(record, len(items.values))
-            await self._meter(record, model, error.status, items, nbytes, started)
+            try:
+                if admitted and record is not None and items is not None:
+                    await self.config.store.refund(record, len(items.values))
+                await self._meter(record, model, error.status, items, nbytes, started)
+            except StoreError as store_error:
+                return store_unavailable(store_error)
             return _json(error.body(), error.status, error.headers)
-        await self._meter(record, model, 200, items, nbytes, started)
+        except StoreError as error:  # nothing answered: nothing to count
+            return store_unavailable(error)
+        try:
+            await self._meter(record, model, 200, items, nbytes, started)
+        except StoreError as error:  # not counted, so not answered: the caller retries
+            return store_unavailable(error)
         return response
 
     def _refusal(self, record: KeyRecord, admission, items: int) -> ApiError:  # noqa: ANN001
@@ -259,6 +276,12 @@ def create_app(config: GatewayConfig) -> FastAPI:
         message = f"{'.'.join(where) or 'body'}: {first.get('msg', 'invalid request')}"
         return _json(bad_request(message, param=param, code="invalid_request").body(), 400)
 
+    @app.exception_handler(Exception)
+    async def failed(_request: Request, error: Exception) -> Response:
+        logging.getLogger("mmserve.gateway").exception("unexpected error")
+        return _json(ApiError(500, "the gateway failed on this request; see its log", type="server_error",
+                              code="server_error").body(), 500)
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
         return _json({"status": "ok"})
@@ -277,6 +300,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
             record = await gateway.authenticate(request)
         except ApiError as error:
             return _json(error.body(), error.status, error.headers)
+        except StoreError as error:
+            return store_unavailable(error)
         data = []
         for name in record.products:
             entry = config.catalog.get(name)
