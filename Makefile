@@ -48,6 +48,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# A developer's loop: the unit and property tests, no server, training or browser (<= 2 min).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not integration" -p no:cacheprovider
+
 bench: setup
 	$(BIN)/mmserve bench --report
 

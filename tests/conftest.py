@@ -16,6 +16,32 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# `make test-fast` (a developer's loop, <= 2 min) runs what is not marked `integration`:
+# tests that use a session server or trained checkpoints are marked by their fixtures,
+# and the modules below start servers, trainings or browsers of their own.
+INTEGRATION_FIXTURES = frozenset({
+    "text_checkpoints", "repository", "fused_repository", "ensemble_server", "server", "fused_server", "triton",
+    "client", "layout_server",
+})
+INTEGRATION_MODULES = frozenset({
+    "test_training_faults", "test_distributed_training", "test_readme_commands", "test_server_launch",
+    "test_security", "test_security_default_serve", "test_cli", "test_cli_lifecycle", "test_self_healing",
+    "test_console_browser", "test_console_api", "test_training_text", "test_speech_training", "test_clip_training",
+    "test_training_overwrite", "test_repository_safety", "test_versions", "test_lifecycle", "test_bench",
+    "test_gpu_check", "test_gpu_profile", "test_soak", "test_gateway", "test_gateway_replicas",
+    "test_gateway_console", "test_client_production", "test_products_create", "test_products_console",
+    "test_deploy_files", "test_import_layers", "test_clip_export", "test_text_export", "test_speech_pipelines",
+    "test_clip_pipelines", "test_text_pipelines", "test_fused_layout", "test_repository_names",
+})
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        if module in INTEGRATION_MODULES or INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _serve_runs_in_tmp(tmp_path_factory) -> None:
     """`mmserve serve` keeps each run's Triton log under $MMSERVE_RUNS: not in the checkout during tests."""
