@@ -96,9 +96,14 @@ class GatewayThread:
             time.sleep(0.02)
         return self
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 2.0) -> None:
+        """Stop taking requests, let those in flight finish for ``grace_s``, then close idle
+        keep-alive connections too (uvicorn would otherwise wait for their clients)."""
         self._server.should_exit = True
-        self._thread.join(timeout=15)
+        self._thread.join(timeout=grace_s)
+        if self._thread.is_alive():
+            self._server.force_exit = True
+            self._thread.join(timeout=15)
 
     @property
     def url(self) -> str:
