@@ -4,8 +4,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from mmserve.lifecycle import version_changes
-
 from ..deps import console_of, product_or_404, products_of, render
 
 router = APIRouter()
