@@ -210,3 +210,21 @@ def test_clip_training_gives_a_real_size_model_every_core():
         assert _configure_threads(workers=1, parameters=3_600_000) == max(1, _cores() - 1)  # the tiny ViT: one per loader
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_real_size_clip_model_takes_the_thread_count_that_runs_faster_here():
+    import open_clip
+    import torch
+
+    from mmserve.training.clip import TINY_ARCH, _cores, _threads_by_trial, resolve_arch
+
+    name, _ = resolve_arch(TINY_ARCH)
+    model = open_clip.create_model(name).train()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(_cores())
+        chosen = _threads_by_trial(model, open_clip.get_tokenizer(name), workers=1)
+        assert chosen in {_cores(), max(1, _cores() - 1)} and torch.get_num_threads() == chosen
+        assert model.training and all(p.grad is None for p in model.parameters())  # training state untouched
+    finally:
+        torch.set_num_threads(before)
