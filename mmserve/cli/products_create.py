@@ -164,6 +164,8 @@ def _jobs(args: argparse.Namespace) -> int:
         ran = jobs.work(on_change=_progress_printer())
         print(f"{ran} job(s) run" if ran or not jobs.queued() else "another worker runs the queue")
         return 0
+    if args.action == "report":  # what the worker runs after training, in a process of its own
+        return jobs.report_job(find_run(args.job))
     if args.action in ("cancel", "log", "show"):
         if not args.job:
             print(f"mmserve: jobs {args.action} needs a job id (`mmserve jobs` lists them)", file=sys.stderr)
@@ -246,7 +248,7 @@ def register(commands) -> None:
     publish.set_defaults(handler=_publish_command)
 
     jobs = commands.add_parser("jobs", help="fine-tune jobs: list (default), cancel ID, log ID, show ID, work (run the queue)")
-    jobs.add_argument("action", nargs="?", choices=("list", "cancel", "log", "show", "work"), default="list")
+    jobs.add_argument("action", nargs="?", choices=("list", "cancel", "log", "show", "work", "report"), default="list")
     jobs.add_argument("job", nargs="?", help="the job id (cancel, log, show)")
     jobs.add_argument("--all", action="store_true", help="every job, not only the running ones and the last few")
     jobs.add_argument("--json", action="store_true", help="ids, requests and statuses as JSON")

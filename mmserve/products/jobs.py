@@ -158,7 +158,7 @@ def training_command(run: Run) -> list[str]:
 
 def run_job(run: Run, on_change: Callable[[Run], None] | None = None) -> None:
     """Train, follow, and report one job; its state says how it ended."""
-    from mmserve.products.create import CHECKPOINT_DIR, report_finetune
+    from mmserve.products.create import CHECKPOINT_DIR
 
     notify = on_change or (lambda _run: None)
     run.path(CANCEL_FILE).unlink(missing_ok=True)
@@ -191,13 +191,29 @@ def run_job(run: Run, on_change: Callable[[Run], None] | None = None) -> None:
     seconds = json.loads(seconds_file.read_text()) if seconds_file.exists() else {}
     seconds["train"] = time.perf_counter() - started
     seconds_file.write_text(json.dumps(seconds))
+    # The report (an export and the held-out run) in a process of its own: the worker keeps no
+    # torch memory between jobs, and a long-lived worker runs the code installed now.
+    run.set_status(stage="exporting the checkpoint for the report")
+    with run.path(TRAIN_LOG).open("ab") as log:
+        reported = subprocess.run([sys.executable, "-m", "mmserve.cli", "jobs", "report", run.id],
+                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  preexec_fn=_die_with_parent, check=False)
+    if reported.returncode != 0 and run.status().state != FAILED:
+        run.set_status(state=FAILED, error=f"report: exited with status {reported.returncode}: {_log_tail(run.path(TRAIN_LOG))}")
+    run.set_status(pid=None)
+    notify(run)
+
+
+def report_job(run: Run) -> int:
+    """`mmserve jobs report ID`: the report of a trained job (the worker runs it in a child)."""
+    from mmserve.products.create import report_finetune
+
     try:
         report_finetune(run)
-    except Exception as error:  # noqa: BLE001 - the job fails with the reason; the worker goes on
-        run.set_status(state=FAILED, pid=None, error=f"report: {type(error).__name__}: {error}")
-    else:
-        run.set_status(pid=None)
-    notify(run)
+    except Exception as error:  # noqa: BLE001 - the job fails with the reason
+        run.set_status(state=FAILED, error=f"report: {type(error).__name__}: {error}")
+        return 1
+    return 0
 
 
 def _follow(run: Run, checkpoint: Path) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from fastapi import APIRouter
 
 from ..deps import Access
-from . import actions, audit, landing, live, playground, products, signin, usage
+from . import actions, audit, landing, live, new_product, playground, products, signin, usage
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ PAGES: tuple[Page, ...] = (
     Page(playground.router, ("/playground", "Playground")),
     Page(audit.router, ("/audit", "Audit")),
     Page(usage.router, ("/usage", "Usage")),  # admin only: billing data; revoking a key is audited
+    Page(new_product.router, ("/new", "New product")),  # admin only: it trains, and publishes with a confirmation
     Page(signin.router, access=Access.PUBLIC),
 )
 
