@@ -141,7 +141,7 @@ def _cores() -> int:
 # A model this large spends seconds per step in torch, and its loader a few ms per picture:
 # every core helps it on a quiet machine (issue 23: ViT-B-32 LoRA ran "1 torch threads" on 2
 # cores). On a busy one the opposite: measured on this 2-core VM at load average ~20, ViT-B-32
-# forward + backward at batch 8 took 18.3-18.5 s a step with 1 thread and 89.9 s with 2 (a
+# forward + backward at batch 8 took 18.3-18.5 s a step with 1 thread and 73-90 s with 2 (a
 # parallel section waits for its slowest thread, and each waits for a core). So such a model
 # gets whichever of the two is faster on its own forward pass at start (_threads_by_trial).
 # Smaller models keep a core for the loader.
