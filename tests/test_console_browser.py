@@ -409,7 +409,8 @@ def test_sign_in_roll_back_export_and_see_it_all(browser, admin_console, version
         tab = page.open("/products")
         card = tab.locator("#product-sentiment")
         assert "v1 serving · v3 on disk" in " ".join(card.locator("dd").first.inner_text().split())
-        assert "v3 exported, v1 serving — run `mmserve reload sentiment`" in card.locator(".drift").inner_text()
+        assert "v3 exported, v1 serving — run mmserve reload sentiment" in card.locator(".drift").inner_text()
+        assert card.locator(".drift code").inner_text() == "mmserve reload sentiment"
         tab = page.open("/products/sentiment")
         assert tab.locator("button[data-action=reload]").inner_text() == "Reload — serve v3"
         page.shot("drift")

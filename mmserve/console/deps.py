@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup, escape
 
 from mmserve.client import InvalidInputError, MmserveError, PermissionDeniedError
 from mmserve.lifecycle import Lifecycle, LifecycleError, Product, version_changes
@@ -182,6 +183,11 @@ ACTION_TITLES = {"load": "Load", "unload": "Unload", "reload": "Reload", "rollba
                  "roll-forward": "Roll forward", "make-live": "Make live", "export": "Export"}
 
 
+def code_spans(text: str) -> Markup:
+    """Escaped ``text`` with its `backticked` commands shown as code (drift and audit texts)."""
+    return Markup(re.sub(r"`([^`<>]+)`", r"<code>\1</code>", str(escape(str(text or "")))))
+
+
 def _ms(value: float | None) -> str:
     return "—" if value is None else (f"{value:.1f} ms" if value >= 10 else f"{value:.2f} ms")
 
@@ -191,6 +197,7 @@ templates.env.filters["facts"] = cards.card_facts
 templates.env.filters["card_json"] = cards.card_json
 templates.env.filters["ms"] = _ms
 templates.env.filters["no_paths"] = no_paths
+templates.env.filters["code_spans"] = code_spans
 templates.env.globals["version_changes"] = version_changes
 templates.env.globals["action_title"] = lambda action: ACTION_TITLES.get(action, str(action).capitalize())
 templates.env.filters["shown_labels"] = shown_labels
