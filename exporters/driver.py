@@ -148,7 +148,7 @@ def _audited(export: Callable[..., ExportResult]) -> Callable[..., ExportResult]
 
     @functools.wraps(export)
     def run(repository: Path, plan: Callable[[], Product], *args: Any, **kwargs: Any) -> ExportResult:
-        from mmserve.lifecycle import record_export  # the audit log's one writer
+        from mmserve.audit import record_export  # the audit log's home, a layer below the exporters
 
         try:
             result = export(repository, plan, *args, **kwargs)

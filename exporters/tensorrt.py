@@ -20,10 +20,10 @@ from typing import Any, Mapping, Sequence, Tuple, Union
 import numpy as np
 
 from mmserve.exporters.onnx_export import ExportError
-from mmserve.exporters.triton_config import PLAN_FILE
+from mmserve.exporters.triton_config import PLAN_FILE, check_engine_io
 from mmserve.pipelines import MAX_BATCH_SIZE
 
-__all__ = ["PLAN_FILE", "build_engine", "built_plan", "check_gpu_options", "engine_data_types", "export_profile",
+__all__ = ["PLAN_FILE", "build_engine", "built_plan", "check_engine_io", "check_gpu_options", "engine_data_types", "export_profile",
            "require_tensorrt"]
 WORKSPACE_BYTES = 4 << 30  # the builder's scratch memory: ample for the encoders we export
 # The batch the engine's kernels are tuned for: dynamic batching's typical batch under load.
@@ -97,20 +97,6 @@ def check_tensorrt_version(version: str) -> None:
             f"--tensorrt: TensorRT {version} takes int32 token ids where the tokenizer steps emit int64, so its "
             f"engine cannot serve in a pipeline; install TensorRT 10 or later: `pip install "
             f"'{deployed_image(DOCKERFILE).tensorrt_requirement}'`, the TensorRT of the deployed Triton image"
-        )
-
-
-def check_engine_io(engine_types: Mapping[str, str], graph_types: Mapping[str, str]) -> None:
-    """An engine takes and gives the types its ONNX graph states, or the export is refused:
-    a pipeline's other steps were written for the graph's types."""
-    changed = {name: (graph_types[name], kind) for name, kind in engine_types.items()
-               if name in graph_types and graph_types[name] != kind}
-    if changed:
-        listed = ", ".join(f"{name} {was} -> {now}" for name, (was, now) in changed.items())
-        raise ExportError(
-            f"the TensorRT engine changed tensor types ({listed}); the pipeline's other steps (the tokenizer's "
-            "int64 ids) were written for the ONNX graph's types. Build with TensorRT 10 or later (pip install the "
-            "version exporters/gpu_stack.py pins for the deployed image)"
         )
 
 

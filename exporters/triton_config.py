@@ -22,6 +22,7 @@ from tritonclient.grpc.model_config_pb2 import (
     ModelOutput,
 )
 
+from mmserve.exporters.onnx_export import ExportError
 from mmserve.pipelines import MAX_BATCH_SIZE, TensorSpec
 from mmserve.repository_layout import ENSEMBLE_PLATFORM, LABELS_FILE, TENSORRT_PLAN_FILE, OnnxStepParameters  # LABELS_FILE: re-exported
 
@@ -199,6 +200,20 @@ def tensorrt_plan_config(
     return config
 
 
+def check_engine_io(engine_types: Mapping[str, str], graph_types: Mapping[str, str]) -> None:
+    """An engine takes and gives the types its ONNX graph states, or the export is refused:
+    a pipeline's other steps were written for the graph's types."""
+    changed = {name: (graph_types[name], kind) for name, kind in engine_types.items()
+               if name in graph_types and graph_types[name] != kind}
+    if changed:
+        listed = ", ".join(f"{name} {was} -> {now}" for name, (was, now) in changed.items())
+        raise ExportError(
+            f"the TensorRT engine changed tensor types ({listed}); the pipeline's other steps (the tokenizer's "
+            "int64 ids) were written for the ONNX graph's types. Build with TensorRT 10 or later (pip install the "
+            "version exporters/gpu_stack.py pins for the deployed image)"
+        )
+
+
 def encoder_config(
     name: str,
     onnx_path: Path,
@@ -217,8 +232,6 @@ def encoder_config(
     if engine_types is not None:
         if profile != "gpu":
             raise ValueError(f"a TensorRT engine is served by the gpu profile only, not {profile!r}")
-        from mmserve.exporters.tensorrt import check_engine_io
-
         check_engine_io(engine_types, {t.name: t.data_type for t in (*inputs, *outputs)})
         retyped = [
             [Tensor(t.name, engine_types.get(t.name, t.data_type), t.dims, t.label_filename) for t in tensors]

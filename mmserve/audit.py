@@ -25,6 +25,7 @@ import secrets
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -226,3 +227,40 @@ class AuditLog:
                 chained += 1
                 expected = previous_link = record["hash"]
         return Verification(self.path, records, chained)
+
+
+def utc_now() -> str:
+    """A record's time: ISO 8601, UTC, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def error_text(error: BaseException) -> str:
+    """A failed action's result as the log states it."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(error).__name__}: {error}"
+
+
+def record_export(repository: Path, result: Any, error: BaseException | None) -> None:
+    """Audit an export (exporters/driver.py, which sits below the lifecycle and writes here
+    directly): the version it made active on disk, or why it failed. A failure is recorded only
+    in a repository that serves something already (models or an audit log): a failed export
+    into a new folder leaves it as it was. The actor is this user@host (no key is used)."""
+    repository = Path(repository)
+    if not repository.is_dir():
+        return
+    if error is not None:
+        if not (repository / AUDIT_LOG).exists() and not any(repository.glob("*/config.pbtxt")):
+            return
+        product, detail, outcome = "", "", error_text(error)
+    else:
+        served = f"; served after `mmserve reload {result.pipeline}` (or the next start)"
+        product = result.pipeline
+        detail = f"version {result.version} of {', '.join(result.pipelines)} ({result.description}) active on disk{served}"
+        outcome = "ok"
+    record = {"time": utc_now(), "actor": actor_for(), "action": "export", "product": product, "detail": detail,
+              "result": outcome}
+    try:
+        AuditLog(repository / AUDIT_LOG).result(None, record)
+    except Exception:  # noqa: BLE001 - the audit log unwritable: the export itself is done (or failed) already
+        pass

@@ -18,9 +18,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from mmserve.client.products import find_products, model_state, served_version, steps_of, tensor_specs
 from mmserve import audit as _audit
@@ -508,35 +507,9 @@ def _switch_copy(model: str) -> bool:
     return bool(mark) and bool(stem) and number.isdigit()
 
 
-def record_export(repository: Path, result: Any, error: BaseException | None) -> None:
-    """Audit an export (exporters/driver.py): the version it made active on disk, or why it
-    failed. A failure is recorded only in a repository that serves something already (models
-    or an audit log): a failed export into a new folder leaves it as it was."""
-    repository = Path(repository)
-    if not repository.is_dir():
-        return
-    if error is not None:
-        if not (repository / AUDIT_LOG).exists() and not any(repository.glob("*/config.pbtxt")):
-            return
-        entry = ("export", "", "", _error_text(error))
-    else:
-        served = f"; served after `mmserve reload {result.pipeline}` (or the next start)"
-        detail = f"version {result.version} of {', '.join(result.pipelines)} ({result.description}) active on disk"
-        entry = ("export", result.pipeline, detail + served, "ok")
-    try:
-        Lifecycle(Path(repository)).record(*entry)
-    except Exception:  # noqa: BLE001 - the audit log unwritable: the export itself is done (or failed) already
-        pass
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _error_text(error: BaseException) -> str:
-    if isinstance(error, KeyboardInterrupt):
-        return "interrupted"
-    return f"{type(error).__name__}: {error}"
+record_export = _audit.record_export  # its home: mmserve/audit.py (the export driver writes there)
+_now = _audit.utc_now
+_error_text = _audit.error_text
 
 
 def _version_text(version: int | None) -> str:
