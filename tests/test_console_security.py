@@ -139,6 +139,20 @@ def test_a_foreign_host_is_refused(settings: ConsoleSettings, console: ConsoleSe
         assert browser.get("/", headers={"Host": "evil.example"}).status_code == 400
 
 
+def test_host_names_and_paths_as_the_guards_read_them(repository: Path):
+    from mmserve.console.deps import no_paths
+    from mmserve.console.guards import host_name
+
+    assert [host_name(h) for h in ("LOCALHOST:8080", "[::1]:8080", "::1", "127.0.0.1", "evil.example:1")] == [
+        "localhost", "::1", "::1", "127.0.0.1", "evil.example"]
+    names = ConsoleSettings(repository=repository, host="10.0.0.5", allowed_hosts=("Console.Example",)).host_names()
+    assert {"localhost", "127.0.0.1", "::1", "10.0.0.5", "console.example"} == set(names)
+    assert "0.0.0.0" not in ConsoleSettings(repository=repository, host="0.0.0.0").host_names()
+    message = "failed to load 'sentiment': unable to open '/home/ops/repo/sentiment/2/model.onnx' (see ./runs/x/triton.log)"
+    assert no_paths(message) == "failed to load 'sentiment': unable to open '…/model.onnx' (see …/triton.log)"
+    assert no_paths("served at 127.0.0.1:8001, http://host:8002/metrics") == "served at 127.0.0.1:8001, http://host:8002/metrics"
+
+
 # --- sign-in ------------------------------------------------------------------------------------
 
 
