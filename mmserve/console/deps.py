@@ -1,5 +1,6 @@
 """What every page of the console shares: the app's state, the session, the templates,
-the form check (CSRF, sign-in) and small helpers for products and errors.
+the access rule every route runs first (CSRF before the body, then sign-in), reading a
+form, and small helpers for products and errors.
 
 A page module (``mmserve/console/pages/``) imports from here and nowhere else in the
 console's web layer, so the rules (who may see what, how a POST is checked, how an
@@ -18,10 +19,10 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 
-from mmserve.client import InvalidInputError, MmserveError, PermissionDeniedError
-from mmserve.lifecycle import Lifecycle, LifecycleError, Product, version_changes
 from mmserve import kinds
+from mmserve.client import InvalidInputError, MmserveError, PermissionDeniedError
 from mmserve.kinds import AnswerShape
+from mmserve.lifecycle import Lifecycle, LifecycleError, Product, version_changes
 
 from . import cards, playground
 from .auth import CSRF_FIELD, CSRF_HEADER, Session, csrf_ok
