@@ -67,6 +67,7 @@ def checkpoint_facts(checkpoint: Path) -> dict[str, Any]:
     """Base model, training data and held-out metrics, as the checkpoint recorded them."""
     from mmserve.training.text_checkpoint import METRICS_FILE, TRAINING_CONFIG_FILE
     from mmserve.training.clip_checkpoint import SETTINGS_FILE as CLIP_SETTINGS_FILE
+    from mmserve.training.defaults import base_model_name
 
     checkpoint = checkpoint.resolve()
     clip_settings = _read_json(checkpoint / CLIP_SETTINGS_FILE) or {}
@@ -76,6 +77,8 @@ def checkpoint_facts(checkpoint: Path) -> dict[str, Any]:
         base = training.get("base") or training.get("pretrained") or training.get("arch")
     else:  # a pretrained encoder exported as it is
         base = str(checkpoint)
+    # the base as people name it (training records it; older runs: read from the folder)
+    name = training.get("base_name") or (base_model_name(base) if base and Path(str(base)).is_dir() else base)
     data = None
     if training.get("data"):
         metrics_or_empty = metrics or {}
@@ -87,7 +90,8 @@ def checkpoint_facts(checkpoint: Path) -> dict[str, Any]:
         }
     return {
         "checkpoint": str(checkpoint),
-        "base_model": _text(base),
+        "base_model": _text(name),  # e.g. sentence-transformers/all-MiniLM-L6-v2
+        "base_model_path": _text(base) if base != name else None,  # the folder it was read from
         "lora": training.get("lora"),
         "training_data": data,
         "metrics": metrics,

@@ -63,8 +63,10 @@ def test_the_card_records_the_version_s_origin_and_quality(two_versions: Path, t
     training = json.loads((checkpoint / "training_config.json").read_text())
     card = versions.read_card(two_versions, PRODUCT, 2)
     assert (card["product"], card["kind"], card["version"], card["pipelines"]) == (PRODUCT, "text_classify", 2, [PRODUCT])
-    assert Path(card["base_model"]) == Path(training["base"]) == tiny_bert
-    assert card["training_data"]["path"] == str(training["data"])
+    # the base as people name it, and the folder it was read from; data paths absolute
+    assert (card["base_model"], training["base_name"]) == ("tiny-bert", "tiny-bert")
+    assert Path(card["base_model_path"]) == Path(training["base"]) == tiny_bert
+    assert card["training_data"]["path"] == str(training["data"]) and Path(training["data"]).is_absolute()
     assert (card["training_data"]["train_rows"], card["training_data"]["held_out_rows"]) == (metrics["n_train"], metrics["n_dev"])
     assert card["metrics"] == metrics and card["profile"] == "cpu" and card["int8"] is None
     parity = card["parity"]["encoder"]

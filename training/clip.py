@@ -47,6 +47,7 @@ from mmserve.training.clip_data import (
 from mmserve.training.clip_eval import class_embeddings, prompts, retrieval_metrics, zero_shot_accuracy
 from mmserve.training import distributed
 from mmserve.training.errors import DataError, TrainingError
+from mmserve.training.defaults import absolute_data_paths
 from mmserve.training.loop import (
     EpochScore,
     RunLedger,
@@ -531,7 +532,7 @@ def train_clip(cfg: ClipTrainConfig) -> TrainResult:
         "tokenizer": tokenizer_settings(tokenizer, model_cfg),
         "prompt_templates": templates,
         "classes": classes,
-        "training": {**asdict(cfg), "learning_rate": cfg.learning_rate},
+        "training": {**absolute_data_paths(asdict(cfg)), "learning_rate": cfg.learning_rate},
         "versions": {**library_versions(), "open_clip": _open_clip_version()},
     }
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

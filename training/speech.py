@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from mmserve.training.text_checkpoint import save_hf_checkpoint
 from mmserve.training import distributed
 from mmserve.training.errors import DataError, TrainingError
+from mmserve.training.defaults import absolute_data_paths, base_model_name
 from mmserve.training.files import write_text_atomic
 from mmserve.training.loop import (
     EpochScore,
@@ -182,7 +183,8 @@ def train_speech(cfg: SpeechTrainConfig) -> TrainResult:
     scheduler = make_scheduler(optimizer, cfg.epochs * n_batches)
     ledger.restore(model, optimizer, scheduler)
     training_config = {
-        **asdict(cfg), "kind": "speech", "task": "classify", "base": base, "family": family,
+        **absolute_data_paths(asdict(cfg)), "kind": "speech", "task": "classify", "base": base,
+        "base_name": base_model_name(base), "family": family,
         "model_type": config.model_type, "pretrained": pretrained, "sampling_rate": rate,
         "learning_rate": cfg.learning_rate, "versions": library_versions(),
     }

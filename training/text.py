@@ -24,6 +24,7 @@ from mmserve.training.text_checkpoint import (
 )
 from mmserve.training import distributed
 from mmserve.training.errors import TrainingError
+from mmserve.training.defaults import absolute_data_paths, base_model_name
 from mmserve.training.files import write_text_atomic
 from mmserve.training.loop import (
     EpochScore,
@@ -137,7 +138,8 @@ def train_text(cfg: TextTrainConfig) -> TrainResult:
 
     ledger.restore(model, optimizer, scheduler)
     training_config = {
-        **asdict(cfg), "kind": "text", "task": cfg.task, "base": base,
+        **absolute_data_paths(asdict(cfg)), "kind": "text", "task": cfg.task, "base": base,
+        "base_name": base_model_name(base),
         "learning_rate": cfg.learning_rate, "versions": library_versions(),
     }
     metric_name = PRIMARY_METRIC[cfg.task]
