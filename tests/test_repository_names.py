@@ -17,6 +17,7 @@ from tritonclient.grpc.model_config_pb2 import DataType, ModelConfig
 from mmserve import repository_layout as layout
 from mmserve.client.products import find_products, kind_of
 from mmserve.pipelines import EMBEDDING, TEXT, Kind
+from test_tensor_names import docstring_nodes  # one reading of what a docstring is
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKED = ("exporters", "mmserve", "client")
@@ -39,19 +40,9 @@ ALLOWED: dict[tuple[str, str], str] = {
 }
 
 
-def _docstrings(tree: ast.AST) -> set[int]:
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-                found.add(id(body[0].value))
-    return found
-
-
 def literal_names(source: str) -> list[tuple[int, str]]:
     tree = ast.parse(source)
-    docstrings = _docstrings(tree)
+    docstrings = docstring_nodes(tree)
     return [
         (node.lineno, node.value)
         for node in ast.walk(tree)

@@ -39,11 +39,7 @@ def plot_pipeline(results: dict, pipeline: str, path: Path) -> Path | None:
     ax.set_title(f"{pipeline}: throughput vs latency (perf_analyzer, gRPC)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_peers(results: dict, path: Path) -> Path | None:
@@ -72,11 +68,7 @@ def plot_peers(results: dict, path: Path) -> Path | None:
     for ax in (left, right):
         ax.grid(alpha=0.3)
     left.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def make_plots(results: dict, folder: Path) -> dict[str, Path]:
@@ -89,3 +81,14 @@ def make_plots(results: dict, folder: Path) -> dict[str, Path]:
     if peers:
         plots["peers"] = peers
     return plots
+
+
+def _save(fig, path: Path) -> Path:
+    """Lay out, write and close one figure (the report links the file)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
