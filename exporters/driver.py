@@ -27,7 +27,7 @@ from mmserve.exporters.onnx_export import OnnxSpec, ParityReport, check_parity, 
 from mmserve.exporters.quantize import QuantizationReport, quantize_int8
 from mmserve.exporters.repository import ModelFolder, write_models
 from mmserve.exporters.staging import ensure_writable
-from mmserve.exporters.tensorrt import PLAN_FILE, ShapeProfile, build_engine, check_gpu_options, export_profile
+from mmserve.exporters.tensorrt import PLAN_FILE, check_gpu_options, export_profile
 from mmserve.exporters.triton_config import EncoderTuning, onnx_tensors
 from mmserve.exporters.versions import DEFAULT_KEEP, Release
 from mmserve.pipelines import Kind
@@ -63,7 +63,8 @@ class Graph:
     dev_set: Callable[[], DevSet | None] | None = None
     # The largest size of each dynamic axis but the batch, by axis name (e.g. {"sequence":
     # max_length}): the upper bound of a TensorRT engine's optimisation profile (--tensorrt).
-    axis_limits: Mapping[str, int] | None = None
+    # A pair (smallest, largest) where the pre-processing never sends fewer (a waveform's min_samples).
+    axis_limits: Mapping[str, int | tuple[int, int]] | None = None
 
     @property
     def output(self) -> str:
@@ -97,7 +98,7 @@ class GraphExport:
     onnx_bytes: int  # the file served (the INT8 one with --int8)
     output_dims: tuple[int, ...]  # per item, as the repository's config states them
     fp16: Fp16Report | None = None  # with --fp16: FP16 against FP32 on the parity feeds
-    engine: ShapeProfile | None = None  # with --tensorrt: the engine's optimisation profile
+    engine: dict | None = None  # with --tensorrt: the engine's record (tensorrt.engine_record: profile, built by, parity)
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,9 @@ class ExportResult:
             if graph.fp16:
                 lines.append(f"  {title} fp16: {graph.fp16}")
             if graph.engine:
-                ranges = "; ".join(f"{n} {list(lo)}..{list(hi)} (opt {list(opt)})" for n, (lo, opt, hi) in graph.engine.items())
-                lines.append(f"  {title} TensorRT engine ({PLAN_FILE}): {ranges}")
+                ranges = "; ".join(f"{n} {r['min']}..{r['max']} (opt {r['opt']})" for n, r in graph.engine["profile"].items())
+                lines.append(f"  {title} TensorRT engine ({PLAN_FILE}, {graph.engine['key']}, cosine to ONNX min "
+                             f"{graph.engine['parity']['min_cosine']:.5f}): {ranges}")
         lines += [f"  {detail}" for detail in self.details]
         sizes = ", ".join(
             f"{name.replace('_', ' ')} {graph.onnx_bytes / 1e6:.1f} MB (output dims {list(graph.output_dims)})"
@@ -195,7 +197,11 @@ def export_product(
             onnx[graph.name], exported[graph.name] = _export_graph(
                 graph, Path(scratch) / graph.name, name, int8, fp16=fp16, tensorrt=tensorrt
             )
-        models = product.models(repository, onnx, profile, tuning)
+        # a fused pipeline runs its steps in Python: its encoders are the cpu profile's runner,
+        # on onnxruntime's GPU providers with --profile gpu (fused.gpu_encoder_steps)
+        models = product.models(repository, onnx, "cpu" if layout == FUSED else profile, tuning)
+        if profile == "gpu":
+            models = _on_gpu(models, product.graphs, onnx, layout)
         if layout == FUSED:
             models = fuse_pipelines(models, tuning, {onnx[g.name]: g.parity_feeds[0] for g in product.graphs})
         release = Release(
@@ -211,6 +217,23 @@ def export_product(
         tuple(product.kinds), product.description, tuple(m.name for m in models), exported,
         time.perf_counter() - started, written.version, tuple(product.details),
     )
+
+
+def _on_gpu(models: list[ModelFolder], graphs: Sequence[Graph], onnx: Mapping[str, Path], layout: str) -> list[ModelFolder]:
+    """gpu-profile encoders with a TensorRT shape profile from each product's own limits
+    (Graph.axis_limits): onnxruntime's TensorRT provider then builds one engine that takes
+    every request, instead of rebuilding whenever a longer input arrives."""
+    from mmserve.exporters.fused import gpu_encoder_steps
+    from mmserve.exporters.triton_config import set_trt_profile
+
+    profiles = {onnx[g.name]: export_profile(onnx[g.name], g.axis_limits or {}, g.parity_feeds) for g in graphs}
+    if layout == FUSED:
+        return gpu_encoder_steps(models, profiles)
+    for model in models:
+        sources = [content for content in model.files.values() if isinstance(content, Path) and content in profiles]
+        if sources:
+            set_trt_profile(model.config, profiles[sources[0]])
+    return models
 
 
 def _export_graph(
@@ -233,8 +256,13 @@ def _export_graph(
         half = fp16_report(fp32_path, path, graph.parity_feeds, graph.output)
     engine = None
     if tensorrt:  # beside the served graph, where the repository writer looks for it (tensorrt.built_plan)
-        engine = export_profile(path, graph.axis_limits or {}, graph.parity_feeds)
-        build_engine(path, [engine], path.with_name(PLAN_FILE))
+        from mmserve.exporters.engines import PARITY_INPUTS, build_checked_engine, save_parity_inputs
+
+        profile = export_profile(path, graph.axis_limits or {}, graph.parity_feeds)
+        # held to the ONNX graph (cosine >= 0.999) before it is written; its record goes on the card
+        engine = build_checked_engine(path, profile, path.with_name(PLAN_FILE), graph.parity_feeds, graph.output,
+                                      f"{product} {graph.title}")
+        save_parity_inputs(graph.parity_feeds, path.with_name(PARITY_INPUTS))
     return path, GraphExport(parity, quantization, path.stat().st_size, outputs[0].dims, half, engine)
 
 
