@@ -2,7 +2,7 @@
 
 Adding a page
 -------------
-1. Write ``mmserve/console/pages/NAME.py`` with ``router = APIRouter()`` and its routes.
+1. Write a module in this package (say ``reports.py``) with ``router = APIRouter()`` and its routes.
    Take what every page shares from :mod:`mmserve.console.deps`: ``console_of(request)``
    (settings, client, lifecycle), ``render(request, "NAME.html", context)`` (a template
    under ``mmserve/console/templates/`` that extends ``base.html``), ``read_form`` for a
