@@ -24,6 +24,7 @@ __all__ = [
     "ProductInfo", "find_products", "kind_of", "model_state", "products_from", "served_version", "steps_of", "tensor_specs",
 ]
 
+
 @dataclass(frozen=True, slots=True)
 class ProductInfo:
     """One product as the server sees it: its kind, its steps in call order, its state."""

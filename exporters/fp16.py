@@ -25,6 +25,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from mmserve.exporters.similarity import drift, row_cosines
+from mmserve.repository_layout import ONNX_FILE
 
 FP16_FILE = "model.fp16.onnx"  # beside the fp32 graph; the served file with --fp16
 
@@ -74,7 +75,7 @@ def fp32_graph(onnx_path: Path) -> Path:
     model.onnx), else the graph itself. What runs on onnxruntime's CPU provider must be this
     one: the CPU provider crashed creating ORT_ENABLE_ALL sessions for FP16 graphs (see above)."""
     onnx_path = Path(onnx_path)
-    source = onnx_path.with_name("model.onnx")
+    source = onnx_path.with_name(ONNX_FILE)
     return source if onnx_path.name == FP16_FILE and source.is_file() else onnx_path
 
 
