@@ -412,8 +412,9 @@ def _wait_for_text(tab, selector: str, pattern: re.Pattern, seconds: float) -> s
 def _publish(tab) -> None:
     tab.click("#publish-button")
     tab.click("#confirm-publish", no_wait_after=True)  # asks first
-    message = tab.wait_for_selector("#run-message", timeout=180_000)
-    assert "published" in message.inner_text()
+    message = tab.wait_for_selector("#run-message, #run-page .alert.error", timeout=600_000)
+    assert message.get_attribute("id") == "run-message", message.inner_text()
+    assert "published" in message.inner_text(), message.inner_text()
 
 
 def test_the_console_makes_publishes_tries_and_rolls_back_a_product(

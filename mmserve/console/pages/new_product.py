@@ -151,4 +151,7 @@ async def run_publish(request: Request, run_id: str) -> HTMLResponse:
         entry = await run_in_threadpool(publish, run, lifecycle)
     except (CreateError, LifecycleError, MmserveError) as error:
         return render(request, "new_run.html", {**_run_context(run), "error": str(error)}, status_code=409)
+    except Exception as error:  # noqa: BLE001 - an export that failed: said on the page (and in the audit log)
+        return render(request, "new_run.html", {**_run_context(run), "error": f"publishing failed: "
+                      f"{type(error).__name__}: {error}"}, status_code=500)
     return render(request, "new_run.html", {**_run_context(run), "message": f"published: {entry.detail}"})
