@@ -262,8 +262,9 @@ def _run(config: RealSizeConfig, out: Path, log: Callable[[str], None]) -> dict[
             log(str(error))
             results["baselines"][name] = {"pipeline": name, "error": str(error)}
     results["loadavg_after_baselines"] = loadavg()
+    _save(results, out)  # partial results survive an interrupted run
 
-    settings = PerfSettings(measurement_interval_ms=config.measurement_interval_ms, max_trials=6)
+    settings = PerfSettings(measurement_interval_ms=config.measurement_interval_ms, max_trials=4)
     raw = out / "raw"
     results["perf"], results["memory"] = [], {}
     for shared in (True, False):
@@ -282,15 +283,20 @@ def _run(config: RealSizeConfig, out: Path, log: Callable[[str], None]) -> dict[
                         results["perf"].append(row)
             results["memory"][label] = server_memory(pid, cache_root() if shared else None)
             log(f"server memory ({label} weights): {results['memory'][label]}")
+            _save(results, out)
     results["loadavg_end"] = loadavg()
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     results["verdicts"] = verdicts(results)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    _save(results, out)
     if config.demo_results is not None and config.demo_results.is_file():
         results["demo_size"] = json.loads(config.demo_results.read_text(encoding="utf-8"))
     if config.report:
         write_section(config.docs, render(results))
     return results
+
+
+def _save(results: dict, out: Path) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
 
 
 MIN_CALLS = 3  # per in-process batch size (after 2 warm-up calls) (and at least `seconds`): Whisper-base's b8 takes seconds a call
@@ -354,10 +360,12 @@ def _settings_for(settings: Any, baseline: dict, concurrency: int) -> Any:
     pace = timings.get(min(concurrency, max(timings, default=1)), {}).get("throughput")
     if not pace:
         return settings
-    return replace(settings, measurement_interval_ms=max(settings.measurement_interval_ms, int(1000 * MIN_WINDOW_ITEMS / pace)))
+    wanted = min(MAX_WINDOW_MS, int(1000 * MIN_WINDOW_ITEMS / pace))
+    return replace(settings, measurement_interval_ms=max(settings.measurement_interval_ms, wanted))
 
 
 MIN_WINDOW_ITEMS = 16
+MAX_WINDOW_MS = 20_000  # Whisper-base on a busy 2-core VM: 16 answers took 109 s a window
 
 
 def _measured_level(client: Any, url: str, name: str, data: Path, load: Any, settings: Any, raw: Path, run_level: Any) -> dict:
