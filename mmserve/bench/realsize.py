@@ -287,9 +287,9 @@ def _run(config: RealSizeConfig, out: Path, log: Callable[[str], None]) -> dict[
     results["loadavg_end"] = loadavg()
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     results["verdicts"] = verdicts(results)
-    _save(results, out)
     if config.demo_results is not None and config.demo_results.is_file():
         results["demo_size"] = json.loads(config.demo_results.read_text(encoding="utf-8"))
+    _save(results, out)
     if config.report:
         write_section(config.docs, render(results))
     return results
