@@ -156,7 +156,8 @@ def test_a_readme_train_command_runs(command, placeholders, tmp_path, capfd, mon
     load_checkpoint(modality, out)
     if "--dev-data" in argv:  # the flag that crashed the run after its first epoch
         dev_data = json.loads((out / "training_config.json").read_text())["dev_data"]
-        assert dev_data == argv[argv.index("--dev-data") + 1]
+        # recorded where it is (absolute: a card must not depend on where training ran from)
+        assert dev_data == str((ROOT / argv[argv.index("--dev-data") + 1]).resolve())
 
     if "--resume" in comment_options:  # e.g. "--lora, --resume, --overwrite": each works on this command
         code, stdout, stderr = run_cli(as_test_run(argv, placeholders, out) + ["--resume", "--epochs", "2"], capfd)
