@@ -5,12 +5,11 @@ Tiny random BERTs (2 layers, 32 wide) keep CI fast; the real-size run is the dem
 """
 from __future__ import annotations
 
-import csv
-import itertools
 import os
 from pathlib import Path
 
 import pytest
+from subsets import subset_csv
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -48,20 +47,6 @@ def _serve_runs_in_tmp(tmp_path_factory) -> None:
     os.environ.setdefault("MMSERVE_RUNS", str(tmp_path_factory.mktemp("runs")))
 
 
-def _subset_csv(source: Path, target: Path, labels: int, per_label: int) -> Path:
-    with source.open(encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    chosen_labels = sorted({r["label"] for r in rows})[:labels]
-    picked = []
-    for label in chosen_labels:
-        picked += list(itertools.islice((r for r in rows if r["label"] == label), per_label))
-    with target.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["text", "label"])
-        writer.writeheader()
-        writer.writerows(picked)
-    return target
-
-
 def _head_conll(source: Path, target: Path, sentences: int) -> Path:
     blocks = source.read_text(encoding="utf-8").split("\n\n")
     target.write_text("\n\n".join(blocks[: sentences + 1]) + "\n", encoding="utf-8")
@@ -95,8 +80,8 @@ def text_checkpoints(workdir: Path, tiny_bert: Path) -> dict[str, Path]:
     data = workdir / "data"
     data.mkdir(exist_ok=True)
     jobs = {
-        "classify": ("classify", _subset_csv(embedded_data("intents"), data / "intents.csv", 4, 12)),
-        "sentiment": ("classify", _subset_csv(embedded_data("sentiment"), data / "sentiment.csv", 3, 10)),
+        "classify": ("classify", subset_csv(embedded_data("intents"), data / "intents.csv", 4, 12)),
+        "sentiment": ("classify", subset_csv(embedded_data("sentiment"), data / "sentiment.csv", 3, 10)),
         "ner": ("ner", _head_conll(embedded_data("ner/train"), data / "ner.conll", 40)),
     }
     checkpoints = {}

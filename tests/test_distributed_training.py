@@ -6,7 +6,6 @@ writes files and prints the report.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from subsets import subset_csv
 
 GLOBAL_BATCH = 8
 EPOCHS = 6  # (3 + 3 resumed) what a randomly initialised tiny BERT needs to move off chance on 52 rows
@@ -24,16 +24,7 @@ def intents_60(tmp_path_factory) -> Path:
     """60 rows of the embedded intents data: 15 of each of its first 4 labels."""
     from mmserve.training.defaults import embedded_data
 
-    with open(embedded_data("intents"), encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    labels = sorted({row["label"] for row in rows})[:4]
-    picked = [row for label in labels for row in [r for r in rows if r["label"] == label][:15]]
-    path = tmp_path_factory.mktemp("intents") / "intents-60.csv"
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["text", "label"])
-        writer.writeheader()
-        writer.writerows(picked)
-    return path
+    return subset_csv(embedded_data("intents"), tmp_path_factory.mktemp("intents") / "intents-60.csv", 4, 15)
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ audio_embed (copied), so publishing here never disturbs the other tests' product
 """
 from __future__ import annotations
 
-import csv
-import itertools
 import json
 import re
 import os
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from subsets import subset_csv
 
 from mmserve.client import Client
 from mmserve.kinds import info
@@ -40,16 +39,7 @@ PRODUCT = "tickets"
 def _intents(path: Path, labels: int, per_label: int, offset: int = 0) -> Path:
     from mmserve.training.defaults import embedded_data
 
-    rows = list(csv.DictReader(embedded_data("intents").open(encoding="utf-8")))
-    chosen = sorted({r["label"] for r in rows})[:labels]
-    picked = []
-    for label in chosen:
-        picked += list(itertools.islice((r for r in rows if r["label"] == label), offset, offset + per_label))
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["text", "label"])
-        writer.writeheader()
-        writer.writerows(picked)
-    return path
+    return subset_csv(embedded_data("intents"), path, labels, per_label, offset)
 
 
 @pytest.fixture(scope="module")
