@@ -202,7 +202,8 @@ def test_the_real_size_report_states_each_target_and_replaces_only_its_own_secti
 def test_clip_training_gives_a_real_size_model_every_core():
     import torch
 
-    from mmserve.training.clip import LARGE_MODEL_PARAMETERS, _configure_threads, _cores
+    from mmserve.training.clip import LARGE_MODEL_PARAMETERS, _configure_threads
+    from mmserve.training.loop import available_cores as _cores
 
     before = torch.get_num_threads()
     try:
@@ -216,7 +217,8 @@ def test_a_real_size_clip_model_takes_the_thread_count_that_runs_faster_here():
     import open_clip
     import torch
 
-    from mmserve.training.clip import TINY_ARCH, _cores, _threads_by_trial, resolve_arch
+    from mmserve.training.clip import TINY_ARCH, _threads_by_trial, resolve_arch
+    from mmserve.training.loop import available_cores as _cores
 
     name, _ = resolve_arch(TINY_ARCH)
     model = open_clip.create_model(name).train()

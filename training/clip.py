@@ -52,6 +52,7 @@ from mmserve.training.loop import (
     EpochScore,
     RunLedger,
     TrainResult,
+    available_cores,
     configure_runtime,
     library_versions,
     make_optimizer,
@@ -122,7 +123,7 @@ class ClipTrainConfig:
     def loader_workers(self) -> int:
         if self.workers is not None:
             return max(0, self.workers)
-        return 1 if _cores() >= 2 else 0
+        return 1 if available_cores() >= 2 else 0
 
     @property
     def learning_rate(self) -> float:
@@ -131,12 +132,6 @@ class ClipTrainConfig:
         if self.lora or self.lock_image or self.lock_text:
             return ADAPTER_LR
         return FINETUNE_LR if self.pretrained else SCRATCH_LR
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 # A model this large spends seconds per step in torch, and its loader a few ms per picture:
@@ -161,7 +156,7 @@ def _configure_threads(workers: int, parameters: int = 0) -> int:
     configure_runtime()
     if parameters >= LARGE_MODEL_PARAMETERS:
         return torch.get_num_threads()  # configure_runtime's: every core of this process's share
-    threads = max(1, _cores() - workers)
+    threads = max(1, available_cores() - workers)
     torch.set_num_threads(threads)
     return threads
 
@@ -170,7 +165,7 @@ def _threads_by_trial(model: torch.nn.Module, tokenizer: Any, workers: int, roun
     """For a real-size model on the CPU: every core or cores minus the loaders, whichever runs a
     forward pass of 2 pairs faster here and now (eval mode, no gradients, its own random
     generator: training is not changed)."""
-    candidates = sorted({torch.get_num_threads(), max(1, _cores() - workers)}, reverse=True)
+    candidates = sorted({torch.get_num_threads(), max(1, available_cores() - workers)}, reverse=True)
     if len(candidates) == 1 or distributed.device().type != "cpu":
         return candidates[0]
     visual = _core(model).visual

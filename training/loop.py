@@ -46,12 +46,16 @@ class TrainResult:
     report: str
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def configure_runtime() -> None:
     """Use every core this process may run on (its share when torchrun starts several on one
     machine); keep the tokenizers' own pool out of the way."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(max(1, (cores or 1) // distributed.local_world_size()))
+    torch.set_num_threads(max(1, available_cores() // distributed.local_world_size()))
 
 
 class _NoWriter:
