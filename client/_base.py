@@ -31,11 +31,10 @@ from .errors import (
 from .media import ImageFormat
 from .retry import Attempts, Resend, RetryBudget, RetryPolicy
 
-__all__ = ["ClientBase", "SharedMemory", "pin_version", "CLOSE_WAIT_S", "UNREGISTER_TIMEOUT_S"]
+__all__ = ["ClientBase", "SharedMemory", "pin_version", "CLOSE_WAIT_S"]
 
 SharedMemory = Literal["none", "system", "cuda"]
 CLOSE_WAIT_S = 10.0  # close() waits this long for requests still using shared memory
-UNREGISTER_TIMEOUT_S = 2.0
 
 
 class ClientBase:
@@ -222,14 +221,18 @@ def _release_regions(pool: _shm.RegionPool, connection: Connection) -> None:
     regions = pool.snapshot()
     pool.close()
 
-    def unregister(names: list[str]) -> None:
-        client = connection.sync_client()
-        try:
-            for name in names:
-                getattr(client, f"unregister_{pool.kind}_shared_memory")(
-                    name, headers=connection.admin_headers, client_timeout=UNREGISTER_TIMEOUT_S
-                )
-        finally:
-            client.close()
+    if not any(r.registered for r in regions) and not pool.left_on_server():
+        _shm.clean_up(pool, regions, lambda name, timeout: None)  # nothing registered: unlink only
+        return
+    client = connection.sync_client()
 
-    _shm.clean_up(regions, unregister)
+    def unregister(name: str, timeout: float) -> None:
+        getattr(client, f"unregister_{pool.kind}_shared_memory")(
+            name, headers=connection.admin_headers, client_timeout=timeout
+        )
+
+    try:
+        _shm.clean_up(pool, regions, unregister)
+        _shm.unregister_each(pool, pool.left_on_server(), unregister)
+    finally:
+        client.close()

@@ -36,7 +36,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import serialize_byte_tensor, triton_to_np_dtype
 
 from .codec import Request
-from .errors import MmserveError, ServerError
+from .errors import DeadlineExceededError, MmserveError, ServerError, ServerUnavailableError
 
 __all__ = ["Region", "CudaRegion", "RegionPool", "Lease", "output_item_bytes", "regions_lost", "SHM_ADVICE",
            "cuda_shared_memory"]
@@ -235,6 +235,9 @@ class RegionPool:
         self._busy: set[Region] = set()
         self._closed = False
         self._cond = threading.Condition()
+        # Names the server may hold: registered, or registering when the answer was lost
+        # (a deadline, a dropped connection). close() unregisters what is left of them.
+        self._on_server: set[str] = set()
 
     def acquire(self, nbytes: int) -> tuple[Region, list[Region]]:
         """A region of at least ``nbytes`` for one request, and regions to retire first.
@@ -275,20 +278,40 @@ class RegionPool:
             self._busy.add(region)
         return region, retired
 
-    def release(self, region: Region) -> None:
-        """Give a region back after its request finished (or failed)."""
+    def release(self, region: Region) -> bool:
+        """Give a region back after its request finished (or failed). True when the pool
+        closed meanwhile (close() did not wait for this request): the caller retires it."""
         with self._cond:
             self._busy.discard(region)
-            if self._closed:
-                region.destroy()  # close() did not wait for it: unlink, nothing else
-            else:
+            if not self._closed:
                 self._free.append(region)
             self._cond.notify_all()
+            return self._closed
 
-    def discard(self, region: Region) -> None:
-        """Drop a region the server never registered (registration failed)."""
+    def registering(self, region: Region) -> None:
+        """The caller is about to register ``region``: from now on the server may hold it."""
+        with self._cond:
+            self._on_server.add(region.name)
+
+    def unregistered(self, name: str) -> None:
+        """The server no longer holds ``name`` (unregistered, or it refused to register it)."""
+        with self._cond:
+            self._on_server.discard(name)
+
+    def left_on_server(self) -> list[str]:
+        """Names the server may still hold that no request uses: what close() unregisters
+        after retiring the free regions (e.g. a registration whose answer was lost)."""
+        with self._cond:
+            busy = {r.name for r in self._busy}
+            return sorted(self._on_server - busy)
+
+    def discard(self, region: Region, *, answered: bool) -> None:
+        """Drop a region whose registration failed. ``answered``: the server refused it, so
+        it does not hold the name; otherwise (the answer was lost) close() unregisters it."""
         with self._cond:
             self._busy.discard(region)
+            if answered:
+                self._on_server.discard(region.name)
             self._cond.notify_all()
         region.destroy()
 
@@ -297,6 +320,7 @@ class RegionPool:
         with self._cond:
             for region in (*self._free, *self._busy):
                 region.registered = False
+            self._on_server.clear()
 
     @property
     def busy(self) -> int:
@@ -410,9 +434,16 @@ def lease(pool: RegionPool, request: Request, item_bytes: Mapping[str, int]) -> 
             outputs.append(requested)
         region.commit()
     except BaseException:
-        pool.release(region)
+        if pool.release(region):
+            region.destroy()  # the client closed meanwhile
         raise
     return Lease(region, inputs, outputs, slots, request.outputs), retired
+
+
+def registration_refused(error: MmserveError) -> bool:
+    """Whether the server answered a registration with a refusal (so it holds no such
+    region), rather than the answer being lost to a deadline or a dropped connection."""
+    return not isinstance(error, (DeadlineExceededError, ServerUnavailableError))
 
 
 def regions_lost(error: MmserveError) -> bool:
@@ -421,13 +452,32 @@ def regions_lost(error: MmserveError) -> bool:
     return "shared memory region" in text and ("unable to find" in text or "not found" in text)
 
 
-def clean_up(regions: Iterable[Region], unregister: Callable[[list[str]], None] | None) -> None:
-    """Unregister (best effort) and unlink; for close() and for the exit finalizer."""
+# Each unregistration gets a second, longer try: one lost to a busy server would leave the
+# region registered (the server keeps its mapping) after the client unlinked it.
+UNREGISTER_TIMEOUTS_S = (2.0, 10.0)
+
+
+def unregister_each(pool: RegionPool, names: Iterable[str], unregister_one: Callable[[str, float], None]) -> None:
+    """Unregister each name (sync transport), each with a second, longer try; a name that
+    fails both stops the rest (the server is gone or hung: close() must not hang too)."""
+    for name in names:
+        for timeout in UNREGISTER_TIMEOUTS_S:
+            try:
+                unregister_one(name, timeout)
+            except Exception:  # noqa: BLE001 - the server may be gone; unlinking still matters
+                continue
+            pool.unregistered(name)
+            break
+        else:
+            return
+
+
+def clean_up(pool: RegionPool, regions: Iterable[Region], unregister_one: Callable[[str, float], None]) -> None:
+    """Unregister (each with a second try) and unlink; for close(), retirements and the
+    exit finalizer. Unlinking happens whatever the server says."""
     regions = list(regions)
-    if unregister is not None and any(r.registered for r in regions):
-        try:
-            unregister([r.name for r in regions if r.registered])
-        except Exception:  # noqa: BLE001 - the server may be gone; unlinking still matters
-            pass
-    for region in regions:
-        region.destroy()
+    try:
+        unregister_each(pool, [r.name for r in regions if r.registered], unregister_one)
+    finally:
+        for region in regions:
+            region.destroy()

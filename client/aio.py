@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 from mmserve.pipelines import Kind
 
 from . import _shm, codec
-from ._base import CLOSE_WAIT_S, UNREGISTER_TIMEOUT_S, ClientBase, pin_version
+from ._base import CLOSE_WAIT_S, ClientBase, pin_version
 from ._transport import NOT_READY_ERRORS, READY_PROBE_TIMEOUT, SERVER, Deadline, pipeline_names, readiness_error
 from .codec import Outputs, Plan, Request, TextInput
 from .errors import DeadlineExceededError, MmserveError, ModelNotReadyError, ServerUnavailableError, from_triton
@@ -55,9 +55,12 @@ class AsyncClient(ClientBase):
             waited = time.monotonic() + CLOSE_WAIT_S
             while self._pool.busy and time.monotonic() < waited:
                 await asyncio.sleep(0.01)
-            await self._retire(self._pool.close())
+            await self._retire(self._pool.close(), closing=True)
             if self._finalizer is not None and not self._pool.busy:
                 self._finalizer.detach()  # nothing left for the exit clean-up
+        await self._close_channel()
+
+    async def _close_channel(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
             await client.close()
@@ -361,7 +364,9 @@ class AsyncClient(ClientBase):
         except MmserveError as error:
             raise self._shm_failure(error) from error
         finally:
-            self._pool.release(lease.region)
+            if self._pool.release(lease.region):  # close() did not wait for this request
+                await self._retire([lease.region])
+                await self._close_channel()  # the channel the retirement opened again
 
     async def _infer_all(self, pipeline: str, requests: Sequence[Request], deadline: Deadline) -> list[Outputs]:
         """All requests concurrently, bounded in flight; the first error cancels the rest."""
@@ -397,11 +402,12 @@ class AsyncClient(ClientBase):
         await self._retire(retired)
         region = lease.region
         if not region.registered:
+            self._pool.registering(region)
             try:
                 register, arguments = region.registration(self._grpc)
                 await self._call(register, *arguments, deadline=deadline, admin=True)
             except MmserveError as error:
-                self._pool.discard(region)
+                self._pool.discard(region, answered=_shm.registration_refused(error))
                 raise self._registration_error(error) from error
             region.registered = True
         return lease
@@ -414,14 +420,29 @@ class AsyncClient(ClientBase):
             sizes = self._item_bytes[pipeline] = _shm.output_item_bytes(metadata)
         return sizes
 
-    async def _retire(self, regions: list[_shm.Region]) -> None:
-        """Unregister (best effort) and unlink regions no request uses any more."""
-        for region in regions:
-            if region.registered:
-                try:
-                    await getattr(self._grpc, f"unregister_{region.kind}_shared_memory")(
-                        region.name, headers=self._admin_headers, client_timeout=UNREGISTER_TIMEOUT_S
-                    )
-                except Exception:  # noqa: BLE001 - the server may be gone; unlinking still matters
-                    pass
-            region.destroy()
+    async def _retire(self, regions: list[_shm.Region], *, closing: bool = False) -> None:
+        """Unregister (each with a second, longer try) and unlink regions no request uses
+        any more; when closing, also the names whose registration's answer was lost. A name
+        that fails both tries stops the rest: the server is gone or hung."""
+        assert self._pool is not None
+        names = [r.name for r in regions if r.registered]
+        try:
+            if names or closing:
+                unregister = getattr(self._grpc, f"unregister_{self._pool.kind}_shared_memory")
+            while names or closing:
+                if not names:
+                    names, closing = self._pool.left_on_server(), False
+                    continue
+                name = names.pop(0)
+                for timeout in _shm.UNREGISTER_TIMEOUTS_S:
+                    try:
+                        await unregister(name, headers=self._admin_headers, client_timeout=timeout)
+                    except Exception:  # noqa: BLE001 - the server may be gone; unlinking still matters
+                        continue
+                    self._pool.unregistered(name)
+                    break
+                else:
+                    return
+        finally:
+            for region in regions:
+                region.destroy()

@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 from mmserve.pipelines import Kind
 
 from . import _shm, codec
-from ._base import CLOSE_WAIT_S, UNREGISTER_TIMEOUT_S, ClientBase, pin_version
+from ._base import CLOSE_WAIT_S, ClientBase, pin_version
 from ._transport import NOT_READY_ERRORS, READY_PROBE_TIMEOUT, SERVER, Deadline, pipeline_names, readiness_error
 from .codec import Outputs, Plan, Request, TextInput
 from .errors import DeadlineExceededError, MmserveError, ModelNotReadyError, ServerUnavailableError, from_triton
@@ -52,7 +52,7 @@ class Client(ClientBase):
         """Unregister and unlink shared memory, close the channel; the client cannot be used afterwards."""
         if self._pool is not None:
             self._pool.wait_idle(CLOSE_WAIT_S)
-            self._retire(self._pool.close())
+            self._retire(self._pool.close(), closing=True)
             if self._finalizer is not None and not self._pool.busy:
                 self._finalizer.detach()  # nothing left for the exit clean-up
         self._grpc.close()
@@ -369,7 +369,8 @@ class Client(ClientBase):
         except MmserveError as error:
             raise self._shm_failure(error) from error
         finally:
-            self._pool.release(lease.region)
+            if self._pool.release(lease.region):
+                self._retire([lease.region])  # close() did not wait for this request
 
     def _infer_parallel(self, pipeline: str, requests: Sequence[Request], deadline: Deadline) -> list[Outputs]:
         """All requests via async_infer, bounded in flight; the first error cancels the rest.
@@ -400,8 +401,8 @@ class Client(ClientBase):
                     lease = None  # the callback frees it from now on
                     calls.append(call)
                 except BaseException as exc:  # noqa: BLE001 - re-raised below
-                    if lease is not None and self._pool is not None:
-                        self._pool.release(lease.region)
+                    if lease is not None and self._pool is not None and self._pool.release(lease.region):
+                        self._retire([lease.region])  # close() did not wait for this request
                     flight.done(index, None, exc)
                     break
             if flight.wait_failed_or_all_done():
@@ -443,8 +444,8 @@ class Client(ClientBase):
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             error = exc  # type: ignore[assignment]
         finally:
-            if lease is not None and self._pool is not None:
-                self._pool.release(lease.region)
+            if lease is not None and self._pool is not None and self._pool.release(lease.region):
+                lease.region.destroy()  # close() did not wait; its channel may be gone: unlink only
         flight.done(index, outputs, error)
 
     # --- shared memory ----------------------------------------------------------------
@@ -456,11 +457,12 @@ class Client(ClientBase):
         self._retire(retired)
         region = lease.region
         if not region.registered:
+            self._pool.registering(region)
             try:
                 register, arguments = region.registration(self._grpc)
                 self._call(register, *arguments, deadline=deadline, admin=True)
             except MmserveError as error:
-                self._pool.discard(region)
+                self._pool.discard(region, answered=_shm.registration_refused(error))
                 raise self._registration_error(error) from error
             region.registered = True
         return lease
@@ -473,17 +475,20 @@ class Client(ClientBase):
             sizes = self._item_bytes[pipeline] = _shm.output_item_bytes(metadata)
         return sizes
 
-    def _retire(self, regions: list[_shm.Region]) -> None:
-        """Unregister (best effort) and unlink regions no request uses any more."""
+    def _retire(self, regions: list[_shm.Region], *, closing: bool = False) -> None:
+        """Unregister (each with a second try) and unlink regions no request uses any more;
+        when closing, also the names whose registration's answer was lost."""
+        assert self._pool is not None
 
-        def unregister(names: list[str]) -> None:
-            for name in names:
-                getattr(self._grpc, f"unregister_{self.shared_memory}_shared_memory")(
-                    name, headers=self._admin_headers, client_timeout=UNREGISTER_TIMEOUT_S
-                )
+        def unregister(name: str, timeout: float) -> None:
+            getattr(self._grpc, f"unregister_{self.shared_memory}_shared_memory")(
+                name, headers=self._admin_headers, client_timeout=timeout
+            )
 
         if regions:
-            _shm.clean_up(regions, unregister)
+            _shm.clean_up(self._pool, regions, unregister)
+        if closing:
+            _shm.unregister_each(self._pool, self._pool.left_on_server(), unregister)
 
 
 class _Flight:
