@@ -46,7 +46,7 @@ demo: setup
 	$(BIN)/mmserve demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 # A developer's loop: the unit and property tests, no server, training or browser (<= 2 min).
 test-fast: setup
