@@ -202,13 +202,13 @@ def test_the_real_size_report_states_each_target_and_replaces_only_its_own_secti
 def test_clip_training_gives_a_real_size_model_every_core():
     import torch
 
-    from mmserve.training.clip import LARGE_MODEL_PARAMETERS, _configure_threads
+    from mmserve.training.clip_threads import LARGE_MODEL_PARAMETERS, configure_threads
     from mmserve.training.loop import available_cores as _cores
 
     before = torch.get_num_threads()
     try:
-        assert _configure_threads(workers=1, parameters=LARGE_MODEL_PARAMETERS) == _cores()  # ViT-B-32: 151M
-        assert _configure_threads(workers=1, parameters=3_600_000) == max(1, _cores() - 1)  # the tiny ViT: one per loader
+        assert configure_threads(workers=1, parameters=LARGE_MODEL_PARAMETERS) == _cores()  # ViT-B-32: 151M
+        assert configure_threads(workers=1, parameters=3_600_000) == max(1, _cores() - 1)  # the tiny ViT: one per loader
     finally:
         torch.set_num_threads(before)
 
@@ -217,7 +217,8 @@ def test_a_real_size_clip_model_takes_the_thread_count_that_runs_faster_here():
     import open_clip
     import torch
 
-    from mmserve.training.clip import TINY_ARCH, _threads_by_trial, resolve_arch
+    from mmserve.training.clip import TINY_ARCH, resolve_arch
+    from mmserve.training.clip_threads import threads_by_trial
     from mmserve.training.loop import available_cores as _cores
 
     name, _ = resolve_arch(TINY_ARCH)
@@ -225,7 +226,7 @@ def test_a_real_size_clip_model_takes_the_thread_count_that_runs_faster_here():
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(_cores())
-        chosen = _threads_by_trial(model, open_clip.get_tokenizer(name), workers=1)
+        chosen = threads_by_trial(model, open_clip.get_tokenizer(name), workers=1)
         assert chosen in {_cores(), max(1, _cores() - 1)} and torch.get_num_threads() == chosen
         assert model.training and all(p.grad is None for p in model.parameters())  # training state untouched
     finally:

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from mmserve.training.clip_threads import LARGE_MODEL_PARAMETERS, configure_threads, threads_by_trial
 from mmserve.training.clip_checkpoint import (
     load_clip_checkpoint,
     save_clip_checkpoint,
@@ -132,62 +133,6 @@ class ClipTrainConfig:
         if self.lora or self.lock_image or self.lock_text:
             return ADAPTER_LR
         return FINETUNE_LR if self.pretrained else SCRATCH_LR
-
-
-# A model this large spends seconds per step in torch, and its loader a few ms per picture:
-# every core helps it on a quiet machine (issue 23: ViT-B-32 LoRA ran "1 torch threads" on 2
-# cores). On a busy one the opposite: measured on this 2-core VM at load average ~20, ViT-B-32
-# forward + backward at batch 8 took 18.3-18.5 s a step with 1 thread and 73-90 s with 2 (a
-# parallel section waits for its slowest thread, and each waits for a core). So such a model
-# gets whichever of the two is faster on its own forward pass at start (_threads_by_trial).
-# Smaller models keep a core for the loader.
-LARGE_MODEL_PARAMETERS = 20_000_000
-
-
-def _configure_threads(workers: int, parameters: int = 0) -> int:
-    """Torch threads = cores left after the loader processes, or every core (this process's
-    share under torchrun) for a model of LARGE_MODEL_PARAMETERS or more.
-
-    Decoding and augmenting run in the loader process, in parallel with the step. A
-    small model gains little from a second intra-op thread, and intra-op threads that
-    compete for a core with the loader (or anything else) slow a step down many times;
-    a real-size model's step is long enough that the loader's share is noise.
-    """
-    configure_runtime()
-    if parameters >= LARGE_MODEL_PARAMETERS:
-        return torch.get_num_threads()  # configure_runtime's: every core of this process's share
-    threads = max(1, available_cores() - workers)
-    torch.set_num_threads(threads)
-    return threads
-
-
-def _threads_by_trial(model: torch.nn.Module, tokenizer: Any, workers: int, rounds: int = 2) -> int:
-    """For a real-size model on the CPU: every core or cores minus the loaders, whichever runs a
-    forward pass of 2 pairs faster here and now (eval mode, no gradients, its own random
-    generator: training is not changed)."""
-    candidates = sorted({torch.get_num_threads(), max(1, available_cores() - workers)}, reverse=True)
-    if len(candidates) == 1 or distributed.device().type != "cpu":
-        return candidates[0]
-    visual = _core(model).visual
-    size = visual.image_size if isinstance(visual.image_size, (tuple, list)) else (visual.image_size, visual.image_size)
-    images = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
-    texts = tokenizer(["a photo of a dog", "a photo of a cat"])
-    was_training = model.training
-    model.eval()
-    best: dict[int, float] = {}
-    try:
-        with torch.no_grad():
-            for _ in range(rounds):  # interleaved: a load that changes meanwhile hits both
-                for threads in candidates:
-                    torch.set_num_threads(threads)
-                    started = time.perf_counter()
-                    model(images, texts)
-                    best[threads] = min(best.get(threads, float("inf")), time.perf_counter() - started)
-    finally:
-        model.train(was_training)
-    chosen = min(best, key=best.get)
-    torch.set_num_threads(chosen)
-    return chosen
 
 
 class RankBatches(torch.utils.data.Sampler):
@@ -492,7 +437,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 @quiet_libraries()
 def train_clip(cfg: ClipTrainConfig) -> TrainResult:
     """Train, keep the best epoch in `cfg.out`, return its validation metrics."""
-    threads = _configure_threads(cfg.loader_workers)
+    threads = configure_threads(cfg.loader_workers)
     out = Path(cfg.out)
     train_pairs, val_pairs, classes, templates = _load_data(cfg)
     identity = {
@@ -506,10 +451,10 @@ def train_clip(cfg: ClipTrainConfig) -> TrainResult:
     seed_everything(cfg.seed)
     model, preprocess_train, preprocess_val, tokenizer, model_cfg = build_model(cfg)
     parameters = sum(p.numel() for p in model.parameters())
-    threads = _configure_threads(cfg.loader_workers, parameters)
+    threads = configure_threads(cfg.loader_workers, parameters)
     model = _prepare_trainable(model, cfg).to(distributed.device())
     if parameters >= LARGE_MODEL_PARAMETERS:
-        threads = _threads_by_trial(model, tokenizer, cfg.loader_workers)
+        threads = threads_by_trial(model, tokenizer, cfg.loader_workers)
     loss_fn = _loss_fn(model)
     tokens = tokenizer([p.caption for p in train_pairs])
     dataset = PairDataset(train_pairs, preprocess_train, tokens)
