@@ -4,7 +4,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mmserve.kinds import KINDS, Modality
+
 from .common import DEFAULT_REPOSITORY
+
+def _kinds(modality: Modality, sep: str = "/", prefix: str = "") -> str:
+    """The kinds of a product line, from the kind table (help texts name them)."""
+    return sep.join(prefix + row.name for row in KINDS.values() if row.modality is modality)
+
 
 _OVERWRITE_HELP = "train a new model in place of the checkpoint already in --out (without it training refuses)"
 
@@ -180,10 +187,10 @@ def _add_clip_commands(train, export) -> None:
     clip.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     clip.set_defaults(handler=_train_clip)
 
-    export_clip = export.add_parser("clip", help="a CLIP checkpoint as image_embed, clip_text_embed, zero_shot_image")
+    export_clip = export.add_parser("clip", help=f"a CLIP checkpoint as {_kinds(Modality.VISION_TEXT, ', ')}")
     export_clip.add_argument("checkpoint", type=Path)
     export_clip.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
-    export_clip.add_argument("--name", help="product prefix: NAME_image_embed, NAME_clip_text_embed, NAME_zero_shot_image")
+    export_clip.add_argument("--name", help=f"product prefix: {_kinds(Modality.VISION_TEXT, ', ', 'NAME_')}")
     export_clip.add_argument("--int8", action="store_true", help="onnxruntime dynamic INT8 quantization of both towers")
     export_clip.add_argument("--profile", choices=("cpu", "gpu"), default="cpu")
     export_clip.add_argument("--max-pixels", type=int, help="largest image accepted, in pixels (default 40 million)")
@@ -233,20 +240,20 @@ def register(commands) -> None:
     export = commands.add_parser("export", help="checkpoint -> ONNX -> Triton repository").add_subparsers(
         dest="modality", required=True
     )
-    export_text = export.add_parser("text", help="a text checkpoint (embed/classify/ner) as one pipeline")
+    export_text = export.add_parser("text", help=f"a text checkpoint as one pipeline ({_kinds(Modality.TEXT)})")
     export_text.add_argument("checkpoint", type=Path)
     export_text.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
-    export_text.add_argument("--name", help="pipeline name (default: text_embed/text_classify/text_ner)")
+    export_text.add_argument("--name", help=f"pipeline name (default: its kind, {_kinds(Modality.TEXT)})")
     export_text.add_argument("--int8", action="store_true", help="onnxruntime dynamic INT8 quantization")
     export_text.add_argument("--profile", choices=("cpu", "gpu"), default="cpu")
     export_text.add_argument("--max-length", type=int, default=256, help="tokens kept per text (truncation)")
     _add_keep_argument(export_text)
     export_text.set_defaults(handler=_export_text)
     _add_clip_commands(train, export)  # the CLIP line
-    export_speech = export.add_parser("speech", help="a speech checkpoint (classify/embed) as one pipeline")
+    export_speech = export.add_parser("speech", help=f"a speech checkpoint as one pipeline ({_kinds(Modality.SPEECH)})")
     export_speech.add_argument("checkpoint", type=Path)
     export_speech.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
-    export_speech.add_argument("--name", help="pipeline name (default: audio_classify/audio_embed)")
+    export_speech.add_argument("--name", help=f"pipeline name (default: its kind, {_kinds(Modality.SPEECH)})")
     export_speech.add_argument(
         "--task", choices=("classify", "embed"),
         help="default: classify for a fine-tuned checkpoint, embed for a bare encoder",
