@@ -1,0 +1,1 @@
+"""The pieces of tools/make_datasets.py, which regenerates training/data/: one module per data set."""
