@@ -1,11 +1,22 @@
 """What a bench run's results say: each pipeline's efficiency against the in-process
 baseline, the targets and why one is missed (from the run's own statistics), which layout
-is faster, the peers and INT8 summaries. Pure functions over `results.json`'s dict; the
-plots are plots.py's, the markdown report.py's."""
+is faster, the peers and INT8 summaries. Pure functions over `results.json` (typed by results.py);
+the plots are plots.py's, the markdown report.py's."""
 from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
+from mmserve.bench.results import (
+    BenchResults,
+    Efficiency,
+    Int8Summary,
+    PerfEntry,
+    PerfRow,
+    Scheduling,
+    ServerSplit,
+    StepStats,
+    SummaryTarget,
+)
 from mmserve.repository_layout import Layout
 
 ENSEMBLE_LAYOUT = Layout.ENSEMBLE.value  # what every run served before layouts were compared
@@ -33,24 +44,25 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 # ---- layouts: each repository the run served, by label ----
-def layouts(results: dict) -> list[str]:
+def layouts(results: BenchResults) -> list[str]:
     """The run's layout labels in the order served; a run from before layouts were compared
     served one repository, in the ensemble layout."""
     return list(results.get("layouts") or {}) or [ENSEMBLE_LAYOUT]
 
 
-def _layout_of(results: dict, row: dict) -> str:
+def _layout_of(results: BenchResults, row: PerfEntry) -> str:
     return row.get("layout") or layouts(results)[0]
 
 
-def scheduling(results: dict, pipeline: str, layout: str) -> dict[str, dict[str, Any]]:
+def scheduling(results: BenchResults, pipeline: str, layout: str) -> Scheduling:
     served = (results.get("layouts") or {}).get(layout)
     if served is not None:
         return served.get("scheduling", {}).get(pipeline) or {}
     return next((p.get("scheduling") or {} for p in results["pipelines"] if p["name"] == pipeline), {})
 
 
-def perf_rows(results: dict, pipeline: str, mode: str = "concurrency", layout: str | None = None) -> list[dict]:
+def perf_rows(results: BenchResults, pipeline: str, mode: str = "concurrency",
+              layout: str | None = None) -> list[PerfRow]:
     """One layout's rows of a pipeline (default: the first layout served), by load."""
     layout = layout or layouts(results)[0]
     return sorted(
@@ -60,16 +72,16 @@ def perf_rows(results: dict, pipeline: str, mode: str = "concurrency", layout: s
     )
 
 
-def measured_layouts(results: dict, pipeline: str) -> list[str]:
+def measured_layouts(results: BenchResults, pipeline: str) -> list[str]:
     return [layout for layout in layouts(results) if perf_rows(results, pipeline, layout=layout)]
 
 
-def _at(rows: Sequence[dict], load: float) -> dict | None:
+def _at(rows: Sequence[PerfRow], load: float) -> PerfRow | None:
     return next((r for r in rows if r["load"] == load), None)
 
 
 # ---- derived figures ----
-def measured_efficiencies(results: dict) -> Iterator[tuple[str, str, dict[str, Any]]]:
+def measured_efficiencies(results: BenchResults) -> Iterator[tuple[str, str, Efficiency]]:
     """(pipeline, layout, efficiency) for every pipeline and layout measured against a baseline."""
     for pipeline in results["pipelines"]:
         for layout in measured_layouts(results, pipeline["name"]):
@@ -78,7 +90,7 @@ def measured_efficiencies(results: dict) -> Iterator[tuple[str, str, dict[str, A
                 yield pipeline["name"], layout, eff
 
 
-def efficiency(results: dict, pipeline: str, layout: str | None = None) -> dict[str, Any] | None:
+def efficiency(results: BenchResults, pipeline: str, layout: str | None = None) -> Efficiency | None:
     """Served ÷ in-process: throughput at c=8 over the best batch, p50 at c=1 over batch 1."""
     baseline = results["baselines"].get(pipeline)
     if not baseline or "timings" not in baseline:
@@ -101,7 +113,7 @@ def efficiency(results: dict, pipeline: str, layout: str | None = None) -> dict[
     }
 
 
-def latency_met(eff: dict[str, Any]) -> bool | None:
+def latency_met(eff: Efficiency) -> bool | None:
     """c=1 p50 ≤ 1.3× in-process batch 1, or serving adds ≤ 0.5 ms where the model itself is under 2 ms."""
     if eff["latency_ratio"] is None:
         return None
@@ -109,11 +121,11 @@ def latency_met(eff: dict[str, Any]) -> bool | None:
     return eff["latency_ratio"] <= LATENCY_RATIO or (eff["b1_p50_ms"] < SMALL_MODEL_MS and added <= SMALL_MODEL_ADDED_MS)
 
 
-def throughput_met(eff: dict[str, Any]) -> bool | None:
+def throughput_met(eff: Efficiency) -> bool | None:
     return None if eff["throughput_ratio"] is None else eff["throughput_ratio"] >= THROUGHPUT_RATIO
 
 
-def peer_summary(results: dict) -> list[dict[str, Any]]:
+def peer_summary(results: BenchResults) -> list[SummaryTarget]:
     """Per target: throughput and p50 per concurrency (ours over gRPC first, one per layout)."""
     peers = results.get("peers") or {}
     pipeline = peers.get("pipeline")
@@ -130,11 +142,11 @@ def peer_summary(results: dict) -> list[dict[str, Any]]:
     return targets
 
 
-def _ours(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _ours(summary: list[SummaryTarget]) -> list[SummaryTarget]:
     return [t for t in summary if "layout" in t]
 
 
-def targets(results: dict) -> list[tuple[str, str, str]]:
+def targets(results: BenchResults) -> list[tuple[str, str, str]]:
     """(target, measured, verdict) for the issue's targets: every pipeline in every layout."""
     verdicts: list[tuple[str, str, str]] = []
 
@@ -204,7 +216,7 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
 
 
 # ---- why a target is missed, from the run's own statistics ----
-def _server_split(row: dict) -> dict[str, float]:
+def _server_split(row: PerfRow) -> ServerSplit:
     """ms per request the server's statistics account for (Σ over an ensemble's steps, or the fused model)."""
     steps = list((row.get("steps") or {}).values())
     return {
@@ -214,7 +226,7 @@ def _server_split(row: dict) -> dict[str, float]:
     }
 
 
-def _main_step(results: dict, pipeline: str, row: dict) -> tuple[str, dict[str, float]] | None:
+def _main_step(results: BenchResults, pipeline: str, row: PerfRow) -> tuple[str, StepStats] | None:
     """Where the batch that matters forms: an ensemble's encoder (as the baseline found it; else the step
     that computes longest), a fused pipeline's one model."""
     steps = row.get("steps") or {}
@@ -227,7 +239,7 @@ def _main_step(results: dict, pipeline: str, row: dict) -> tuple[str, dict[str, 
     return max(steps.items(), key=lambda item: item[1]["compute_infer_us"])
 
 
-def _cores(row: dict) -> str:
+def _cores(row: PerfRow) -> str:
     cpu = row.get("cpu") or {}
     if not cpu:
         return ""
@@ -239,7 +251,7 @@ def _cores(row: dict) -> str:
     return "cores used: " + ", ".join(parts)
 
 
-def throughput_reason(results: dict, pipeline: str, layout: str) -> str:
+def throughput_reason(results: BenchResults, pipeline: str, layout: str) -> str:
     """Why c=8 falls short of the in-process best batch: the batches formed, where the time went, the cores."""
     row = _at(perf_rows(results, pipeline, layout=layout), TARGET_CONCURRENCY)
     eff = efficiency(results, pipeline, layout)
@@ -266,7 +278,7 @@ def throughput_reason(results: dict, pipeline: str, layout: str) -> str:
     return "; ".join(parts)
 
 
-def latency_reason(results: dict, pipeline: str, layout: str) -> str:
+def latency_reason(results: BenchResults, pipeline: str, layout: str) -> str:
     """What serving adds at c=1: queues, input hand-over, execute() vs in-process, what is left for gRPC and the client."""
     row = _at(perf_rows(results, pipeline, layout=layout), 1)
     eff = efficiency(results, pipeline, layout)
@@ -287,7 +299,7 @@ def latency_reason(results: dict, pipeline: str, layout: str) -> str:
                else "nothing measurable outside the server's statistics"))
 
 
-def target_reasons(results: dict) -> list[str]:
+def target_reasons(results: BenchResults) -> list[str]:
     """One line per missed serving target: the computed reason."""
     lines = []
     for name, layout, eff in measured_efficiencies(results):
@@ -315,7 +327,7 @@ def target_reasons(results: dict) -> list[str]:
     return lines
 
 
-def layout_race(results: dict) -> list[tuple[str, str, str]]:
+def layout_race(results: BenchResults) -> list[tuple[str, str, str]]:
     """(pipeline, the layout faster on CPU, the figures) per pipeline measured in more than one layout:
     c=8 throughput decides; c=1 p50 is named beside it, and said when it favours the other layout."""
     race = []
@@ -343,12 +355,12 @@ def layout_race(results: dict) -> list[tuple[str, str, str]]:
     return race
 
 
-def faster_layouts(results: dict) -> list[str]:
+def faster_layouts(results: BenchResults) -> list[str]:
     """One line per pipeline measured in more than one layout: which is faster on CPU, with the figures."""
     return [f"`{name}`: **{fastest}** faster on CPU: {figures}." for name, fastest, figures in layout_race(results)]
 
 
-def int8_summary(results: dict) -> dict[str, Any] | None:
+def int8_summary(results: BenchResults) -> Int8Summary | None:
     """The intent classifier's INT8 vs fp32 (the encoder with a dev accuracy)."""
     table = results.get("runtimes") or {}
     rows = table.get("rows", [])

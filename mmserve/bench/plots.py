@@ -1,4 +1,4 @@
-"""A bench run's PNG plots (matplotlib, the bench extra), from `results.json`'s dict."""
+"""A bench run's PNG plots (matplotlib, the bench extra), from `results.json` (typed by results.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,10 +9,11 @@ from mmserve.bench.analysis import (
     peer_summary,
     perf_rows,
 )
+from mmserve.bench.results import BenchResults
 
 
 # ---- plots ----
-def plot_pipeline(results: dict, pipeline: str, path: Path) -> Path | None:
+def plot_pipeline(results: BenchResults, pipeline: str, path: Path) -> Path | None:
     measured = measured_layouts(results, pipeline)
     if not measured:
         return None
@@ -42,7 +43,7 @@ def plot_pipeline(results: dict, pipeline: str, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_peers(results: dict, path: Path) -> Path | None:
+def plot_peers(results: BenchResults, path: Path) -> Path | None:
     summary = [t for t in peer_summary(results) if t["rows"]]
     if len(summary) < 2:
         return None
@@ -71,7 +72,7 @@ def plot_peers(results: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def make_plots(results: dict, folder: Path) -> dict[str, Path]:
+def make_plots(results: BenchResults, folder: Path) -> dict[str, Path]:
     plots = {}
     for pipeline in results["pipelines"]:
         made = plot_pipeline(results, pipeline["name"], folder / f"bench-{pipeline['name']}.png")

@@ -32,12 +32,13 @@ from mmserve.bench.analysis import (
 )
 from mmserve.bench.analysis import latency_met, throughput_met  # noqa: F401 - importers read the figures here too
 from mmserve.bench.plots import make_plots
+from mmserve.bench.results import BenchResults, PerfRow, Pipeline
 from mmserve.pipelines import MAX_BATCH_SIZE
 from mmserve.repository_layout import THREADS_PARAMETER
 
 
 # ---- markdown ----
-def pipeline_section(results: dict, pipeline: dict, image: str | None) -> str:
+def pipeline_section(results: BenchResults, pipeline: Pipeline, image: str | None) -> str:
     name = pipeline["name"]
     out = [f"### `{name}` ({pipeline['kind']})\n\n", f"Input data: {pipeline['data']}.\n\n"]
     measured = measured_layouts(results, name) or layouts(results)[:1]
@@ -91,7 +92,7 @@ def pipeline_section(results: dict, pipeline: dict, image: str | None) -> str:
     return "".join(out) + "\n"
 
 
-def cpu_table(rows: Sequence[dict]) -> str:
+def cpu_table(rows: Sequence[PerfRow]) -> str:
     measured = [r for r in rows if r.get("cpu")]
     if not measured:
         return ""
@@ -104,7 +105,7 @@ def cpu_table(rows: Sequence[dict]) -> str:
     return _table(header, table)
 
 
-def step_table(results: dict, pipeline: str, measured: Sequence[str]) -> str:
+def step_table(results: BenchResults, pipeline: str, measured: Sequence[str]) -> str:
     """Triton's per-step figures; at c=1 next to the same step's execute() time in-process (batch 1)
     (for a fused pipeline, next to the whole in-process call)."""
     baseline = results["baselines"].get(pipeline) or {}
@@ -131,7 +132,7 @@ def step_table(results: dict, pipeline: str, measured: Sequence[str]) -> str:
         "in-process execute() b1"], table)
 
 
-def baseline_section(results: dict) -> str:
+def baseline_section(results: BenchResults) -> str:
     several = len(layouts(results)) > 1
     table = []
     for pipeline in results["pipelines"]:
@@ -152,7 +153,7 @@ def baseline_section(results: dict) -> str:
         f"c={TARGET_CONCURRENCY} ÷ best"], table)
 
 
-def peers_section(results: dict, image: str | None) -> str:
+def peers_section(results: BenchResults, image: str | None) -> str:
     peers = results.get("peers") or {}
     summary = peer_summary(results)
     if not summary:
@@ -191,7 +192,7 @@ def peers_section(results: dict, image: str | None) -> str:
     return "".join(out)
 
 
-def runtimes_section(results: dict) -> str:
+def runtimes_section(results: BenchResults) -> str:
     table_data = results.get("runtimes")
     if not table_data:
         return "Runtime table not run.\n"
@@ -210,7 +211,7 @@ def runtimes_section(results: dict) -> str:
     return out
 
 
-def tuning_section(results: dict) -> str:
+def tuning_section(results: BenchResults) -> str:
     sweeps = results.get("tuning")
     if not sweeps:
         return "Not part of this run (add `--tune`).\n"
@@ -236,7 +237,7 @@ def tuning_section(results: dict) -> str:
     return "".join(out)
 
 
-def headlines(results: dict) -> list[str]:
+def headlines(results: BenchResults) -> list[str]:
     """One line per pipeline and layout for the terminal: p50 at c=1, throughput at the highest
     concurrency, and the served ÷ in-process ratios where the run measured both."""
     lines = []
@@ -257,7 +258,7 @@ def headlines(results: dict) -> list[str]:
     return lines + faster_layouts(results)
 
 
-def layouts_section(results: dict) -> str:
+def layouts_section(results: BenchResults) -> str:
     served = results.get("layouts") or {}
     rows = [[label, v["layout"], f"`{v['repository']}`"] for label, v in served.items()]
     out = ("Each repository was served by its own tritonserver, one after the other (each stopped before the "
@@ -270,7 +271,7 @@ def layouts_section(results: dict) -> str:
             + (f"\nFaster on CPU: {overall} pipelines.\n" if race else ""))
 
 
-def render(results: dict, images: dict[str, str]) -> str:
+def render(results: BenchResults, images: dict[str, str]) -> str:
     verdicts = targets(results)
     reasons = target_reasons(results)
     m = results["machine"]
@@ -340,7 +341,7 @@ def render(results: dict, images: dict[str, str]) -> str:
     return "".join(out)
 
 
-def write_report(results: dict, docs: Path, image_folder: Path | None = None) -> Path:
+def write_report(results: BenchResults, docs: Path, image_folder: Path | None = None) -> Path:
     """docs/benchmarks.md plus its PNGs in docs/img (paths in the markdown are relative)."""
     image_folder = image_folder or docs.parent / "img"
     plots = make_plots(results, image_folder)
@@ -372,7 +373,7 @@ def _kept_analysis(docs: Path) -> str:
     return text[start : text.index(ANALYSIS_END, start) + len(ANALYSIS_END)] + "\n"
 
 
-def write_run_summary(results: dict, out: Path) -> Path:
+def write_run_summary(results: BenchResults, out: Path) -> Path:
     """summary.md and plots inside the run's own folder."""
     plots = make_plots(results, out / "img")
     images = {key: str(path.relative_to(out)) for key, path in plots.items()}
@@ -381,5 +382,5 @@ def write_run_summary(results: dict, out: Path) -> Path:
     return path
 
 
-def load_results(folder: Path) -> dict:
+def load_results(folder: Path) -> BenchResults:
     return json.loads((folder / "results.json").read_text())
