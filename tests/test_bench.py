@@ -233,6 +233,15 @@ def test_cli_renders_a_report_from_saved_results(bench_run, tmp_path: Path):
     assert "## Targets" in docs.read_text()
 
 
+def test_results_json_matches_its_typed_schema(bench_run, two_layout_run):
+    """results.json as written (one layout with the runtime table; two layouts through the CLI) validates
+    against mmserve/bench/results.py's TypedDicts, strictly, with no undeclared key."""
+    from test_bench_results_schema import validate_results
+
+    for out in (bench_run[1], two_layout_run[1]):
+        validate_results(json.loads((out / "results.json").read_text()))
+
+
 def test_cli_refuses_an_unknown_pipeline_with_a_clear_message(server, repository: Path, capsys, tmp_path: Path):
     from mmserve.cli import main
 
@@ -436,6 +445,8 @@ def test_results_from_before_layouts_still_render(two_layout_run):
     """A results.json of a one-repository run written before layouts were compared (no layout keys)."""
     import copy
 
+    from test_bench_results_schema import validate_results
+
     from mmserve.bench.report import headlines, render
 
     results, *_ = two_layout_run
@@ -444,6 +455,7 @@ def test_results_from_before_layouts_still_render(two_layout_run):
     old["perf"] = [{k: v for k, v in r.items() if k != "layout"} for r in old["perf"] if r["layout"] == "ensemble"]
     for pipeline in old["pipelines"]:
         pipeline["scheduling"] = scheduling[pipeline["name"]]
+    validate_results(old)  # the schema declares the pre-layouts shape too
     text = render(old, {})
     assert "## Layouts" not in text and "| concurrency | infer/s |" in text and "`text_embed_encoder` 1×" in text
     assert [line.split(":")[0] for line in headlines(old)] == ["text_embed"]
