@@ -54,6 +54,7 @@ from mmserve.launch.keys import (
 )
 from mmserve.launch.network import LOOPBACK, ServerPorts, is_loopback, port_taken, probe_host
 from mmserve.launch.process import (
+    EXIT_TIMEOUT_S,
     STOP_GRACE_S,
     child_environment,
     die_with_launcher,
@@ -100,6 +101,9 @@ class TritonServer:
     # temporary folder, removed at stop)
     run_dir: Path | None = None
     generate_admin_key: bool = False  # no admin_key given: make one for this start (`mmserve serve`)
+    # after SIGTERM, how long tritonserver gets before its process group is killed (above its
+    # own --exit-timeout-secs, EXIT_TIMEOUT_S; below Kubernetes' terminationGracePeriodSeconds)
+    stop_grace_s: float = STOP_GRACE_S
     _process: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _log: IO | None = field(default=None, init=False, repr=False)
     _log_path: Path | None = field(default=None, init=False, repr=False)
@@ -219,7 +223,7 @@ class TritonServer:
             *(f"--load-model={m}" for m in models),
             "--strict-model-config=true",
             "--exit-on-error=false",
-            "--exit-timeout-secs=10",
+            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
             f"--grpc-port={self.ports.grpc}",
             f"--http-port={self.ports.http}",
             f"--metrics-port={self.ports.metrics}",
@@ -348,7 +352,7 @@ class TritonServer:
         shown = (errors or tail)[-15:]
         return f"{where}:\n" + "\n".join(shown) if shown else f"{where} is empty."
 
-    def stop(self, timeout_s: float = STOP_GRACE_S) -> int | None:
+    def stop(self, timeout_s: float | None = None) -> int | None:
         """SIGTERM, then SIGKILL for the whole process group (the server and its Python stubs)."""
         atexit.unregister(self.stop)
         supervisor, self._supervisor = self._supervisor, None
@@ -361,7 +365,7 @@ class TritonServer:
             return None
         self._stopping = True
         try:
-            terminate_group(process, timeout_s)  # stubs that outlived the server go with its group
+            terminate_group(process, self.stop_grace_s if timeout_s is None else timeout_s)  # stubs that outlived the server go with its group
         finally:
             if supervisor is not None:
                 supervisor.remove_shared_memory()
@@ -409,7 +413,7 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 # A tritonserver that ignores SIGTERM (seen once when it came right as the models
                 # finished loading) must not keep us, or its ports, forever: kill its group.
-                if stop_asked and time.monotonic() - stop_asked[0] > STOP_GRACE_S and not killed:
+                if stop_asked and time.monotonic() - stop_asked[0] > self.stop_grace_s and not killed:
                     killed.append(True)
                     kill_group(self._process.pid)
         unexpected = not self._stopping
@@ -417,7 +421,7 @@ class TritonServer:
         timed_out = code != 0 and any("Exit timeout expired" in line for line in self.log_tail(5))
         self.stop()
         if killed:
-            print(f"mmserve: tritonserver did not stop within {STOP_GRACE_S:.0f} s of the signal; its processes "
+            print(f"mmserve: tritonserver did not stop within {self.stop_grace_s:g} s of the signal; its processes "
                   "were killed.", file=sys.stderr)
             return 1
         if unexpected:

@@ -271,20 +271,23 @@ def test_serve_with_console_serves_both_and_stops_both(repository: Path, tmp_pat
 
 def test_a_server_that_ignores_sigterm_is_killed_after_the_grace_period(repository: Path, tmp_path: Path):
     """A hung tritonserver (here: really stopped with SIGSTOP, so SIGTERM cannot reach it) must not keep
-    `mmserve serve`, or its ports, forever: after the grace period its process group is killed."""
-    from mmserve.server import STOP_GRACE_S
-
+    `mmserve serve`, or its ports, forever: after the grace period (--stop-grace) its process group is killed."""
+    grace = 12.0
     process = subprocess.Popen([*MMSERVE, "serve", "--repository", str(repository), *_port_flags(ServerPorts.free()),
-                                "--model", "text_tokenize", "--log", str(tmp_path / "triton.log")],
+                                "--model", "text_tokenize", "--log", str(tmp_path / "triton.log"),
+                                "--stop-grace", str(grace)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert "Triton is ready" in process.stdout.readline()
         triton = _children(process.pid, "tritonserver")[0]
         os.kill(triton, signal.SIGSTOP)
+        signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=STOP_GRACE_S + 60)
+        _, stderr = process.communicate(timeout=grace + 60)
+        waited = time.monotonic() - signalled
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 1 and "did not stop within" in stderr, stderr
+    assert process.returncode == 1 and "did not stop within 12 s" in stderr, stderr
+    assert waited >= grace  # not killed before the grace period it was given
     assert _stat(triton) is None and _process_group(triton) == []

@@ -7,7 +7,22 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mmserve.launch.process import EXIT_TIMEOUT_S, STOP_GRACE_S
+
 from .common import DEFAULT_REPOSITORY
+
+
+def _stop_grace(text: str) -> float:
+    """--stop-grace: seconds, more than tritonserver's own exit timeout (else every stop is a kill)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not EXIT_TIMEOUT_S < seconds < 3600:
+        raise argparse.ArgumentTypeError(
+            f"{text} s: give more than tritonserver's exit timeout ({EXIT_TIMEOUT_S} s) and less than an hour"
+        )
+    return seconds
 
 if TYPE_CHECKING:
     from mmserve.console.server import ConsoleServer
@@ -47,6 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
         supervise=not args.no_supervise,
         run_dir=run_dir,
         generate_admin_key=admin_key is None,  # model control is never open: a new key per start
+        stop_grace_s=args.stop_grace,
     )
     try:
         server.start()
@@ -204,6 +220,10 @@ def register(commands) -> None:
                        help="write Triton's log here (default: runs/serve-<UTC time>/triton.log; $MMSERVE_RUNS moves runs/)")
     serve.add_argument("--verbose", action="store_true",
                        help="Triton's verbose log (--log-verbose=1): every load step and request, in the log file")
+    serve.add_argument("--stop-grace", type=_stop_grace, default=STOP_GRACE_S, metavar="SECONDS",
+                       help=f"after SIGTERM or Ctrl-C, how long tritonserver gets to finish before its processes "
+                            f"are killed (default {STOP_GRACE_S:g}; more than its exit timeout, {EXIT_TIMEOUT_S} s; "
+                            "keep it below Kubernetes' terminationGracePeriodSeconds)")
     serve.add_argument("--no-supervise", action="store_true",
                        help="do not reload models whose Python stub died (the supervisor, on by default)")
     tls = serve.add_argument_group("TLS for gRPC (docs/security.md)")

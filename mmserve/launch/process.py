@@ -15,8 +15,11 @@ from typing import Any
 
 from mmserve.launch import LaunchError
 
-# How long a stopping tritonserver gets (its own --exit-timeout-secs is 10) before its process
-# group is killed.
+# tritonserver's own --exit-timeout-secs: how long it waits for in-flight requests and
+# unloading models once asked to stop.
+EXIT_TIMEOUT_S = 10
+# How long a stopping tritonserver gets (EXIT_TIMEOUT_S and its own clean-up) before its
+# process group is killed (`mmserve serve --stop-grace`).
 STOP_GRACE_S = 40.0
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 KEY_VARIABLES = ("MMSERVE_ADMIN_KEY", "MMSERVE_API_KEY")
