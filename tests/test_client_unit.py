@@ -460,7 +460,7 @@ def closed_port_url() -> str:
 
 
 def test_client_fails_typed_without_a_server(closed_port_url: str) -> None:
-    with Client(closed_port_url, timeout=5.0) as client:
+    with Client(closed_port_url, timeout=1.5) as client:
         assert client.ready() is False and client.ready("text_embed") is False
         assert client.embed_text([]).shape == (0, 0)  # no call made
         with pytest.raises(InvalidInputError, match="sample_rate"):
@@ -475,7 +475,7 @@ def test_client_fails_typed_without_a_server(closed_port_url: str) -> None:
 
 def test_async_client_fails_typed_without_a_server(closed_port_url: str) -> None:
     async def scenario() -> None:
-        async with AsyncClient(closed_port_url, timeout=5.0) as client:
+        async with AsyncClient(closed_port_url, timeout=1.5) as client:
             assert await client.ready() is False
             assert await client.classify_text([]) == []
             with pytest.raises(ServerUnavailableError):

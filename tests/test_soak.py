@@ -19,8 +19,8 @@ from mmserve.supervisor import python_stubs
 def test_a_short_soak_drives_every_product_without_errors_and_samples_memory(server, client, tmp_path: Path):
     out = tmp_path / "soak"
     done = subprocess.run(
-        [sys.executable, "-m", "mmserve.cli", "soak", "--url", server.grpc_url, "--minutes", "0.3",
-         "--concurrency", "4", "--window", "6", "--max-rss-growth", "25", "--out", str(out)],
+        [sys.executable, "-m", "mmserve.cli", "soak", "--url", server.grpc_url, "--minutes", "0.2",
+         "--concurrency", "4", "--window", "4", "--max-rss-growth", "25", "--out", str(out)],
         capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stdout + done.stderr
