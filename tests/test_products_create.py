@@ -301,9 +301,12 @@ def test_jobs_are_cancelled_and_resumed_after_a_crash(repo: Path, texts: Path):
     assert "resuming after epoch 2" in crashed.status().stage
     assert "--resume" in jobs.training_command(crashed)
     jobs.cancel(crashed)
+    listed = subprocess.run([sys.executable, "-m", "mmserve.cli", "jobs", "--json", "--all"],
+                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=True)
+    assert {"later", "crashed"} <= {j["request"]["name"] for j in json.loads(listed.stdout)}
 
 
-def test_the_cli_creates_lists_and_refuses_bad_data(repo: Path, texts: Path, tmp_path: Path):
+def test_the_cli_creates_lists_and_refuses_bad_data(head_v1, repo: Path, texts: Path, tmp_path: Path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cli = [sys.executable, "-m", "mmserve.cli"]
     listed = subprocess.run([*cli, "products", "--offline", "--json", "--repository", str(repo)],
@@ -318,8 +321,6 @@ def test_the_cli_creates_lists_and_refuses_bad_data(repo: Path, texts: Path, tmp
                            "--mode", "head", "--repository", str(repo), "--offline"], capture_output=True, text=True, env=env)
     assert made.returncode == 0, made.stderr
     assert "held-out accuracy" in made.stdout and "nothing is served yet" in made.stdout
-    listed_jobs = subprocess.run([*cli, "jobs", "--json", "--all"], capture_output=True, text=True, env=env, check=True)
-    assert {"later", "crashed"} <= {j["request"]["name"] for j in json.loads(listed_jobs.stdout)}
 
 
 # --- the console's New product page, in Chromium ------------------------------------------------

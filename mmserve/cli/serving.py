@@ -222,7 +222,7 @@ def register(commands) -> None:
                        help="Triton's verbose log (--log-verbose=1): every load step and request, in the log file")
     serve.add_argument("--stop-grace", type=_stop_grace, default=STOP_GRACE_S, metavar="SECONDS",
                        help=f"after SIGTERM or Ctrl-C, how long tritonserver gets to finish before its processes "
-                            f"are killed (default {STOP_GRACE_S:g}; more than its exit timeout, {EXIT_TIMEOUT_S} s; "
+                            f"are killed (default {STOP_GRACE_S}; more than its exit timeout, {EXIT_TIMEOUT_S} s; "
                             "keep it below Kubernetes' terminationGracePeriodSeconds)")
     serve.add_argument("--no-supervise", action="store_true",
                        help="do not reload models whose Python stub died (the supervisor, on by default)")
