@@ -65,7 +65,7 @@ class KindInfo:
     title: str  # what people call it (console, gateway docs)
     input: InputShape
     answer: AnswerShape
-    client_method: str  # the typed client's method for it (``mmserve.client.Client``)
+    client_method: str  # the typed client's method for it (``mmserve.client.Client``; any of the same shapes, called with pipeline=)
     route: str  # the gateway's path for it (embeddings: the OpenAI route)
     example: str  # a request a form holds before anyone types (text, or a description of the media)
     headline_metric: str | None  # the card's held-out figure that says most; None: the one training chose
