@@ -2,9 +2,10 @@
 
 Reads the gateway's store (``$MMSERVE_GATEWAY_STORE``, else the repository's
 ``.mmserve-gateway.sqlite3``, as `mmserve gateway` and `mmserve keys` do). Admin only:
-usage is billing data, and revoking a key is audited under the signed-in person's name.
-Creating keys stays on the command line, where the new key is shown once to the one who
-asked (`mmserve keys create`).
+usage is billing data, and creating or revoking a key is audited under the signed-in
+person's name (:mod:`mmserve.gateway.admin`, as `mmserve keys` does). A new key is shown
+once, in the answer to the form's POST (never in a URL, a cookie, a log line or the audit
+log; ``Cache-Control: no-store``): the store keeps only its hash.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from mmserve.gateway.store import StoreError, open_store, since_time
 from mmserve.gateway.usage import summarise
 
 from ..auth import Session
-from ..deps import console_of, read_form, render
+from ..deps import console_of, products_of, read_form, render
+from ..runtime import Console
 
 router = APIRouter()
 
@@ -50,27 +52,77 @@ def _full(period: str) -> str:
 
 @router.get("/usage", response_class=HTMLResponse)
 async def usage_page(request: Request, since: str = "7d") -> HTMLResponse:
-    console = console_of(request)
+    return render(request, "usage.html", await _page(console_of(request), since))
+
+
+async def _page(console: Console, since: str) -> dict[str, Any]:
+    """The page's context: usage since ``since``, the keys, and the products a key may name."""
     span = since if since in SPANS else "7d"
-    context: dict[str, Any] = {"since": span, "spans": list(SPANS), "totals": [], "keys": [], "chart": None}
+    context: dict[str, Any] = {"since": span, "spans": list(SPANS), "totals": [], "keys": [], "chart": None,
+                               "products": [p.name for p in products_of(console)[0]], "form": {}}
     try:
         store = open_store(None, console.settings.repository, create=False)
     except StoreError as error:
         context["error"] = str(error)
-        return render(request, "usage.html", context)
+        return context
     try:
         rows = await store.usage(since_time(span))
         keys = await store.keys()
         used = {record.id: await store.quota_used(record) for record in keys if record.quota}
     except StoreError as error:
         context["error"] = str(error)
-        return render(request, "usage.html", context)
+        return context
     finally:
         await store.close()
     context["chart"] = _chart(summarise(rows, SPANS[span]))
     context["totals"] = [line for line in summarise(rows, "total") if line.tenant]
     context["keys"] = [(record, used.get(record.id)) for record in keys]
-    return render(request, "usage.html", context)
+    return context
+
+
+KEY_FIELDS = ("tenant", "rate", "quota", "expires")
+
+
+@router.post("/usage/keys", response_class=HTMLResponse)
+async def create(request: Request) -> HTMLResponse:
+    """A new key from the page's form: the options checked as `mmserve keys create` checks
+    them, the products also against those the console knows; a bad one is a 400 naming it,
+    nothing created. The key is in this answer only, once."""
+    from mmserve.gateway.admin import create_key
+    from mmserve.gateway.keys import KeyOptionError, make_record
+
+    form = await read_form(request)
+    console = console_of(request)
+    session: Session = request.state.session
+    fields = {name: str(form.get(name) or "").strip() for name in KEY_FIELDS}
+    chosen = [str(name) for name in form.getlist("products")]
+    options = {"rate": fields["rate"] or None, "quota": fields["quota"] or None, "expires": fields["expires"] or None}
+    try:
+        _, checked = make_record(fields["tenant"], chosen, **options)  # before the store is opened (or created)
+        known = [p.name for p in products_of(console)[0]]
+        unknown = [name for name in checked.products if name not in known]
+        if unknown:
+            verb = "is not a product" if len(unknown) == 1 else "are not products"
+            raise KeyOptionError(f"products: {', '.join(map(repr, unknown))} {verb} of this console "
+                                 f"(its products: {', '.join(known) or 'none'})")
+    except KeyOptionError as error:
+        context = await _page(console, "7d")
+        context.update(form={**fields, "products": chosen}, form_error=str(error))
+        return render(request, "usage.html", context, status_code=400, headers={"Cache-Control": "no-store"})
+    try:
+        store = open_store(None, console.settings.repository)  # the first key creates it, as the CLI's does
+    except StoreError as error:
+        raise HTTPException(503, str(error)) from None
+    try:
+        key, record = await create_key(store, console.lifecycle().audit_log, session.actor or "console",
+                                       fields["tenant"], list(checked.products), **options)
+    except StoreError as error:
+        raise HTTPException(503, f"the key was not created: {error}") from None
+    finally:
+        await store.close()
+    context = await _page(console, "7d")
+    context["created"] = {"key": key, "record": record}
+    return render(request, "usage.html", context, headers={"Cache-Control": "no-store"})
 
 
 @router.post("/usage/keys/{key_id}/revoke")

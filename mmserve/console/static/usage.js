@@ -21,6 +21,29 @@
     holder.dataset.drawn = String(data.series.length);
     return new uPlot(options, columns, holder);
   }
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", draw);
-  else draw();
+  // A new key (shown once): copy it from the page's text, never from an attribute.
+  function copyButton() {
+    const button = document.getElementById("copy-key");
+    const key = document.getElementById("new-key");
+    if (!button || !key) return;
+    button.addEventListener("click", () => {
+      const done = (text) => { button.textContent = text; };
+      if (navigator.clipboard && window.isSecureContext) {
+        navigator.clipboard.writeText(key.textContent.trim()).then(() => done("Copied"), () => select(key, done));
+      } else {
+        select(key, done);
+      }
+    });
+  }
+  function select(element, done) {
+    const range = document.createRange();
+    range.selectNodeContents(element);
+    const selection = window.getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+    done("Selected: press Ctrl+C");
+  }
+  function start() { draw(); copyButton(); }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
 })();
