@@ -387,8 +387,9 @@ def test_compose_overrides_change_only_what_they_say():
     assert set(bench) == {"server", "console", "gateway"}
     assert not [a for a in bench["server"]["command"] if a.startswith("--tls")]
     assert bench["server"]["ports"] == ["127.0.0.1:8001:8001"]  # plaintext gRPC stays on this host
-    assert [a for a in bench["server"]["command"] if a.startswith("--admin-key")] == [
-        a for a in base["server"]["command"] if a.startswith("--admin-key")]
+    for key in ("--admin-key", "--api-key"):  # plaintext for a benchmark, but keys still
+        assert [a for a in bench["server"]["command"] if a.startswith(key)] == [
+            a for a in base["server"]["command"] if a.startswith(key)] != [], key
     # Replaced, not merged into the base's lists (which hold the TLS flags and the public port).
     for overridden in (bench["server"]["command"], bench["server"]["ports"], bench["console"]["command"],
                        bench["gateway"]["command"]):
@@ -448,9 +449,59 @@ def test_compose_keys_and_certificates_come_from_secret_files():
                     assert value.startswith("/run/secrets/") and secret in service.get("secrets", []), (files, name, arg)
                     assert flag not in ("--admin-key", "--api-key"), (files, name, arg)
         assert "mmserve_admin_key" not in services["gateway"].get("secrets", []), files
-        assert _cli_args("gateway", services["gateway"]).triton_api_key_file is None, files  # the server sets none
-        assert not [a for a in services["server"]["command"] if str(a).startswith("--api-key")], (
-            f"{files}: the server now sets an inference key: give the gateway the same secret as --triton-api-key-file")
+
+
+def test_compose_secrets_are_declared():
+    """Every secret a service mounts is declared at the top level, from docker/secrets/ (git-ignored)."""
+    declared = _compose("compose.yaml")["secrets"]
+    for files, services in _compose_variants():
+        for name, service in services.items():
+            undeclared = set(service.get("secrets", [])) - set(declared)
+            assert not undeclared, f"{files}: service {name} mounts {sorted(undeclared)}, not declared under `secrets:`"
+    for secret, source in declared.items():
+        assert source["file"].startswith("./secrets/"), (secret, source)
+
+
+# The option by which each command that dials Triton for inference reads its inference key
+# (a file). `mmserve bench` has none yet (perf_analyzer sends no header): it is listed by
+# the test below, which fails once bench grows one, so the Compose job gets the secret then.
+INFERENCE_KEY_OPTIONS = {"console": "--api-key-file", "gateway": "--triton-api-key-file"}
+NO_KEY_OPTION_YET = {"bench"}
+
+
+def test_compose_inference_needs_the_key_on_every_path():
+    """Port 8001 is published: the server sets an inference key from a secret (without it anyone
+    reaching the port would run inference past the gateway's keys, limits, quotas and usage),
+    and every service that dials the server holds that same secret file."""
+    from mmserve.cli import build_parser
+
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001
+    for files, services in _compose_variants():
+        server = _cli_args("server", services["server"])
+        assert server.api_key_file is not None, (
+            f"{files}: the server sets no --api-key-file: anyone who reaches port 8001 runs inference without a key")
+        assert str(server.api_key_file) == "/run/secrets/mmserve_api_key", (files, server.api_key_file)
+        assert server.api_key is None, files  # never the value on the command line
+        clients = 0
+        for name, service in services.items():
+            if name == "server":
+                continue
+            args = _cli_args(name, service)
+            dialed = getattr(args, "server", None) or getattr(args, "url", None)
+            assert dialed and dialed.rpartition(":")[0] == "server", (files, name, dialed)  # each one is a client
+            clients += 1
+            if args.command in NO_KEY_OPTION_YET:
+                options = commands.choices[args.command]._option_string_actions  # noqa: SLF001
+                assert not [o for o in options if "key" in o], (
+                    f"`mmserve {args.command}` now takes a key: add its option to INFERENCE_KEY_OPTIONS and "
+                    f"give the Compose service {name} the secret mmserve_api_key with it")
+                continue
+            option = INFERENCE_KEY_OPTIONS[args.command]
+            value = getattr(args, option.lstrip("-").replace("-", "_"))
+            assert value == server.api_key_file, (
+                f"{files}: service {name} dials the server without its inference key: give it "
+                f"{option}={server.api_key_file} and the secret mmserve_api_key")
+        assert clients == len(services) - 1 >= 3, files
 
 
 def test_compose_gateway_runs_the_gateway_extra_against_the_server():
