@@ -265,10 +265,14 @@ def test_secrets_are_only_referenced(rendered):
     assert not [o for o in objects if o["kind"] == "Secret"]
     pod = _one(objects, "Deployment")["spec"]["template"]["spec"]
     secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
-    assert secrets == {"admin-key": "mmserve-admin-key", "tls": "mmserve-tls"}
+    assert secrets == {"admin-key": "mmserve-admin-key", "api-key": "mmserve-api-key", "tls": "mmserve-tls"}
     triton = pod["containers"][0]
     mounts = {m["name"]: m["mountPath"] for m in triton["volumeMounts"]}
     assert f"--admin-key-file={mounts['admin-key']}/admin-key" in triton["args"]
+    # Inference needs a key too: the NetworkPolicy admits labelled pods to gRPC, and without
+    # one they would bypass the gateway's tenants, limits, quotas and usage records.
+    assert f"--api-key-file={mounts['api-key']}/api-key" in triton["args"], (
+        "Triton sets no inference key: add --api-key-file from the Secret mmserve-api-key")
     assert f"--tls-cert={mounts['tls']}/tls.crt" in triton["args"] and f"--tls-key={mounts['tls']}/tls.key" in triton["args"]
     assert not [e for e in triton.get("env", []) if "value" in e and "KEY" in e["name"]]
 
@@ -332,7 +336,7 @@ def test_the_hpa_scales_on_the_metric_the_adapter_serves(rendered):
 def test_the_example_secrets_hold_placeholders_only():
     text = (K8S / "examples" / "secrets.example.yaml").read_text()
     secrets = [o for o in yaml.safe_load_all(text) if o]
-    assert {s["metadata"]["name"] for s in secrets} == {"mmserve-admin-key", "mmserve-tls"}
+    assert {s["metadata"]["name"] for s in secrets} == {"mmserve-admin-key", "mmserve-api-key", "mmserve-tls"}
     for secret in secrets:
         _validate(secret)
         assert all(value.startswith("PLACEHOLDER") for value in secret["stringData"].values())

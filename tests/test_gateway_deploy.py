@@ -69,8 +69,18 @@ def test_the_gateway_is_the_public_entry_with_tls_on_both_hops(objects):
     assert args["--triton-tls-ca"].startswith(mounts["triton-ca"]) and args["--server"] == "mmserve:8001"
     assert args["--store"].startswith("redis://mmserve-redis:") and args["--repository"] == mounts["models"]
     assert not any("admin" in a for a in gateway["args"])  # never the admin key
-    secrets = {v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v}
-    assert secrets == {"mmserve-gateway-tls", "mmserve-tls-ca"}
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v}
+    assert set(secrets.values()) == {"mmserve-gateway-tls", "mmserve-tls-ca", "mmserve-api-key"}
+    # Triton's inference key: the very Secret and key Triton's --api-key-file reads.
+    triton = one(objects, "Deployment", "mmserve")["spec"]["template"]["spec"]
+    triton_mounts = {m["name"]: m["mountPath"] for m in triton["containers"][0]["volumeMounts"]}
+    triton_secrets = {v["name"]: v["secret"]["secretName"] for v in triton["volumes"] if "secret" in v}
+    (triton_key,) = [a.split("=", 1)[1] for a in triton["containers"][0]["args"] if a.startswith("--api-key-file=")]
+    (key_volume,) = [n for n, path in triton_mounts.items() if triton_key.startswith(path + "/")]
+    (gateway_volume,) = [n for n, s in secrets.items() if s == triton_secrets[key_volume]]
+    assert args.get("--triton-api-key-file") == mounts[gateway_volume] + triton_key.removeprefix(triton_mounts[key_volume]), (
+        "the gateway dials Triton without its inference key: give it --triton-api-key-file from the Secret "
+        f"{triton_secrets[key_volume]}")
     assert gateway["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "https", "scheme": "HTTPS"}
 
     # Triton's policy admits the gateway's pods as clients, on gRPC only.
