@@ -19,8 +19,7 @@ from mmserve.gateway.store import StoreError, open_store, since_time
 from mmserve.gateway.usage import summarise
 
 from ..auth import Session
-from ..deps import console_of, products_of, read_form, render
-from ..runtime import Console
+from ..deps import Console, console_of, products_of, read_form, render
 
 router = APIRouter()
 
