@@ -163,7 +163,7 @@ def test_an_admin_creates_a_key_that_the_gateway_accepts(metered, caplog):
     assert page.count(key) == 1 and "will not be shown again" in page
     assert key not in str(answer.url) and all(key not in value for value in answer.headers.values())
     (new_id,) = key_ids() - before
-    assert re.search(rf'<table class="keys" id="keys-table">.*<code>{new_id}</code>', page, re.S)
+    assert re.search(rf'<table class="keys" id="keys-table">.*<code>{new_id}</code>', page, re.DOTALL)
     assert "50 requests/s" in page and "1000 items/month" in page
     answered = httpx.post(gateway.url + "/v1/embeddings", json={"model": "text_embed", "input": ["hello"]},
                           headers={"Authorization": f"Bearer {key}"})
