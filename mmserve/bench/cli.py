@@ -44,6 +44,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser, default_repository: Pat
                              "side (e.g. an ensemble and a fused export), served one after the other")
     parser.set_defaults(repository=default_repository)
     parser.add_argument("--url", help="gRPC address of a running server (default: start one over --repository)")
+    parser.add_argument("--admin-key-file", type=Path,
+                        help="--url's admin key, to list its pipelines (default: $MMSERVE_ADMIN_KEY, or the key of "
+                             "this user's local `mmserve serve`). perf_analyzer sends no header over gRPC, so a "
+                             "server that requires an inference key cannot be measured")
     parser.add_argument("--concurrency", type=_numbers(int), default=[1, 2, 4, 8, 16], help="e.g. 1,2,4,8,16")
     parser.add_argument("--request-rate", type=_numbers(float), default=[], help="open-loop rates, e.g. 50,100")
     parser.add_argument("--shared-memory", choices=("none", "system"), default="none")
@@ -111,6 +115,16 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def _admin_key(args: argparse.Namespace) -> str | None:
+    from mmserve.launch import LaunchError
+    from mmserve.launch.keys import resolve_key
+
+    try:
+        return resolve_key(None, args.admin_key_file, "MMSERVE_ADMIN_KEY", "admin key")
+    except LaunchError as error:
+        raise BenchError(str(error)) from None
+
+
 def bench_command(args: argparse.Namespace) -> int:
     from mmserve.bench.report import load_results, write_report, write_run_summary
     from mmserve.bench.run import BenchConfig, run_bench
@@ -150,7 +164,7 @@ def bench_command(args: argparse.Namespace) -> int:
         skip_peers=args.skip_peers, skip_runtimes=args.skip_runtimes, quick=args.quick, tune=args.tune,
         cpus=tuple(args.cpus) if args.cpus else None, checkpoints=dict(args.checkpoint),
         checkpoints_manifest=args.checkpoints_manifest, measurement_interval_ms=args.measurement_interval,
-        requests=args.requests, command=command_line(args),
+        requests=args.requests, command=command_line(args), admin_key=_admin_key(args),
     )
     results = run_bench(config)
     summary = write_run_summary(results, config.out.resolve())

@@ -37,6 +37,9 @@ class BenchConfig:
     baseline_seconds: float | None = None
     skip_runtimes: bool = False
     command: str = ""
+    # --url's admin key (the repository index is an admin call); None: $MMSERVE_ADMIN_KEY, then
+    # the key a local `mmserve serve` of this user generated
+    admin_key: str | None = field(default=None, repr=False)
 
     @property
     def repositories(self) -> tuple[Path, ...]:

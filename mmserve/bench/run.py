@@ -255,9 +255,9 @@ def _serve_and_measure(config: BenchConfig, label: str, repository: Path, result
         results["machine"]["tritonserver"] = client.get_server_metadata(as_json=True).get("version")
         from mmserve.local_servers import admin_key_for
 
-        # --url: a server given by its address; its admin key from the environment, or the key a
-        # local `mmserve serve` of this user generated (docs/security.md)
-        available = discover(client, os.environ.get("MMSERVE_ADMIN_KEY") or admin_key_for(url))
+        # --url: a server given by its address; its admin key from --admin-key-file, the environment,
+        # or the key a local `mmserve serve` of this user generated (docs/security.md)
+        available = discover(client, config.admin_key or os.environ.get("MMSERVE_ADMIN_KEY") or admin_key_for(url))
         if not available:
             raise BenchError(f"the server at {url} offers no pipeline (no model states a contract's tensor names)")
         chosen = _choose(available, config.pipelines, repository)
