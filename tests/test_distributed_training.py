@@ -48,11 +48,30 @@ def train_args(base: Path, data: Path, out: Path, batch_size: int) -> list[str]:
     ]
 
 
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def run_together(*commands: list[str], ok: bool = True) -> list[subprocess.CompletedProcess]:
+    """Independent training runs at once (each single-threaded; most of a run is starting
+    Python and importing torch, which overlaps): their results, each checked to have
+    succeeded when ``ok``."""
+    started = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for c in commands]
+    results = []
+    try:
+        for command, process in zip(commands, started):
+            stdout, stderr = process.communicate(timeout=600)
+            results.append(subprocess.CompletedProcess(command, process.returncode, stdout, stderr))
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+    for result in results if ok else ():
+        assert result.returncode == 0, f"{' '.join(result.args)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return results
+
+
 def run(command: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
+    return run_together(command)[0]
 
 
 def files_in(folder: Path) -> set[str]:
@@ -76,8 +95,7 @@ def test_two_processes_match_one_and_resume_and_refuse_like_it(
     one = train_args(tiny_bert_without_dropout, intents_60, single, GLOBAL_BATCH)
     # per-process batch (--batch-size) = global batch / world size
     two = [*torchrun, *train_args(tiny_bert_without_dropout, intents_60, double, GLOBAL_BATCH // 2)]
-    run([sys.executable, *epochs(one, first)])
-    started = run(epochs(two, first))
+    _, started = run_together([sys.executable, *epochs(one, first)], epochs(two, first))
 
     one_metrics = json.loads((single / "metrics.json").read_text())
     two_metrics = json.loads((double / "metrics.json").read_text())
@@ -90,12 +108,12 @@ def test_two_processes_match_one_and_resume_and_refuse_like_it(
     assert started.stdout.count(f"checkpoint: {double}") == 1, started.stdout
     assert started.stdout.count(f"epoch {first}: train loss") == 1, started.stdout
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    refused = subprocess.run(epochs(two, first), capture_output=True, text=True, env=env, timeout=600)
+    # the refusal, while the single process resumes (it writes only in its own folder)
+    refused, resumed_one = run_together(epochs(two, first), [sys.executable, *epochs(one, EPOCHS), "--resume"], ok=False)
+    assert resumed_one.returncode == 0, resumed_one.stderr[-3000:]
     assert refused.returncode != 0
     assert refused.stderr.count("already holds a checkpoint") == 2, refused.stderr[-3000:]  # each rank, same words
 
-    run([sys.executable, *epochs(one, EPOCHS), "--resume"])
     resumed = run([*epochs(two, EPOCHS), "--resume"])
     assert resumed.stdout.count(f"resuming after epoch {first} of {EPOCHS}") == 1, resumed.stdout
     one_metrics = json.loads((single / "metrics.json").read_text())
