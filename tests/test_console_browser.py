@@ -43,6 +43,7 @@ CHROMIUM_ARGS = [
     "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
 ]
 SCREENSHOTS = os.environ.get("MMSERVE_CONSOLE_SCREENSHOTS")
+BUSY_INTERVALS = 12 if SCREENSHOTS else 5  # the README's Live chart shows a dozen; the checks need a few
 VIEWPORT = {"width": 1280, "height": 860}
 
 
@@ -299,8 +300,8 @@ def test_live_charts_draw_and_refresh(page: Page, server, console: ConsoleServer
     try:
         tab = page.open("/live?product=sentiment")
         tab.wait_for_selector("#charts[data-samples]", timeout=30_000)
-        for _ in range(120):  # until a dozen sampled intervals saw our traffic
-            if busy_intervals(page, "sentiment") >= 12:
+        for _ in range(120):  # until enough sampled intervals saw our traffic
+            if busy_intervals(page, "sentiment") >= BUSY_INTERVALS:
                 break
             tab.wait_for_timeout(1000)
         tab.wait_for_timeout(1500)  # one more refresh of the charts
@@ -318,7 +319,7 @@ def test_live_charts_draw_and_refresh(page: Page, server, console: ConsoleServer
     finally:
         stop.set()
         sender.join(timeout=30)
-    assert busy_intervals(page, "sentiment") >= 12
+    assert busy_intervals(page, "sentiment") >= BUSY_INTERVALS
 
 
 # --- admin: sign in, roll back, audit ---------------------------------------------------------
