@@ -104,6 +104,9 @@ class TritonServer:
     # after SIGTERM, how long tritonserver gets before its process group is killed (above its
     # own --exit-timeout-secs, EXIT_TIMEOUT_S; below Kubernetes' terminationGracePeriodSeconds)
     stop_grace_s: float = STOP_GRACE_S
+    # tritonserver's own --exit-timeout-secs: how long a stop waits for in-flight requests and
+    # unloading models (below stop_grace_s, or every stop ends in a kill)
+    exit_timeout_s: int = EXIT_TIMEOUT_S
     _process: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _log: IO | None = field(default=None, init=False, repr=False)
     _log_path: Path | None = field(default=None, init=False, repr=False)
@@ -157,6 +160,11 @@ class TritonServer:
 
     def check(self) -> None:
         """Everything that can be told before starting: models, TLS files, keys, binds, ports."""
+        if not 0 < self.exit_timeout_s < self.stop_grace_s:
+            raise LaunchError(
+                f"the stop grace ({self.stop_grace_s:g} s, --stop-grace) must be longer than tritonserver's exit "
+                f"timeout ({self.exit_timeout_s} s, --exit-timeout), or every stop ends in a kill"
+            )
         repository = self.repository.resolve()
         if not repository.is_dir():
             raise LaunchError(f"{repository} is not a folder; pass --repository DIR (an exported model repository).")
@@ -223,7 +231,7 @@ class TritonServer:
             *(f"--load-model={m}" for m in models),
             "--strict-model-config=true",
             "--exit-on-error=false",
-            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--grpc-port={self.ports.grpc}",
             f"--http-port={self.ports.http}",
             f"--metrics-port={self.ports.metrics}",

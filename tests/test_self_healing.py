@@ -60,7 +60,9 @@ def served(request, tmp_path_factory) -> Served:
         process = subprocess.Popen(
             [*MMSERVE, "serve", "--repository", str(repository), "--model", PIPELINE,
              "--grpc-port", str(ports.grpc), "--http-port", str(ports.http), "--metrics-port", str(ports.metrics),
-             "--supervisor-port", str(ports.supervisor), "--log", str(folder / "triton.log")],
+             "--supervisor-port", str(ports.supervisor), "--log", str(folder / "triton.log"),
+             # a model whose stub was killed never finishes unloading: the stop waits out this timeout
+             "--exit-timeout", "2"],
             stdout=out, stderr=err, env={**os.environ, "MMSERVE_ADMIN_KEY": ADMIN_KEY},
         )
     deadline = time.monotonic() + 300

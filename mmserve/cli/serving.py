@@ -12,16 +12,14 @@ from mmserve.launch.process import EXIT_TIMEOUT_S, STOP_GRACE_S
 from .common import DEFAULT_REPOSITORY
 
 
-def _stop_grace(text: str) -> float:
-    """--stop-grace: seconds, more than tritonserver's own exit timeout (else every stop is a kill)."""
+def _seconds(text: str) -> float:
+    """--stop-grace / --exit-timeout: seconds, more than 0 and less than an hour."""
     try:
         seconds = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not EXIT_TIMEOUT_S < seconds < 3600:
-        raise argparse.ArgumentTypeError(
-            f"{text} s: give more than tritonserver's exit timeout ({EXIT_TIMEOUT_S} s) and less than an hour"
-        )
+    if not 0 < seconds < 3600:
+        raise argparse.ArgumentTypeError(f"{text} s: give more than 0 and less than an hour")
     return seconds
 
 if TYPE_CHECKING:
@@ -63,6 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
         run_dir=run_dir,
         generate_admin_key=admin_key is None,  # model control is never open: a new key per start
         stop_grace_s=args.stop_grace,
+        exit_timeout_s=args.exit_timeout,
     )
     try:
         server.start()
@@ -220,10 +219,14 @@ def register(commands) -> None:
                        help="write Triton's log here (default: runs/serve-<UTC time>/triton.log; $MMSERVE_RUNS moves runs/)")
     serve.add_argument("--verbose", action="store_true",
                        help="Triton's verbose log (--log-verbose=1): every load step and request, in the log file")
-    serve.add_argument("--stop-grace", type=_stop_grace, default=STOP_GRACE_S, metavar="SECONDS",
+    serve.add_argument("--stop-grace", type=_seconds, default=STOP_GRACE_S, metavar="SECONDS",
                        help=f"after SIGTERM or Ctrl-C, how long tritonserver gets to finish before its processes "
-                            f"are killed (default {STOP_GRACE_S}; more than its exit timeout, {EXIT_TIMEOUT_S} s; "
-                            "keep it below Kubernetes' terminationGracePeriodSeconds)")
+                            f"are killed (default {STOP_GRACE_S}; more than --exit-timeout; keep it below "
+                            "Kubernetes' terminationGracePeriodSeconds)")
+    serve.add_argument("--exit-timeout", type=lambda text: int(_seconds(text)), default=EXIT_TIMEOUT_S,
+                       metavar="SECONDS",
+                       help=f"how long a stopping tritonserver waits for in-flight requests and unloading models "
+                            f"(its --exit-timeout-secs; default {EXIT_TIMEOUT_S})")
     serve.add_argument("--no-supervise", action="store_true",
                        help="do not reload models whose Python stub died (the supervisor, on by default)")
     tls = serve.add_argument_group("TLS for gRPC (docs/security.md)")
