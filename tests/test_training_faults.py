@@ -81,9 +81,12 @@ class StderrWatcher:
         self._thread.join(timeout=30)
 
 
-def test_killed_mid_epoch_and_resumed_ends_where_an_uninterrupted_run_does(tiny_bert, topics, tmp_path, capsys):
-    straight = subprocess.run(train_command(tiny_bert, topics, tmp_path / "straight"), capture_output=True, text=True)
-    assert straight.returncode == 0, straight.stderr[-3000:]
+def test_killed_mid_epoch_and_resumed_ends_where_an_uninterrupted_run_does(tiny_bert, topics, tmp_path, capsys, request):
+    # the uninterrupted run goes on beside the one to be killed (each alone in its folder)
+    straight_log = tmp_path / "straight.log"
+    with straight_log.open("w") as log:
+        straight = subprocess.Popen(train_command(tiny_bert, topics, tmp_path / "straight"), stdout=log, stderr=log)
+    request.addfinalizer(lambda: straight.poll() is None and straight.kill())  # a failed check leaves none behind
 
     out = tmp_path / "killed"
     process = subprocess.Popen(train_command(tiny_bert, topics, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -100,6 +103,8 @@ def test_killed_mid_epoch_and_resumed_ends_where_an_uninterrupted_run_does(tiny_
         watcher.join()
     assert seen, f"never saw epoch 2 under way:\n{watcher.text[-3000:]}"
     assert process.returncode == -signal.SIGKILL
+
+    assert straight.wait(timeout=600) == 0, straight_log.read_text()[-3000:]
 
     state = json.loads((out / "last" / "state.json").read_text())
     assert 1 <= state["epochs_done"] < EPOCHS  # killed after epoch 1 was saved, before the run finished
