@@ -29,7 +29,7 @@ INTEGRATION_MODULES = frozenset({
     "test_training_overwrite", "test_repository_safety", "test_versions", "test_lifecycle", "test_bench",
     "test_gpu_check", "test_gpu_profile", "test_soak", "test_gateway", "test_gateway_replicas",
     "test_gateway_console", "test_client_production", "test_products_create", "test_products_console",
-    "test_deploy_files", "test_import_layers", "test_clip_export", "test_text_export", "test_speech_pipelines",
+    "test_deploy_files", "test_deploy_compose", "test_import_layers", "test_clip_export", "test_text_export", "test_speech_pipelines",
     "test_clip_pipelines", "test_text_pipelines", "test_fused_layout", "test_repository_names",
 })
 
