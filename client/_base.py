@@ -232,7 +232,6 @@ def _release_regions(pool: _shm.RegionPool, connection: Connection) -> None:
         )
 
     try:
-        _shm.clean_up(pool, regions, unregister)
-        _shm.unregister_each(pool, pool.left_on_server(), unregister)
+        _shm.clean_up(pool, regions, unregister, closing=True)
     finally:
         client.close()

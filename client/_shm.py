@@ -457,9 +457,10 @@ def regions_lost(error: MmserveError) -> bool:
 UNREGISTER_TIMEOUTS_S = (2.0, 10.0)
 
 
-def unregister_each(pool: RegionPool, names: Iterable[str], unregister_one: Callable[[str, float], None]) -> None:
+def unregister_each(pool: RegionPool, names: Iterable[str], unregister_one: Callable[[str, float], None]) -> bool:
     """Unregister each name (sync transport), each with a second, longer try; a name that
-    fails both stops the rest (the server is gone or hung: close() must not hang too)."""
+    fails both stops the rest (the server is gone or hung: close() must not hang too).
+    False when it stopped so."""
     for name in names:
         for timeout in UNREGISTER_TIMEOUTS_S:
             try:
@@ -469,15 +470,20 @@ def unregister_each(pool: RegionPool, names: Iterable[str], unregister_one: Call
             pool.unregistered(name)
             break
         else:
-            return
+            return False
+    return True
 
 
-def clean_up(pool: RegionPool, regions: Iterable[Region], unregister_one: Callable[[str, float], None]) -> None:
+def clean_up(pool: RegionPool, regions: Iterable[Region], unregister_one: Callable[[str, float], None],
+             *, closing: bool = False) -> None:
     """Unregister (each with a second try) and unlink; for close(), retirements and the
-    exit finalizer. Unlinking happens whatever the server says."""
+    exit finalizer. Unlinking happens whatever the server says. ``closing``: then also the
+    names the server may still hold (a registration whose answer was lost), unless the
+    server already failed to answer."""
     regions = list(regions)
     try:
-        unregister_each(pool, [r.name for r in regions if r.registered], unregister_one)
+        if unregister_each(pool, [r.name for r in regions if r.registered], unregister_one) and closing:
+            unregister_each(pool, pool.left_on_server(), unregister_one)
     finally:
         for region in regions:
             region.destroy()

@@ -422,27 +422,28 @@ class AsyncClient(ClientBase):
 
     async def _retire(self, regions: list[_shm.Region], *, closing: bool = False) -> None:
         """Unregister (each with a second, longer try) and unlink regions no request uses
-        any more; when closing, also the names whose registration's answer was lost. A name
-        that fails both tries stops the rest: the server is gone or hung."""
-        assert self._pool is not None
-        names = [r.name for r in regions if r.registered]
+        any more; when closing, also the names whose registration's answer was lost, unless
+        the server already failed to answer (as ``_shm.clean_up`` does for the sync client)."""
         try:
-            if names or closing:
-                unregister = getattr(self._grpc, f"unregister_{self._pool.kind}_shared_memory")
-            while names or closing:
-                if not names:
-                    names, closing = self._pool.left_on_server(), False
-                    continue
-                name = names.pop(0)
-                for timeout in _shm.UNREGISTER_TIMEOUTS_S:
-                    try:
-                        await unregister(name, headers=self._admin_headers, client_timeout=timeout)
-                    except Exception:  # noqa: BLE001 - the server may be gone; unlinking still matters
-                        continue
-                    self._pool.unregistered(name)
-                    break
-                else:
-                    return
+            if await self._unregister_each([r.name for r in regions if r.registered]) and closing:
+                assert self._pool is not None
+                await self._unregister_each(self._pool.left_on_server())
         finally:
             for region in regions:
                 region.destroy()
+
+    async def _unregister_each(self, names: list[str]) -> bool:
+        """``_shm.unregister_each`` over the asyncio channel: False when a name failed both tries."""
+        assert self._pool is not None
+        for name in names:
+            unregister = getattr(self._grpc, f"unregister_{self._pool.kind}_shared_memory")
+            for timeout in _shm.UNREGISTER_TIMEOUTS_S:
+                try:
+                    await unregister(name, headers=self._admin_headers, client_timeout=timeout)
+                except Exception:  # noqa: BLE001 - the server may be gone; unlinking still matters
+                    continue
+                self._pool.unregistered(name)
+                break
+            else:
+                return False
+        return True

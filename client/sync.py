@@ -485,10 +485,8 @@ class Client(ClientBase):
                 name, headers=self._admin_headers, client_timeout=timeout
             )
 
-        if regions:
-            _shm.clean_up(self._pool, regions, unregister)
-        if closing:
-            _shm.unregister_each(self._pool, self._pool.left_on_server(), unregister)
+        if regions or closing:
+            _shm.clean_up(self._pool, regions, unregister, closing=closing)
 
 
 class _Flight:

@@ -72,5 +72,20 @@ def test_shared_memory_names_the_server_may_hold_are_unregistered_at_close() -> 
         raise ServerUnavailableError("gone")
 
     calls.clear()
-    _shm.unregister_each(pool, ["a", "b"], gone)
+    assert _shm.unregister_each(pool, ["a", "b"], gone) is False
     assert calls == [("a", 2.0), ("a", 10.0)]
+
+    # closing against a dead server: the regions' names fail, so the names left on the server
+    # are not tried again (one name's two tries in all, not two more)
+    second = _shm.RegionPool()
+    stuck = _shm.lease(second, request, {})[0].region
+    second.registering(stuck)
+    stuck.registered = True
+    lost_too = _shm.lease(second, request, {})[0].region
+    second.registering(lost_too)
+    second.discard(lost_too, answered=False)  # a lost registration
+    assert second.left_on_server() == [lost_too.name]  # (`stuck` is busy)
+    calls.clear()
+    second.release(stuck)
+    _shm.clean_up(second, second.close(), gone, closing=True)
+    assert calls == [(stuck.name, 2.0), (stuck.name, 10.0)] and not glob.glob(f"/dev/shm/{stuck.name}")
