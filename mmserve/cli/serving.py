@@ -22,6 +22,14 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text} s: give more than 0 and less than an hour")
     return seconds
 
+
+def _whole_seconds(text: str) -> int:
+    """--exit-timeout: tritonserver's --exit-timeout-secs takes whole seconds."""
+    seconds = _seconds(text)
+    if seconds != int(seconds):
+        raise argparse.ArgumentTypeError(f"{text} s: tritonserver's exit timeout is in whole seconds")
+    return int(seconds)
+
 if TYPE_CHECKING:
     from mmserve.console.server import ConsoleServer
     from mmserve.server import TritonServer
@@ -223,7 +231,7 @@ def register(commands) -> None:
                        help=f"after SIGTERM or Ctrl-C, how long tritonserver gets to finish before its processes "
                             f"are killed (default {STOP_GRACE_S}; more than --exit-timeout; keep it below "
                             "Kubernetes' terminationGracePeriodSeconds)")
-    serve.add_argument("--exit-timeout", type=lambda text: int(_seconds(text)), default=EXIT_TIMEOUT_S,
+    serve.add_argument("--exit-timeout", type=_whole_seconds, default=EXIT_TIMEOUT_S,
                        metavar="SECONDS",
                        help=f"how long a stopping tritonserver waits for in-flight requests and unloading models "
                             f"(its --exit-timeout-secs; default {EXIT_TIMEOUT_S})")
