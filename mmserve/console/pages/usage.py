@@ -54,11 +54,12 @@ async def usage_page(request: Request, since: str = "7d") -> HTMLResponse:
     return render(request, "usage.html", await _page(console_of(request), since))
 
 
-async def _page(console: Console, since: str) -> dict[str, Any]:
+async def _page(console: Console, since: str, products: list[str] | None = None) -> dict[str, Any]:
     """The page's context: usage since ``since``, the keys, and the products a key may name."""
     span = since if since in SPANS else "7d"
     context: dict[str, Any] = {"since": span, "spans": list(SPANS), "totals": [], "keys": [], "chart": None,
-                               "products": [p.name for p in products_of(console)[0]], "form": {}}
+                               "products": products if products is not None else _product_names(console),
+                               "form": {}}
     try:
         store = open_store(None, console.settings.repository, create=False)
     except StoreError as error:
@@ -79,6 +80,11 @@ async def _page(console: Console, since: str) -> dict[str, Any]:
     return context
 
 
+def _product_names(console: Console) -> list[str]:
+    """The products a key may name: those the console knows (the Products page's list)."""
+    return [p.name for p in products_of(console)[0]]
+
+
 KEY_FIELDS = ("tenant", "rate", "quota", "expires")
 
 
@@ -96,16 +102,16 @@ async def create(request: Request) -> HTMLResponse:
     fields = {name: str(form.get(name) or "").strip() for name in KEY_FIELDS}
     chosen = [str(name) for name in form.getlist("products")]
     options = {"rate": fields["rate"] or None, "quota": fields["quota"] or None, "expires": fields["expires"] or None}
+    known = _product_names(console)  # asked once: the check and the page answered both use it
     try:
         _, checked = make_record(fields["tenant"], chosen, **options)  # before the store is opened (or created)
-        known = [p.name for p in products_of(console)[0]]
         unknown = [name for name in checked.products if name not in known]
         if unknown:
             verb = "is not a product" if len(unknown) == 1 else "are not products"
             raise KeyOptionError(f"products: {', '.join(map(repr, unknown))} {verb} of this console "
                                  f"(its products: {', '.join(known) or 'none'})")
     except KeyOptionError as error:
-        context = await _page(console, "7d")
+        context = await _page(console, "7d", known)
         context.update(form={**fields, "products": chosen}, form_error=str(error))
         return render(request, "usage.html", context, status_code=400, headers={"Cache-Control": "no-store"})
     try:
@@ -119,7 +125,7 @@ async def create(request: Request) -> HTMLResponse:
         raise HTTPException(503, f"the key was not created: {error}") from None
     finally:
         await store.close()
-    context = await _page(console, "7d")
+    context = await _page(console, "7d", known)
     context["created"] = {"key": key, "record": record}
     return render(request, "usage.html", context, headers={"Cache-Control": "no-store"})
 
